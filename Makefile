@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make serve` runs the service, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# A CPU build of torch when this machine has one at hand; elsewhere pyproject's range applies.
+	-$(PY) -m pip install -q "torch==2.13.0" 2>/dev/null
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(VENV)/bin/forgetwatch serve
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check drift service tests bench
+
+clean:
+	rm -rf $(VENV)

@@ -1,0 +1,107 @@
+"""The application factory: everything is passed in, nothing is read from the environment here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from service.api.routes import checkpoints, health, jobs, probe_sets, runs, samples
+from service.db.session import make_sessionmaker
+from service.errors import ForgetwatchError
+from service.metrics import build_registry
+from service.settings import Settings
+
+log = logging.getLogger("forgetwatch")
+
+
+def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) -> FastAPI:
+    """Build the API. With `run_worker`, a procrastinate worker runs inside the same process."""
+    registry, request_metrics = build_registry(engine)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if run_worker:
+            from service.queue.app import create_queue_app
+            from service.queue.tasks import WorkerServices
+            from service.queue.worker import run_worker as worker_main
+
+            services = WorkerServices(settings=settings, engine=engine, sessions=app.state.sessions)
+            queue_app = create_queue_app(engine.url.render_as_string(hide_password=False))
+            worker = asyncio.create_task(worker_main(queue_app, services, install_signal_handlers=False))
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+
+    app = FastAPI(
+        title="forgetwatch",
+        version="1",
+        summary="Forgetting and drift monitoring for continual post-training",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = make_sessionmaker(engine)
+    app.state.registry = registry
+    for module in (health, runs, checkpoints, samples, probe_sets, jobs):
+        app.include_router(module.router)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)
+    return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """One place maps errors to statuses; every error body is JSON with a readable `detail`."""
+
+    @app.exception_handler(ForgetwatchError)
+    async def domain_error(_: Request, error: ForgetwatchError) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in error.errors()
+        ]
+        return JSONResponse({"detail": problems}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+
+    async def database_down(_: Request, error: Exception) -> JSONResponse:
+        log.warning("action=database_unavailable error=%s", type(error).__name__)
+        return JSONResponse(
+            {"detail": "database unavailable; nothing was stored. Retry with the same Idempotency-Key"},
+            status_code=503, headers={"Retry-After": "5"},
+        )
+
+    for kind in (OperationalError, InterfaceError, PoolTimeout):
+        app.add_exception_handler(kind, database_down)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, error: DBAPIError) -> JSONResponse:
+        if error.connection_invalidated:
+            return await database_down(request, error)
+        return await unexpected(request, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("action=unhandled_error route=%s", request.url.path)
+        return JSONResponse({"detail": "internal error; the service log has the details"}, status_code=500)

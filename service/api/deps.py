@@ -1,0 +1,71 @@
+"""Dependencies: settings, sessions, the caller's token."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from service.auth import find_token
+from service.errors import Forbidden, Unauthorized
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    with request.app.state.sessions() as session:
+        yield session
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: int
+    name: str
+    scope: str
+
+
+def _principal(request: Request, authorization: str | None) -> Principal:
+    if not authorization:
+        raise Unauthorized(
+            "missing token: send 'Authorization: Bearer <token>' "
+            "(create one with `forgetwatch token create --name NAME --scope write`)"
+        )
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
+    with request.app.state.sessions() as session:
+        row = find_token(session, token.strip())
+        if row is None:
+            raise Unauthorized("invalid or revoked token")
+        return Principal(token_id=row.id, name=row.name, scope=row.scope)
+
+
+def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return _principal(request, authorization)
+
+
+def require_write(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    principal = _principal(request, authorization)
+    if principal.scope != "write":
+        raise Forbidden(f"token {principal.name!r} has scope 'read'; this call needs a 'write' token")
+    return principal
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+Reader = Annotated[Principal, Depends(require_read)]
+Writer = Annotated[Principal, Depends(require_write)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="Retries with the same key replay the first response and create nothing new",
+    ),
+]

@@ -1,0 +1,77 @@
+"""Idempotency keys: the first response to a keyed POST/PUT is stored in the same transaction as
+its effects, so a retry (after a timeout, a crash, a lost reply) replays it and creates nothing."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import JSONResponse
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from service.api.deps import Principal
+from service.db.models import IdempotencyRecord
+from service.errors import Conflict
+
+
+def request_fingerprint(method: str, path: str, payload: str) -> str:
+    return hashlib.sha256(f"{method} {path}\n{payload}".encode()).hexdigest()
+
+
+def replay(session: Session, *, principal: Principal, key: str, fingerprint: str) -> JSONResponse | None:
+    """The stored response for this key, or None. Locks the key until the transaction ends."""
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, :t))"),
+                    {"k": key, "t": principal.token_id})
+    record = session.scalar(
+        select(IdempotencyRecord).where(
+            IdempotencyRecord.token_id == principal.token_id, IdempotencyRecord.key == key
+        )
+    )
+    if record is None:
+        return None
+    if record.request_hash != fingerprint:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used for a different request; use a new key per call"
+        )
+    return JSONResponse(record.response, status_code=record.status_code)
+
+
+def remember(
+    session: Session, *, principal: Principal, key: str, fingerprint: str, method: str, path: str,
+    status_code: int, body: Any,
+) -> None:
+    session.add(
+        IdempotencyRecord(
+            token_id=principal.token_id, key=key, method=method, path=path, request_hash=fingerprint,
+            status_code=status_code, response=body,
+        )
+    )
+
+
+def run_idempotent(
+    session: Session,
+    *,
+    principal: Principal,
+    key: str | None,
+    method: str,
+    path: str,
+    payload: str,
+    action: Callable[[], tuple[int, Any]],
+) -> JSONResponse:
+    """Run `action` (which writes through `session`) and commit, once per key."""
+    fingerprint = request_fingerprint(method, path, payload)
+    if key is not None:
+        stored = replay(session, principal=principal, key=key, fingerprint=fingerprint)
+        if stored is not None:
+            session.rollback()
+            return stored
+    status_code, body = action()
+    body = jsonable_encoder(body)
+    if key is not None:
+        remember(session, principal=principal, key=key, fingerprint=fingerprint, method=method, path=path,
+                 status_code=status_code, body=body)
+    session.commit()
+    return JSONResponse(body, status_code=status_code)

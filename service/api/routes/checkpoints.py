@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import errno
+import os
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Path as PathParam, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from sqlalchemy.orm import Session
+
+from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
+from service.api.idempotency import remember, replay, request_fingerprint, run_idempotent
+from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadOut
+from service.db import queries
+from service.db.models import Checkpoint
+from service.errors import Conflict, InsufficientStorage, PayloadTooLarge, Unprocessable
+from service.paths import directory_size, resolve_checkpoint_uri
+from service.queue.app import task_name
+from service.queue.defer import defer_job
+from service.settings import Settings
+
+router = APIRouter(prefix="/v1/runs/{run_ref}/checkpoints", tags=["checkpoints"])
+
+SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]{0,254}$")
+StepParam = Annotated[int, PathParam(ge=0, le=2**53)]
+
+
+def checkpoint_out(session: Session, checkpoint: Checkpoint) -> CheckpointOut:
+    jobs = [
+        JobOut(id=j["id"], task=j["task_name"], queue=j["queue_name"], status=j["status"], attempts=j["attempts"])
+        for j in queries.checkpoint_jobs(session, checkpoint_id=checkpoint.id)
+    ]
+    return CheckpointOut(
+        id=checkpoint.id, run_id=checkpoint.run_id, step=checkpoint.step, uri=checkpoint.uri,
+        size_bytes=checkpoint.size_bytes, status=checkpoint.status, error=checkpoint.error,
+        received_at=checkpoint.received_at, jobs=jobs,
+    )
+
+
+def enqueue_checkpoint_jobs(session: Session, checkpoint: Checkpoint) -> None:
+    """All work a new checkpoint needs, in the caller's transaction."""
+    defer_job(session, task=task_name("validate_checkpoint"), queue="params",
+              args={"checkpoint_id": checkpoint.id}, lock=f"checkpoint-{checkpoint.id}")
+
+
+def upload_dir(settings: Settings, run_id: int, step: int) -> Path:
+    return settings.uploads_dir / str(run_id) / str(step)
+
+
+def _checkpoint_path(settings: Settings, run_id: int, body: CheckpointCreate) -> Path:
+    if body.uri is not None:
+        path = resolve_checkpoint_uri(body.uri, settings.allowed_roots)
+        if not path.exists():
+            raise Unprocessable(f"checkpoint path {body.uri!r} does not exist on the service's disk")
+        return path
+    path = upload_dir(settings, run_id, body.step)
+    if not path.is_dir() or not any(path.iterdir()):
+        raise Unprocessable(
+            f"no uri given and no files uploaded for step {body.step}; give a uri or upload the files "
+            f"first with PUT /v1/runs/{run_id}/checkpoints/{body.step}/files/{{filename}}"
+        )
+    return path
+
+
+@router.post("", status_code=202, response_model=CheckpointOut,
+             responses={200: {"model": CheckpointOut, "description": "Already registered, identical"}})
+def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, session: SessionDep,
+                        settings: SettingsDep, principal: Writer,
+                        idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Register a checkpoint; 202 once the row and its jobs are committed."""
+
+    def action() -> tuple[int, CheckpointOut]:
+        run = queries.get_run(session, ref=run_ref)
+        path = _checkpoint_path(settings, run.id, body)
+        existing = queries.find_checkpoint(session, run_id=run.id, step=body.step)
+        if existing is None:
+            existing = queries.insert_checkpoint(session, run_id=run.id, step=body.step, uri=str(path),
+                                                 size_bytes=directory_size(path))
+            if existing is not None:
+                enqueue_checkpoint_jobs(session, existing)
+                session.flush()
+                return 202, checkpoint_out(session, existing)
+            existing = queries.get_checkpoint(session, run_id=run.id, step=body.step)
+        if existing.uri != str(path):
+            raise Conflict(
+                f"step {body.step} of run {run.name!r} is already registered with uri {existing.uri!r}; "
+                "checkpoints are immutable: register the new one under its own step"
+            )
+        return 200, checkpoint_out(session, existing)
+
+    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
+                          path=request.url.path, payload=body.model_dump_json(), action=action)
+
+
+@router.get("", response_model=list[CheckpointOut])
+def list_checkpoints(run_ref: str, session: SessionDep, _: Reader) -> list[CheckpointOut]:
+    run = queries.get_run(session, ref=run_ref)
+    return [checkpoint_out(session, c) for c in queries.list_checkpoints(session, run_id=run.id)]
+
+
+@router.get("/{step}", response_model=CheckpointOut)
+def get_checkpoint(run_ref: str, step: StepParam, session: SessionDep, _: Reader) -> CheckpointOut:
+    run = queries.get_run(session, ref=run_ref)
+    return checkpoint_out(session, queries.get_checkpoint(session, run_id=run.id, step=step))
+
+
+def _prepare_upload(request: Request, principal, run_ref: str, step: int, key: str | None,
+                    fingerprint: str) -> tuple[int, JSONResponse | None]:
+    with request.app.state.sessions() as session:
+        run = queries.get_run(session, ref=run_ref)
+        if key is not None:
+            stored = replay(session, principal=principal, key=key, fingerprint=fingerprint)
+            if stored is not None:
+                return run.id, stored
+        if queries.find_checkpoint(session, run_id=run.id, step=step) is not None:
+            raise Conflict(f"step {step} of run {run.name!r} is already registered; its files are immutable")
+        return run.id, None
+
+
+def _remember_upload(request: Request, principal, key: str, fingerprint: str, body: dict) -> None:
+    with request.app.state.sessions() as session:
+        if replay(session, principal=principal, key=key, fingerprint=fingerprint) is None:
+            remember(session, principal=principal, key=key, fingerprint=fingerprint, method="PUT",
+                     path=request.url.path, status_code=201, body=body)
+        session.commit()
+
+
+@router.put("/{step}/files/{filename:path}", status_code=201, response_model=UploadOut,
+            openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+                "type": "string", "format": "binary"}}}, "required": True}})
+async def upload_file(run_ref: str, step: StepParam, filename: str, request: Request, settings: SettingsDep,
+                      principal: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Stream one checkpoint file to the service (for trainers that share no disk with it).
+    Then register the checkpoint with POST .../checkpoints {"step": N} and no uri."""
+    if not SAFE_FILENAME.match(filename) or filename in (".", ".."):
+        raise Unprocessable(
+            f"filename {filename!r} is not allowed: use a plain file name (letters, digits, '.', '_', '-'), "
+            "no folders; sharded checkpoints upload each shard under its own name"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {settings.max_upload_bytes} "
+                              "(FORGETWATCH_MAX_UPLOAD_BYTES)")
+    fingerprint = request_fingerprint("PUT", request.url.path, declared or "")
+    run_id, stored = await run_in_threadpool(_prepare_upload, request, principal, run_ref, step,
+                                             idempotency_key, fingerprint)
+    if stored is not None:
+        return stored
+    target_dir = upload_dir(settings, run_id, step)
+    target = target_dir / filename
+    partial = target_dir / f".{filename}.{uuid.uuid4().hex}.part"
+    written = 0
+    try:
+        await anyio.to_thread.run_sync(lambda: target_dir.mkdir(parents=True, exist_ok=True))
+        async with await anyio.open_file(partial, "wb") as out:
+            async for chunk in request.stream():
+                written += len(chunk)
+                if written > settings.max_upload_bytes:
+                    raise PayloadTooLarge(f"upload exceeds {settings.max_upload_bytes} bytes "
+                                          "(FORGETWATCH_MAX_UPLOAD_BYTES)")
+                await out.write(chunk)
+        os.replace(partial, target)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise InsufficientStorage(
+                "the service's data dir is out of space; nothing was kept of this upload. "
+                "Free space on the service and retry"
+            ) from error
+        raise
+    finally:
+        if partial.exists():
+            partial.unlink()
+    body = UploadOut(run_id=run_id, step=step, filename=filename, size_bytes=written).model_dump()
+    if idempotency_key is not None:
+        await run_in_threadpool(_remember_upload, request, principal, idempotency_key, fingerprint, body)
+    return JSONResponse(body, status_code=201)

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
+from service.api.idempotency import run_idempotent
+from service.api.schemas import ProbeItemIn, ProbeSetCreate, ProbeSetOut, ProbeSetSummary
+from service.db import queries
+
+router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
+
+
+def probe_set_out(session, name: str) -> ProbeSetOut:
+    probe_set, items = queries.get_probe_set(session, name=name)
+    return ProbeSetOut(
+        id=probe_set.id, name=probe_set.name, domain=probe_set.domain, description=probe_set.description,
+        items=[ProbeItemIn(prompt=i.prompt, reference=i.reference, answer=i.answer) for i in items],
+    )
+
+
+@router.post("", status_code=201, response_model=ProbeSetOut,
+             responses={200: {"model": ProbeSetOut, "description": "Already existed, identical"}})
+def create_probe_set(body: ProbeSetCreate, request: Request, session: SessionDep, principal: Writer,
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Create an immutable probe set: prompts with optional reference completions and answers."""
+
+    def action() -> tuple[int, ProbeSetOut]:
+        _, created = queries.create_probe_set(
+            session, name=body.name, domain=body.domain, description=body.description,
+            items=[item.model_dump() for item in body.items],
+        )
+        return (201 if created else 200), probe_set_out(session, body.name)
+
+    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
+                          path=request.url.path, payload=body.model_dump_json(), action=action)
+
+
+@router.get("", response_model=list[ProbeSetSummary])
+def list_probe_sets(session: SessionDep, _: Reader) -> list[ProbeSetSummary]:
+    return [ProbeSetSummary(id=p.id, name=p.name, domain=p.domain, description=p.description)
+            for p in queries.list_probe_sets(session)]
+
+
+@router.get("/{name}", response_model=ProbeSetOut)
+def get_probe_set(name: str, session: SessionDep, _: Reader) -> ProbeSetOut:
+    return probe_set_out(session, name)

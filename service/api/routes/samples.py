@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
+from service.api.idempotency import run_idempotent
+from service.api.schemas import SampleOut, SamplesAccepted, SamplesCreate
+from service.db import queries
+from service.errors import PayloadTooLarge
+
+router = APIRouter(prefix="/v1/runs/{run_ref}/samples", tags=["samples"])
+
+
+@router.post("", status_code=202, response_model=SamplesAccepted)
+def post_samples(run_ref: str, body: SamplesCreate, request: Request, session: SessionDep,
+                 settings: SettingsDep, principal: Writer,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Store sampled responses of the model at `step` (202 once committed)."""
+    if len(body.items) > settings.max_samples_per_request:
+        raise PayloadTooLarge(
+            f"{len(body.items)} items in one request; send at most {settings.max_samples_per_request} "
+            "per request (FORGETWATCH_MAX_SAMPLES_PER_REQUEST)"
+        )
+
+    def action() -> tuple[int, SamplesAccepted]:
+        run = queries.get_run(session, ref=run_ref)
+        probe_set_id = None
+        if body.probe_set is not None:
+            probe_set_id = queries.probe_set_ids(session, names=[body.probe_set])[body.probe_set]
+        accepted = queries.add_samples(session, run_id=run.id, step=body.step, probe_set_id=probe_set_id,
+                                       items=[item.model_dump() for item in body.items])
+        return 202, SamplesAccepted(run_id=run.id, step=body.step, accepted=accepted)
+
+    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
+                          path=request.url.path, payload=body.model_dump_json(), action=action)
+
+
+@router.get("", response_model=list[SampleOut])
+def list_samples(run_ref: str, session: SessionDep, _: Reader,
+                 step: Annotated[int | None, Query(ge=0, le=2**53)] = None,
+                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[SampleOut]:
+    run = queries.get_run(session, ref=run_ref)
+    return [SampleOut(step=s.step, prompt=s.prompt, response=s.response, logprobs=s.logprobs)
+            for s in queries.list_samples(session, run_id=run.id, step=step, limit=limit)]

@@ -1,0 +1,136 @@
+"""Request and response bodies (kept apart from the ORM models)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$")]
+Step = Annotated[int, Field(ge=0, le=2**53, description="Training step (optimizer steps, >= 0)")]
+Text = Annotated[str, StringConstraints(max_length=200_000)]
+TagValue = str | int | float | bool | None
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RunCreate(Strict):
+    name: Name
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+        description="Where the base model's weights are: a local path or file:// URI"
+    )
+    method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,64}$")] = Field(
+        default="unspecified", description="Training method label: sft, grpo, self_distillation, ..."
+    )
+    tags: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], TagValue], Field(max_length=64)] = {}
+    probe_sets: Annotated[list[Name], Field(max_length=32)] = []
+
+
+class RunOut(BaseModel):
+    id: int
+    name: str
+    base_model: str
+    method: str
+    tags: dict[str, Any]
+    probe_sets: list[str]
+    last_step: int | None
+    created_at: datetime
+
+
+class JobOut(BaseModel):
+    id: int
+    task: str
+    queue: str
+    status: Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
+    attempts: int
+
+
+class CheckpointCreate(Strict):
+    step: Step
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+        default=None,
+        description="Local path or file:// URI inside the allowed roots; omit after uploading files",
+    )
+
+
+class CheckpointOut(BaseModel):
+    id: int
+    run_id: int
+    step: int
+    uri: str
+    size_bytes: int | None
+    status: Literal["pending", "processing", "ready", "failed"]
+    error: str | None
+    received_at: datetime
+    jobs: list[JobOut]
+
+
+class UploadOut(BaseModel):
+    run_id: int
+    step: int
+    filename: str
+    size_bytes: int
+
+
+class SampleItem(Strict):
+    prompt: Text
+    response: Text
+    logprobs: Annotated[list[float], Field(max_length=100_000)] | None = None
+
+
+class SamplesCreate(Strict):
+    step: Step
+    probe_set: Name | None = None
+    items: Annotated[list[SampleItem], Field(min_length=1, max_length=100_000)]
+
+
+class SamplesAccepted(BaseModel):
+    run_id: int
+    step: int
+    accepted: int
+
+
+class SampleOut(BaseModel):
+    step: int
+    prompt: str
+    response: str
+    logprobs: list[float] | None
+
+
+class ProbeItemIn(Strict):
+    prompt: Text
+    reference: Text | None = None
+    answer: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+
+
+class ProbeSetCreate(Strict):
+    name: Name
+    domain: Literal["in_domain", "ood"]
+    description: Annotated[str, StringConstraints(max_length=10_000)] = ""
+    items: Annotated[list[ProbeItemIn], Field(min_length=1, max_length=20_000)]
+
+
+class ProbeSetOut(BaseModel):
+    id: int
+    name: str
+    domain: str
+    description: str
+    items: list[ProbeItemIn]
+
+
+class ProbeSetSummary(BaseModel):
+    id: int
+    name: str
+    domain: str
+    description: str
+
+
+class JobDetail(JobOut):
+    args: dict[str, Any]
+
+
+class Problem(BaseModel):
+    detail: Any

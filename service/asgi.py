@@ -1,0 +1,16 @@
+"""Entry point for several API processes: `uvicorn service.asgi:app_from_environment --factory`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.api.app import create_app
+from service.db.session import make_engine
+from service.settings import Settings
+
+
+def app_from_environment() -> FastAPI:
+    settings = Settings()
+    if not settings.database_url:
+        raise SystemExit("service.asgi needs FORGETWATCH_DATABASE_URL (an external PostgreSQL)")
+    return create_app(settings=settings, engine=make_engine(settings.database_url))

