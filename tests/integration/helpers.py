@@ -1,0 +1,59 @@
+"""Subprocess helpers for integration tests: real `forgetwatch` processes, bounded waits."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+FORGETWATCH = str(Path(sys.executable).with_name("forgetwatch"))
+T = TypeVar("T")
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([FORGETWATCH, *args], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.2, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_sparse_safetensors(path: Path, data_bytes: int) -> None:
+    """A valid safetensors file holding one uint8 tensor of `data_bytes` zeros, stored sparse
+    (no disk used), so jobs that read it take a while without filling the disk."""
+    header = json.dumps({"blob": {"dtype": "U8", "shape": [data_bytes], "data_offsets": [0, data_bytes]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(path, "wb") as out:
+        out.write(len(header).to_bytes(8, "little"))
+        out.write(header)
+        out.truncate(8 + len(header) + data_bytes)

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+
+@pytest.fixture
+def run_id(client: TestClient) -> int:
+    return client.post("/v1/runs", json={"name": "r", "base_model": "/a"}).json()["id"]
+
+
+def test_samples_are_stored_and_read_back(client: TestClient, run_id: int) -> None:
+    items = [{"prompt": "2+2=", "response": "4", "logprobs": [-0.1]}, {"prompt": "héllo", "response": "wörld"}]
+    response = client.post(f"/v1/runs/{run_id}/samples", json={"step": 5, "items": items})
+    assert response.status_code == 202
+    assert response.json()["accepted"] == 2
+    stored = client.get(f"/v1/runs/{run_id}/samples", params={"step": 5}).json()
+    assert [(s["prompt"], s["response"], s["logprobs"]) for s in stored] == [
+        ("2+2=", "4", [-0.1]), ("héllo", "wörld", None)]
+
+
+def test_sample_retries_with_key_are_stored_once(client: TestClient, run_id: int) -> None:
+    body = {"step": 1, "items": [{"prompt": "p", "response": "r"}]}
+    for _ in range(3):
+        assert client.post(f"/v1/runs/{run_id}/samples", json=body, headers={"Idempotency-Key": "s1"}).status_code == 202
+    assert len(client.get(f"/v1/runs/{run_id}/samples").json()) == 1
+
+
+def test_too_many_items_is_413(client: TestClient, run_id: int, settings) -> None:
+    client.app.state.settings = settings.model_copy(update={"max_samples_per_request": 3})
+    body = {"step": 1, "items": [{"prompt": "p", "response": "r"}] * 4}
+    response = client.post(f"/v1/runs/{run_id}/samples", json=body)
+    assert response.status_code == 413
+    assert "at most 3" in response.json()["detail"]
+
+
+def test_oversized_body_is_413(client: TestClient, run_id: int, settings) -> None:
+    body = {"step": 1, "items": [{"prompt": "p" * 100_000, "response": "r"}] * 200}
+    response = client.post(f"/v1/runs/{run_id}/samples", content=json.dumps(body),
+                           headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_invalid_utf8_is_400_and_broken_json_is_422(client: TestClient, run_id: int) -> None:
+    cases = {b'{"step": 1, "items": [{"prompt": "\xff\xfe", "response": "r"}]}': 400, b'{"step": 1,': 422}
+    for raw, status in cases.items():
+        response = client.post(f"/v1/runs/{run_id}/samples", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == status
+        assert response.json()["detail"]
+    assert client.get(f"/v1/runs/{run_id}/samples").json() == []
+
+
+def test_samples_for_unknown_probe_set_are_422(client: TestClient, run_id: int) -> None:
+    body = {"step": 1, "probe_set": "nope", "items": [{"prompt": "p", "response": "r"}]}
+    assert client.post(f"/v1/runs/{run_id}/samples", json=body).status_code == 422
+
+
+def test_probe_set_round_trip_and_immutability(client: TestClient) -> None:
+    body = {"name": "arith", "domain": "ood", "items": [{"prompt": "1+1=", "reference": "2", "answer": "2"},
+                                                        {"prompt": "2+3="}]}
+    assert client.post("/v1/probe-sets", json=body).status_code == 201
+    assert client.post("/v1/probe-sets", json=body).status_code == 200
+    got = client.get("/v1/probe-sets/arith").json()
+    assert got["domain"] == "ood"
+    assert [i["prompt"] for i in got["items"]] == ["1+1=", "2+3="]
+    changed = {**body, "items": body["items"][:1]}
+    assert client.post("/v1/probe-sets", json=changed).status_code == 409
+    assert client.get("/v1/probe-sets/unknown").status_code == 404
+    assert [p["name"] for p in client.get("/v1/probe-sets").json()] == ["arith"]
+
+
+def test_probe_set_domain_is_validated(client: TestClient) -> None:
+    body = {"name": "x", "domain": "elsewhere", "items": [{"prompt": "p"}]}
+    assert client.post("/v1/probe-sets", json=body).status_code == 422
+
+
+def test_unknown_job_is_404(client: TestClient) -> None:
+    assert client.get("/v1/jobs/123456").status_code == 404
+
+
+def test_request_metrics_use_route_templates(client: TestClient, run_id: int) -> None:
+    client.get(f"/v1/runs/{run_id}")
+    text = client.get("/metrics").text
+    assert 'route="/v1/runs/{run_ref}"' in text
+    assert f'/v1/runs/{run_id}"' not in text
