@@ -61,7 +61,7 @@ class DatabaseCollector(Collector):
                 conn.execute(text("SET LOCAL statement_timeout = '5s'"))
                 queue_rows = conn.execute(_QUEUE_SQL).all()
                 duration_rows = conn.execute(_DURATION_SQL).all()
-        except Exception as error:  # a scrape must never fail because the DB is away
+        except Exception as error:  # noqa: BLE001 - a scrape must never fail because the DB is away
             log.warning("action=metrics_db_unreachable error=%s", type(error).__name__)
             up.add_metric([], 0)
             yield up

@@ -34,7 +34,7 @@ async def _recovery_loop(app: procrastinate.App, *, stalled_after_seconds: float
     while True:
         try:
             await recover_stalled_jobs(app, stalled_after_seconds=stalled_after_seconds)
-        except Exception as error:  # keep the loop alive through DB outages
+        except Exception as error:  # noqa: BLE001 - keep the loop alive through DB outages
             log.warning("action=stalled_job_recovery_failed error=%s", error)
         await asyncio.sleep(max(1.0, stalled_after_seconds / 3))
 
