@@ -1,0 +1,330 @@
+"""Lazy, validated access to model checkpoints.
+
+Supported sources (``open_checkpoint(path)``):
+
+* a Hugging Face model folder with ``*.safetensors`` (one file, or shards listed in
+  ``model.safetensors.index.json``), or with ``pytorch_model.bin`` (optionally sharded);
+* a single ``.safetensors`` file;
+* a single ``.bin`` / ``.pt`` / ``.pth`` file, read only through ``torch.load(weights_only=True, mmap=True)``;
+* a PEFT LoRA adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``), see ``drift.lora``.
+
+safetensors files are parsed here (8-byte little-endian header length, JSON header, raw data) and
+memory-mapped: ``Checkpoint.array(name)`` returns a read-only numpy view on the page cache, so a
+checkpoint is never loaded into anonymous memory. bfloat16 data is returned as ``uint16`` bit
+patterns and fp8 as ``uint8`` (numpy has neither type); ``TensorInfo.dtype`` carries the real type.
+
+Tied tensors: two names are aliases when they share storage (same byte range of the same
+safetensors file, or the same torch storage, offset, shape and stride), or when ``config.json`` says
+``tie_word_embeddings: true`` and the folder holds both an output head and the input embedding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import mmap
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+__all__ = ["Checkpoint", "CheckpointError", "TensorInfo", "list_tensors", "open_checkpoint", "to_float64"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read safely; the message names the file and what to do."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One stored tensor: ``name``, ``shape``, torch-style ``dtype`` name, the ``file`` holding it and,
+    for a tied tensor, the canonical name it aliases (``alias_of``)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+    alias_of: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+# safetensors dtype -> (torch-style name, numpy storage dtype)
+_ST_DTYPES = {
+    "F64": ("float64", np.float64),
+    "F32": ("float32", np.float32),
+    "F16": ("float16", np.float16),
+    "BF16": ("bfloat16", np.uint16),
+    "F8_E4M3": ("float8_e4m3fn", np.uint8),
+    "F8_E5M2": ("float8_e5m2", np.uint8),
+    "I64": ("int64", np.int64),
+    "I32": ("int32", np.int32),
+    "I16": ("int16", np.int16),
+    "I8": ("int8", np.int8),
+    "U8": ("uint8", np.uint8),
+    "U16": ("uint16", np.uint16),
+    "U32": ("uint32", np.uint32),
+    "U64": ("uint64", np.uint64),
+    "BOOL": ("bool", np.bool_),
+}
+_STORAGE = {name: np_dtype for name, np_dtype in _ST_DTYPES.values()}
+_MAX_HEADER = 100 * 2**20
+_HEAD_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight")
+_EMBED_RE = re.compile(r"(^|\.)(wte|embed_tokens|embed_in|word_embeddings|tok_embeddings)\.weight$")
+
+
+def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Convert raw storage (as returned by ``Checkpoint.array``) to float64, exactly."""
+    if dtype == "bfloat16":  # bf16 is the top half of a float32
+        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype.startswith("float8"):
+        import torch
+
+        t = torch.from_numpy(np.array(raw, dtype=np.uint8)).view(getattr(torch, dtype))
+        return t.to(torch.float64).numpy()
+    return raw.astype(np.float64)
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+    """Parse and validate a safetensors header -> ({name: (dtype, shape, begin, end)}, data start)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(
+                f"{path}: file is shorter than a safetensors header; re-save or re-download it"
+            )
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
+            raise CheckpointError(
+                f"{path}: header length {n} does not fit a file of {size} bytes (truncated or not a "
+                "safetensors file); re-save or re-download it"
+            )
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"{path}: header is not valid JSON ({exc}); the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt")
+    entries, ranges = {}, {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (begin, end) = (
+                _ST_DTYPES[meta["dtype"]][0],
+                tuple(meta["shape"]),
+                meta["data_offsets"],
+            )
+            np_dtype = _STORAGE[dtype]
+            if not all(isinstance(d, int) and d >= 0 for d in shape) or not 0 <= begin <= end:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: bad header entry for tensor {name!r}: {meta!r}") from None
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+        if end - begin != nbytes:
+            raise CheckpointError(
+                f"{path}: header says tensor {name!r} {meta['dtype']}{list(shape)} spans {end - begin} bytes, "
+                f"but that shape needs {nbytes}; the file is corrupt, re-save it"
+            )
+        if 8 + n + end > size:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} ends at byte {8 + n + end} but the file has {size} bytes "
+                "(truncated); re-download or re-save it"
+            )
+        entries[name] = (dtype, shape, begin, end)
+        ranges.setdefault((begin, end), name)
+    spans = sorted(ranges)  # identical ranges are aliases; partial overlaps are corruption
+    for (_, e0), (b1, e1) in itertools.pairwise(spans):
+        if b1 < e0 and b1 != e1:
+            raise CheckpointError(f"{path}: tensors overlap at bytes {b1}..{e0}; the file is corrupt")
+    return entries, 8 + n
+
+
+class Checkpoint:
+    """An opened checkpoint: ``infos`` (name -> TensorInfo, aliases included) and lazy ``array(name)``.
+
+    Use as a context manager or call ``close()``; arrays handed out stay valid while referenced.
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str, config: dict | None = None) -> None:
+        self.path = Path(path)
+        self.kind = kind  # "safetensors" | "torch" | "lora"
+        self.config = config or {}
+        self.infos: dict[str, TensorInfo] = {}
+        self._loc: dict[str, tuple] = {}
+        self._maps: dict[str, mmap.mmap] = {}
+
+    # -- loading ---------------------------------------------------------------------------------
+    def _add_safetensors(self, file: Path, keep: set[str] | None = None) -> None:
+        entries, start = _safetensors_header(file)
+        first_at: dict[tuple[int, int], str] = {}
+        for name, (dtype, shape, begin, end) in entries.items():
+            if keep is not None and name not in keep:
+                continue  # a sharded index maps this name to another shard
+            if name in self.infos:
+                raise CheckpointError(f"{file}: tensor {name!r} is also stored in {self.infos[name].file}")
+            alias = first_at.setdefault((begin, end), name) if end > begin else name
+            self.infos[name] = TensorInfo(name, shape, dtype, str(file), None if alias == name else alias)
+            self._loc[name] = ("st", str(file), start + begin, end - begin)
+
+    def _add_torch(self, file: Path, keep: set[str] | None = None) -> None:
+        import pickle
+
+        import torch
+
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"{file}: refused to unpickle non-tensor objects ({str(exc).splitlines()[0]}); "
+                "export the weights with safetensors (model.save_pretrained(dir)) and point forgetwatch at that"
+            ) from None
+        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+            raise CheckpointError(
+                f"{file}: not a readable torch checkpoint ({str(exc).splitlines()[0]}); re-save it with "
+                "torch.save (zip format) or, better, as safetensors"
+            ) from None
+        if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            nested = [v for v in obj.values() if isinstance(v, dict)]
+            obj = nested[0] if len(nested) == 1 else obj
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"{file}: holds a {type(obj).__name__}, not a state dict of tensors")
+        seen: dict[tuple, str] = {}
+        for name, t in obj.items():
+            if not isinstance(t, torch.Tensor) or (keep is not None and name not in keep):
+                continue
+            if name in self.infos:
+                raise CheckpointError(f"{file}: tensor {name!r} is also stored in {self.infos[name].file}")
+            key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+            alias = seen.setdefault(key, name) if t.numel() else name
+            dtype = str(t.dtype).removeprefix("torch.")
+            self.infos[name] = TensorInfo(
+                name, tuple(t.shape), dtype, str(file), None if alias == name else alias
+            )
+            self._loc[name] = ("pt", t)
+
+    def _tie_embeddings(self) -> None:
+        if self.config.get("tie_word_embeddings") is not True:
+            return
+        embeds = [n for n, i in self.infos.items() if _EMBED_RE.search(n) and i.alias_of is None]
+        for head in _HEAD_NAMES:
+            info = self.infos.get(head)
+            if info is None or info.alias_of is not None or len(embeds) != 1:
+                continue
+            if self.infos[embeds[0]].shape == info.shape:
+                self.infos[head] = TensorInfo(head, info.shape, info.dtype, info.file, embeds[0])
+
+    # -- access ----------------------------------------------------------------------------------
+    def array(self, name: str) -> np.ndarray:
+        """Raw data of ``name`` (aliases resolved), shaped, read-only, memory-mapped where possible."""
+        info = self.infos[name]
+        loc = self._loc[info.alias_of or name]
+        if loc[0] == "st":
+            _, file, offset, nbytes = loc
+            mm = self._maps.get(file)
+            if mm is None:
+                with open(file, "rb") as f:
+                    mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            np_dtype = np.dtype(_STORAGE[info.dtype])
+            flat = np.frombuffer(mm, dtype=np_dtype, count=nbytes // np_dtype.itemsize, offset=offset)
+            return flat.reshape(info.shape)
+        import torch
+
+        t = loc[1].contiguous()
+        if t.dtype == torch.bfloat16:
+            return t.view(torch.int16).numpy().view(np.uint16)
+        if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+            return t.view(torch.uint8).numpy()
+        return t.numpy()
+
+    def canonical_names(self) -> list[str]:
+        return [n for n, i in self.infos.items() if i.alias_of is None]
+
+    def close(self) -> None:
+        self._maps.clear()  # mmaps close once no array views remain
+        self._loc.clear()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc}); re-save or re-download it") from None
+
+
+def _index(folder: Path, index: Path) -> dict[Path, set[str]]:
+    """Shard file -> tensor names, from a ``*.index.json`` weight map."""
+    weight_map = _read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no 'weight_map' object; the index is corrupt")
+    shards: dict[Path, set[str]] = {}
+    for name, f in weight_map.items():
+        shards.setdefault(folder / f, set()).add(name)
+    for f in shards:
+        if not f.is_file():
+            raise CheckpointError(f"{index}: lists shard {f.name} but {f} is missing; download all shards")
+    return dict(sorted(shards.items()))
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint folder or file (see the module docstring); raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    config: dict = {}
+    if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            from drift.lora import open_adapter
+
+            return open_adapter(path)
+        if (path / "config.json").is_file():
+            config = _read_json(path / "config.json")
+        if (path / "model.safetensors.index.json").is_file():
+            kind, files = "safetensors", _index(path, path / "model.safetensors.index.json")
+        elif sorted(path.glob("*.safetensors")):
+            kind, files = "safetensors", dict.fromkeys(sorted(path.glob("*.safetensors")))
+        elif (path / "pytorch_model.bin.index.json").is_file():
+            kind, files = "torch", _index(path, path / "pytorch_model.bin.index.json")
+        elif torch_files := sorted(p for ext in ("bin", "pt", "pth") for p in path.glob(f"*.{ext}")):
+            kind, files = "torch", dict.fromkeys(torch_files)
+        else:
+            raise CheckpointError(f"{path}: no *.safetensors, *.bin or adapter_config.json in this folder")
+    elif path.suffix == ".safetensors":
+        kind, files = "safetensors", {path: None}
+    elif path.suffix in (".bin", ".pt", ".pth"):
+        kind, files = "torch", {path: None}
+    else:
+        raise CheckpointError(
+            f"{path}: unknown checkpoint type; expected .safetensors, .bin, .pt or a model folder"
+        )
+    ckpt = Checkpoint(path, kind, config)
+    for file, keep in files.items():
+        ckpt._add_safetensors(file, keep) if kind == "safetensors" else ckpt._add_torch(file, keep)
+        absent = sorted((keep or set()) - ckpt.infos.keys())
+        if absent:
+            raise CheckpointError(
+                f"{file}: the index maps {absent[:5]} to this shard but it does not hold them; "
+                "the shards do not match their index, re-download them"
+            )
+    ckpt._tie_embeddings()
+    return ckpt
+
+
+def list_tensors(source: str | os.PathLike | Checkpoint) -> list[TensorInfo]:
+    """All tensors of a checkpoint (aliases included, with ``alias_of`` set), in storage order."""
+    if isinstance(source, Checkpoint):
+        return list(source.infos.values())
+    with open_checkpoint(source) as ckpt:
+        return list(ckpt.infos.values())

@@ -1,0 +1,351 @@
+"""Parameter-space drift of a checkpoint θ against its base θ₀, one row per tensor.
+
+Per tensor (flattened, float64 accumulation, differences formed element-wise):
+
+    sum_sq_delta = ‖θ−θ₀‖²,  sum_sq_base = ‖θ₀‖²,  sum_sq = ‖θ‖²,  dot_base = θ·θ₀,
+    l2_distance = ‖θ−θ₀‖,  relative_l2_distance = ‖θ−θ₀‖/‖θ₀‖,  cosine_similarity = θ·θ₀/(‖θ‖‖θ₀‖),
+    changed = #{i: θᵢ ≠ θ₀ᵢ} (in the stored dtype: bf16 rounds micro-updates away),
+    with ``previous`` θ_{t−1} and ``before_previous`` θ_{t−2}:
+    sum_sq_step = ‖θ−θ_{t−1}‖², sum_sq_prev_step = ‖θ_{t−1}−θ_{t−2}‖², dot_steps = (θ−θ_{t−1})·(θ_{t−1}−θ_{t−2}),
+    update_cosine_similarity = dot_steps / sqrt(sum_sq_step · sum_sq_prev_step).
+
+Non-finite elements are counted (``nan_count``, ``inf_count`` in θ) and left out of the sums.
+A LoRA adapter as checkpoint (or previous) means θ = W₀ + s·BA; its sums come from the low-rank
+algebra in ``drift.lora`` (exact in float64), its counts from merged rows in the base dtype.
+
+Public API: ``list_tensors``, ``tensor_rows`` (rows for any subset of names; safe to split across
+processes), ``aggregate`` (pure, in ``drift.aggregate``), ``compare`` (both), ``shard_groups``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from drift import _kernels as K
+from drift.aggregate import DriftSummary, aggregate
+from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo, list_tensors, open_checkpoint
+from drift.lora import LoraAdapter, LowRankDelta
+from drift.spectral import SpectralDrift, SpectralOptions, cache_path, spectral_drift
+from drift.streams import DenseStream, LowRankStream, fast_sums, float64_sums, lora_sums
+
+__all__ = [
+    "CheckpointError",
+    "DriftReport",
+    "DriftSummary",
+    "SpectralOptions",
+    "TensorDrift",
+    "aggregate",
+    "compare",
+    "list_tensors",
+    "shard_groups",
+    "tensor_rows",
+]
+
+Source = str | os.PathLike | Checkpoint
+
+
+@dataclass(frozen=True)
+class TensorDrift:
+    """Drift of one tensor. ``status``: "ok" | "missing" (in base only) | "extra" (in checkpoint only) |
+    "shape_mismatch" | "alias" (tied to ``alias_of``; counted there). Sums are exact building blocks
+    for ``aggregate``; derived fields are None where undefined (zero norms, no previous checkpoints).
+    ``spectral_status``: "ok" | "off" | "not_matrix" | "skipped_size" | "nonfinite" | "not_compared"."""
+
+    name: str
+    status: str
+    shape: tuple[int, ...]
+    base_shape: tuple[int, ...]
+    dtype: str
+    base_dtype: str
+    numel: int = 0
+    alias_of: str | None = None
+    lora: bool = False
+    sum_sq_delta: float = 0.0
+    sum_sq_base: float = 0.0
+    sum_sq: float = 0.0
+    dot_base: float = 0.0
+    changed: int = 0
+    nan_count: int = 0
+    inf_count: int = 0
+    sum_sq_step: float | None = None
+    sum_sq_prev_step: float | None = None
+    dot_steps: float | None = None
+    changed_step: int | None = None
+    l2_distance: float = 0.0
+    relative_l2_distance: float | None = None
+    cosine_similarity: float | None = None
+    step_l2_distance: float | None = None
+    update_cosine_similarity: float | None = None
+    spectral_status: str = "not_compared"
+    spectral: SpectralDrift | None = None
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    rows: tuple[TensorDrift, ...]
+    summary: DriftSummary
+
+
+class _View:
+    """A source's effective tensors, named like the base (a LoRA adapter resolved against it)."""
+
+    def __init__(self, ckpt: Checkpoint, base: Checkpoint) -> None:
+        self.ckpt, self.base = ckpt, base
+        self.deltas: dict[str, LowRankDelta] = {}
+        self.replaced: dict[str, str] = {}
+        self.infos: dict[str, TensorInfo] = ckpt.infos
+        if isinstance(ckpt, LoraAdapter):
+            self.deltas, self.replaced, unmatched = ckpt.resolve(base)
+            self.infos = dict(base.infos)
+            for base_name, key in self.replaced.items():
+                info = ckpt.infos[key]
+                self.infos[base_name] = TensorInfo(base_name, info.shape, info.dtype, info.file)
+            for key in unmatched:
+                self.infos[key] = ckpt.infos[key]
+
+    def stream(self, name: str, base_stream: DenseStream | None):
+        info = self.infos.get(name)
+        if info is None:
+            return None
+        if name in self.deltas:
+            return LowRankStream(base_stream, self.deltas[name])
+        if isinstance(self.ckpt, LoraAdapter) and name not in self.replaced and name in self.base.infos:
+            return base_stream
+        key = self.replaced.get(name, name)
+        return DenseStream(self.ckpt.array(key), self.ckpt.infos[key].dtype)
+
+
+def _open(source: Source | None, opened: list[Checkpoint]) -> Checkpoint | None:
+    if source is None or isinstance(source, Checkpoint):
+        return source
+    ckpt = open_checkpoint(source)
+    opened.append(ckpt)
+    return ckpt
+
+
+def _row_names(base: Checkpoint, view: _View) -> list[str]:
+    names = list(base.infos)
+    return names + [n for n in view.infos if n not in base.infos]
+
+
+def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[str, SpectralDrift | None]:
+    if len(a.shape) != 2 or min(a.shape) == 0:
+        return "not_matrix", None
+    if a.shape[0] * a.shape[1] > options.max_elements:
+        return "skipped_size", None
+    if not finite:
+        return "nonfinite", None
+    st = os.stat(base_info.file)
+    key = {
+        "file": os.path.abspath(base_info.file),
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "tensor": base_info.alias_of or name,
+        "dtype": base_info.dtype,
+    }
+    result = spectral_drift(
+        a, b, options=options, cache_file=cache_path(cache_dir, key, options), delta_sq=float(sums[K.DD])
+    )
+    return "ok", result
+
+
+def _row(name, base, view, prev_views, spectral, options, cache_dir, pool) -> TensorDrift:
+    b_info, c_info = base.infos.get(name), view.infos.get(name)
+    info = b_info or c_info
+    common = {
+        "name": name,
+        "shape": (c_info or info).shape,
+        "base_shape": (b_info or info).shape,
+        "dtype": c_info.dtype if c_info else "",
+        "base_dtype": b_info.dtype if b_info else "",
+    }
+    alias = [i.alias_of for i in (b_info, c_info) if i is not None and i.alias_of]
+    if alias and all(i is None or i.alias_of for i in (b_info, c_info)):
+        return TensorDrift(status="alias", alias_of=alias[0], **common)
+    if b_info is None or c_info is None:
+        return TensorDrift(status="extra" if b_info is None else "missing", **common)
+    if b_info.shape != c_info.shape:
+        return TensorDrift(status="shape_mismatch", **common)
+    a = DenseStream(base.array(name), b_info.dtype)
+    streams = [a, view.stream(name, a)]
+    for pv in prev_views:
+        s = pv.stream(name, a) if pv is not None else None
+        if s is None or s.shape != a.shape:
+            break
+        streams.append(s)
+    n_prev = len(streams) - 2
+    if n_prev == 1:
+        streams.append(streams[2])  # θ_{t−2} := θ_{t−1}: the step sums stay right, VV/UV are dropped
+    is_lora = any(isinstance(s, LowRankStream) for s in streams)
+    nan = inf = 0
+    finite = True
+    sums = fast_sums(streams, pool)
+    if sums is None and is_lora and all(isinstance(s, LowRankStream) or s is a for s in streams):
+        sums = lora_sums(streams, pool)
+        if sums is not None:  # counts need element values: merged rows, in the base dtype
+            counted, nan, inf, _ = float64_sums(streams, pool, counts_only=True)
+            sums[K.CHANGED], sums[K.STEP_CHANGED] = counted[K.CHANGED], counted[K.STEP_CHANGED]
+            finite = not (nan or inf)
+    if sums is None:
+        sums, nan, inf, finite = float64_sums(streams, pool)
+    row = _derive(common, sums, a.flat.size, nan, inf, n_prev, is_lora)
+    if not spectral:
+        return row
+    status, result = _spectral(name, b_info, a, streams[1], sums, finite, options, cache_dir)
+    return replace(row, spectral_status=status, spectral=result)
+
+
+def _derive(common, sums, numel, nan, inf, n_prev, is_lora) -> TensorDrift:
+    dd, aa, bb, ab = (float(sums[i]) for i in (K.DD, K.AA, K.BB, K.AB))
+    cos = lambda x, p, q: max(-1.0, min(1.0, x / math.sqrt(p * q))) if p > 0 and q > 0 else None
+    step = {}
+    if n_prev >= 1:
+        uu = float(sums[K.UU])
+        step = {
+            "sum_sq_step": uu,
+            "step_l2_distance": math.sqrt(uu),
+            "changed_step": int(sums[K.STEP_CHANGED]),
+        }
+    if n_prev == 2:
+        vv, uv = float(sums[K.VV]), float(sums[K.UV])
+        step |= {"sum_sq_prev_step": vv, "dot_steps": uv, "update_cosine_similarity": cos(uv, uu, vv)}
+    return TensorDrift(
+        status="ok",
+        numel=numel,
+        lora=is_lora,
+        sum_sq_delta=dd,
+        sum_sq_base=aa,
+        sum_sq=bb,
+        dot_base=ab,
+        changed=int(sums[K.CHANGED]),
+        nan_count=nan,
+        inf_count=inf,
+        l2_distance=math.sqrt(dd),
+        relative_l2_distance=math.sqrt(dd / aa) if aa > 0 else (0.0 if dd == 0 else None),
+        cosine_similarity=cos(ab, aa, bb),
+        spectral_status="off",
+        **step,
+        **common,
+    )
+
+
+def _default_threads() -> int:
+    return max(
+        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    )
+
+
+def tensor_rows(
+    base: Source,
+    ckpt: Source,
+    *,
+    names: Iterable[str] | None = None,
+    previous: Source | None = None,
+    before_previous: Source | None = None,
+    spectral: bool = True,
+    spectral_options: SpectralOptions | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    threads: int | None = None,
+) -> list[TensorDrift]:
+    """One TensorDrift per tensor name of ``base`` ∪ ``ckpt`` (or of ``names``), in storage order.
+
+    ``base``: a full model (folder or file); ``ckpt``/``previous``/``before_previous``: full models or
+    LoRA adapters of ``base``. ``names`` restricts the rows (unknown names raise ValueError), so a
+    worker per shard can compute its part; ``aggregate`` then pools any mix of rows. ``spectral``
+    adds top-k spectral drift for 2-D tensors (``spectral_options``; base results cached in
+    ``cache_dir``). ``progress(done, total, name)`` is called after each tensor.
+    Raises CheckpointError for unreadable files; mismatches become rows, not errors.
+    """
+    options = spectral_options or SpectralOptions()
+    threads = threads or _default_threads()
+    opened: list[Checkpoint] = []
+    try:
+        b, c = _open(base, opened), _open(ckpt, opened)
+        if b.kind == "lora":
+            raise ValueError(f"base must be a full model, got the LoRA adapter {b.path}")
+        view = _View(c, b)
+        prev = [
+            _View(p, b) if p is not None else None
+            for p in (_open(previous, opened), _open(before_previous, opened))
+        ]
+        if prev[0] is None:
+            prev = []
+        all_names = _row_names(b, view)
+        if names is not None:
+            wanted = list(dict.fromkeys(names))
+            unknown = sorted(set(wanted) - set(all_names))
+            if unknown:
+                raise ValueError(f"names not in base or checkpoint: {unknown[:10]} ({len(unknown)} in all)")
+            keep = set(wanted)
+            all_names = [n for n in all_names if n in keep]
+        rows = []
+        with ThreadPoolExecutor(threads) if threads > 1 else _NoPool() as pool:
+            for i, name in enumerate(all_names):
+                rows.append(
+                    _row(name, b, view, prev, spectral, options, cache_dir, pool if threads > 1 else None)
+                )
+                if progress is not None:
+                    progress(i + 1, len(all_names), name)
+        return rows
+    finally:
+        for ckpt_ in opened:
+            ckpt_.close()
+
+
+class _NoPool:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+def compare(
+    base: Source,
+    ckpt: Source,
+    *,
+    previous: Source | None = None,
+    before_previous: Source | None = None,
+    spectral: bool = True,
+    spectral_options: SpectralOptions | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    block_patterns: Sequence[str] | None = None,
+    module_patterns: Sequence[tuple[str, str]] | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    threads: int | None = None,
+) -> DriftReport:
+    """``tensor_rows`` over all tensors, then ``aggregate``."""
+    rows = tensor_rows(
+        base,
+        ckpt,
+        previous=previous,
+        before_previous=before_previous,
+        spectral=spectral,
+        spectral_options=spectral_options,
+        cache_dir=cache_dir,
+        progress=progress,
+        threads=threads,
+    )
+    summary = aggregate(rows, block_patterns=block_patterns, module_patterns=module_patterns)
+    return DriftReport(rows=tuple(rows), summary=summary)
+
+
+def shard_groups(base: Source, ckpt: Source) -> list[list[str]]:
+    """Row names grouped by the base file holding them (one job per shard); names only in the
+    checkpoint form a last group. Together the groups cover every row of ``tensor_rows`` once."""
+    opened: list[Checkpoint] = []
+    try:
+        b, c = _open(base, opened), _open(ckpt, opened)
+        groups: dict[str, list[str]] = {}
+        for name in _row_names(b, _View(c, b)):
+            info = b.infos.get(name)
+            groups.setdefault(info.file if info else "", []).append(name)
+        return [groups[f] for f in sorted(groups, key=lambda f: (f == "", f))]
+    finally:
+        for ckpt_ in opened:
+            ckpt_.close()
