@@ -132,6 +132,18 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     print(token)
 
 
+def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
+    from drift.checkpoint_io import CheckpointError
+    from service.diff import run_diff
+
+    try:
+        run_diff(Path(args.base), Path(args.checkpoint), previous=Path(args.previous) if args.previous else None,
+                 spectral=not args.no_spectral, as_json=args.json, spectral_k=args.k,
+                 cache_dir=settings.cache_dir / "spectral")
+    except (CheckpointError, ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"forgetwatch diff: {error}") from error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetwatch", description="Forgetting and drift monitoring "
                                      "for continual post-training of language models.")
@@ -154,6 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--revision", default="head")
     migrate.add_argument("--downgrade", action="store_true", help="go down to --revision instead")
     migrate.set_defaults(func=cmd_migrate)
+
+    diff = sub.add_parser("diff", help="parameter drift of CHECKPOINT against BASE, offline")
+    diff.add_argument("base", help="base model folder, .safetensors file")
+    diff.add_argument("checkpoint", help="checkpoint folder, .safetensors file or LoRA adapter folder")
+    diff.add_argument("--previous", help="the checkpoint before CHECKPOINT (for update-direction cosine)")
+    diff.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    diff.add_argument("--no-spectral", action="store_true", help="skip the top-k SVD measures")
+    diff.add_argument("-k", type=int, default=64, help="top-k singular values for spectral drift")
+    diff.set_defaults(func=cmd_diff)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

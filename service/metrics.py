@@ -14,6 +14,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, text
 
+from service.run_metrics import collect_run_metrics
+from service.settings import Settings
+
 log = logging.getLogger("forgetwatch")
 
 # Drift jobs take seconds to many minutes; the web defaults would put them all in +Inf.
@@ -48,11 +51,22 @@ _DURATION_SQL = text(
 )
 
 
+_OLDEST_SQL = text(
+    """
+    SELECT j.queue_name, EXTRACT(EPOCH FROM now() - min(e.at))
+      FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred'
+     WHERE j.status = 'todo' GROUP BY j.queue_name
+    """
+)
+
+
 class DatabaseCollector(Collector):
     """Queue depth, job outcomes and durations, and DB reachability, read at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, run_ttl_seconds: float, max_blocks: int) -> None:
         self.engine = engine
+        self.run_ttl_seconds = run_ttl_seconds
+        self.max_blocks = max_blocks
 
     def collect(self) -> Iterator:
         up = GaugeMetricFamily("forgetwatch_database_up", "1 if the service reached PostgreSQL at scrape time.")
@@ -61,6 +75,9 @@ class DatabaseCollector(Collector):
                 conn.execute(text("SET LOCAL statement_timeout = '5s'"))
                 queue_rows = conn.execute(_QUEUE_SQL).all()
                 duration_rows = conn.execute(_DURATION_SQL).all()
+                oldest_rows = conn.execute(_OLDEST_SQL).all()
+                run_families = list(collect_run_metrics(conn, ttl_seconds=self.run_ttl_seconds,
+                                                        max_blocks=self.max_blocks))
         except Exception as error:  # noqa: BLE001 - a scrape must never fail because the DB is away
             log.warning("action=metrics_db_unreachable error=%s", type(error).__name__)
             up.add_metric([], 0)
@@ -68,19 +85,25 @@ class DatabaseCollector(Collector):
             return
         up.add_metric([], 1)
         yield up
-        yield from _queue_families(queue_rows)
+        yield from _queue_families(queue_rows, oldest_rows)
         yield from _job_families(duration_rows)
+        yield from run_families
 
 
-def _queue_families(rows: list) -> Iterator:
+def _queue_families(rows: list, oldest_rows: list) -> Iterator:
     depth = GaugeMetricFamily("forgetwatch_queue_depth", "Jobs waiting to run, by queue.", labels=["queue"])
     running = GaugeMetricFamily("forgetwatch_queue_running", "Jobs running now, by queue.", labels=["queue"])
+    oldest = GaugeMetricFamily("forgetwatch_queue_oldest_job_age_seconds",
+                               "Age of the oldest job waiting to run (0 when none), by queue.", labels=["queue"])
     counts: dict[tuple[str, str], int] = {(q, s): n for q, s, n in rows}
+    ages = {q: float(age) for q, age in oldest_rows}
     for queue in sorted({q for q, _ in counts} | {"params", "probes", "maintenance"}):
         depth.add_metric([queue], counts.get((queue, "todo"), 0))
         running.add_metric([queue], counts.get((queue, "doing"), 0))
+        oldest.add_metric([queue], ages.get(queue, 0.0))
     yield depth
     yield running
+    yield oldest
 
 
 def _job_families(rows: list) -> Iterator:
@@ -94,8 +117,10 @@ def _job_families(rows: list) -> Iterator:
         by_outcome[(task, status)] = by_outcome.get((task, status), 0) + 1
         if seconds is not None:
             by_task.setdefault(task, []).append(float(seconds))
-    for (task, status), count in sorted(by_outcome.items()):
-        outcomes.add_metric([task, status], count)
+    # Every known task reports both outcomes, at 0 until they happen, so increase() sees the first failure.
+    for task in sorted(known_task_names() | {t for t, _ in by_outcome}):
+        for outcome in ("succeeded", "failed"):
+            outcomes.add_metric([task, outcome], by_outcome.get((task, outcome), 0))
     for task, values in sorted(by_task.items()):
         buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_DURATION_BUCKETS]
         buckets.append(("+Inf", len(values)))
@@ -104,8 +129,16 @@ def _job_families(rows: list) -> Iterator:
     yield durations
 
 
-def build_registry(engine: Engine) -> tuple[CollectorRegistry, RequestMetrics]:
-    registry = CollectorRegistry(auto_describe=True)
+def known_task_names() -> set[str]:
+    from service.queue.app import NAMESPACE
+    from service.queue.tasks import blueprint
+
+    return {f"{NAMESPACE}:{name}" for name in blueprint.tasks}
+
+
+def build_registry(engine: Engine, settings: Settings) -> tuple[CollectorRegistry, RequestMetrics]:
+    registry = CollectorRegistry(auto_describe=False)
     request_metrics = RequestMetrics(registry)
-    registry.register(DatabaseCollector(engine))
+    registry.register(DatabaseCollector(engine, run_ttl_seconds=settings.metrics_run_ttl_seconds,
+                                        max_blocks=settings.metrics_max_blocks))
     return registry, request_metrics

@@ -58,6 +58,45 @@ class Settings(BaseSettings):
     stalled_after_seconds: float = 30.0
     """A worker silent this long is considered dead; its running jobs are retried."""
 
+    spectral: bool = True
+    """Compute spectral drift (top-k SVD) of 2-D weights; off makes parameter jobs much cheaper."""
+
+    spectral_k: int = 64
+    """Top-k singular values/vectors for spectral drift."""
+
+    spectral_max_elements: int = 1 << 26
+    """Matrices larger than this are skipped by the spectral pass (reported as skipped)."""
+
+    param_part_elements: int = 1 << 30
+    """Parameters per parameter-drift job: shards larger than this are split across jobs."""
+
+    probe_device: str = "auto"
+    """Device for probe jobs: "auto" (a GPU when present), "cpu", "cuda:0", ..."""
+
+    probe_topk: int = 64
+    """Base log-probs kept per position in the probe cache (the rest is summarised as tail mass)."""
+
+    risk_threshold: float = 0.5
+    """Collapse risk above this is "high": alerts fire, `last_safe_step` is the checkpoint before it."""
+
+    risk_model_path: Path | None = None
+    """A risk model fitted by `forgetwatch calibrate` (JSON); unset: the one shipped with forgetwatch."""
+
+    forgetting_relative_drop: float = 0.10
+    """What counts as forgetting: this relative drop of ood accuracy (or reference log-likelihood)."""
+
+    forecast_ood_kl_nats: float = 0.5
+    """Forecast threshold for the ood probe forward KL (nats per token)."""
+
+    forecast_param_rel_l2: float = 0.05
+    """Forecast threshold for global relative L2 parameter drift."""
+
+    metrics_run_ttl_seconds: float = 7 * 86400
+    """Runs with no new checkpoint for this long drop out of /metrics (their data stays in the DB)."""
+
+    metrics_max_blocks: int = 8
+    """Per-block drift is exported for at most this many (the most drifted) blocks per run."""
+
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
 

@@ -16,7 +16,17 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
-from service.api.routes import checkpoints, health, jobs, probe_sets, runs, samples
+from service.api.routes import (
+    checkpoints,
+    health,
+    jobs,
+    param_drift,
+    probe_sets,
+    response_drift,
+    run_status,
+    runs,
+    samples,
+)
 from service.db.session import make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
@@ -27,7 +37,7 @@ log = logging.getLogger("forgetwatch")
 
 def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) -> FastAPI:
     """Build the API. With `run_worker`, a procrastinate worker runs inside the same process."""
-    registry, request_metrics = build_registry(engine)
+    registry, request_metrics = build_registry(engine, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,7 +68,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.registry = registry
-    for module in (health, runs, checkpoints, samples, probe_sets, jobs):
+    for module in (health, runs, run_status, checkpoints, samples, probe_sets, jobs, param_drift, response_drift):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)

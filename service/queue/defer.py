@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 _DEFER = text(
@@ -32,8 +33,20 @@ def defer_job(
     lock: str | None = None,
     queueing_lock: str | None = None,
     priority: int = 0,
-) -> int:
-    """Insert one job in the current transaction and return its id."""
+) -> int | None:
+    """Insert one job in the current transaction and return its id. With a `queueing_lock`, a job
+    already waiting under that lock makes this a no-op (returns None): the waiting job will do."""
+    if queueing_lock is not None:
+        try:
+            with session.begin_nested():
+                return _insert(session, task, queue, args, lock, queueing_lock, priority)
+        except IntegrityError:
+            return None
+    return _insert(session, task, queue, args, lock, queueing_lock, priority)
+
+
+def _insert(session: Session, task: str, queue: str, args: dict[str, Any], lock: str | None,
+            queueing_lock: str | None, priority: int) -> int:
     return session.execute(
         _DEFER,
         {

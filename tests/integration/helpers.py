@@ -48,10 +48,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_sparse_safetensors(path: Path, data_bytes: int) -> None:
-    """A valid safetensors file holding one uint8 tensor of `data_bytes` zeros, stored sparse
+def write_sparse_safetensors(path: Path, data_bytes: int, *, dtype: str = "U8") -> None:
+    """A valid safetensors file holding one tensor of `data_bytes` zero bytes, stored sparse
     (no disk used), so jobs that read it take a while without filling the disk."""
-    header = json.dumps({"blob": {"dtype": "U8", "shape": [data_bytes], "data_offsets": [0, data_bytes]}}).encode()
+    itemsize = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4}[dtype]
+    shape = [data_bytes // itemsize // 1024, 1024]
+    header = json.dumps({"blob": {"dtype": dtype, "shape": shape, "data_offsets": [0, data_bytes]}}).encode()
     header += b" " * (-len(header) % 8)
     with open(path, "wb") as out:
         out.write(len(header).to_bytes(8, "little"))

@@ -21,8 +21,7 @@ from service.db import queries
 from service.db.models import Checkpoint
 from service.errors import Conflict, InsufficientStorage, PayloadTooLarge, Unprocessable
 from service.paths import directory_size, resolve_checkpoint_uri
-from service.queue.app import task_name
-from service.queue.defer import defer_job
+from service.queue import param_tasks, probe_tasks
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/checkpoints", tags=["checkpoints"])
@@ -45,8 +44,9 @@ def checkpoint_out(session: Session, checkpoint: Checkpoint) -> CheckpointOut:
 
 def enqueue_checkpoint_jobs(session: Session, checkpoint: Checkpoint) -> None:
     """All work a new checkpoint needs, in the caller's transaction."""
-    defer_job(session, task=task_name("validate_checkpoint"), queue="params",
-              args={"checkpoint_id": checkpoint.id}, lock=f"checkpoint-{checkpoint.id}")
+    param_tasks.enqueue(session, checkpoint.id)
+    if queries.run_probe_set_names(session, run_id=checkpoint.run_id):
+        probe_tasks.enqueue(session, checkpoint.id)
 
 
 def upload_dir(settings: Settings, run_id: int, step: int) -> Path:

@@ -1,0 +1,184 @@
+"""Measured forgetting on a probe set: the checkpoint's score minus the base's, paired by item.
+
+Two scores, each only where the probe set supports it:
+
+- log-likelihood: mean log-prob per token (nats/token) of the *reference* completions, pooled
+  over items (Σ item log-prob / Σ item tokens); items whose completion is the base's own greedy
+  continuation are left out.
+- accuracy: share of items with a checkable answer whose greedy-decoded completion passes the
+  check: ``completion.strip() == answer.strip()`` by default, or ``checker(completion, answer)``.
+
+``change = current − base``; negative means forgetting. The confidence interval is a paired
+percentile bootstrap over items (Efron & Tibshirani 1993, ch. 13): each replicate resamples item
+indices once and recomputes both scores on them, so item difficulty cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from drift.base_cache import BaseTopKCache
+from drift.divergence import ProbeSetDivergence, probe_divergence
+from drift.models import greedy_generate_ids
+
+Checker = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True)
+class PairedChange:
+    """A score on the base and on the checkpoint, with ``change = current − base`` and its
+    ``confidence`` bootstrap interval ``[ci_low, ci_high]`` over ``n_items`` paired items."""
+
+    base: float
+    current: float
+    change: float
+    ci_low: float
+    ci_high: float
+    n_items: int
+    confidence: float
+
+
+@dataclass(frozen=True)
+class ForgettingResult:
+    """``log_likelihood`` (nats/token) is None without reference items, ``accuracy`` without answers."""
+
+    probe_set: str
+    domain: str
+    log_likelihood: PairedChange | None
+    accuracy: PairedChange | None
+
+
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    divergence: ProbeSetDivergence
+    forgetting: ForgettingResult
+
+
+def exact_match(completion: str, answer: str) -> bool:
+    return completion.strip() == answer.strip()
+
+
+def paired_bootstrap_change(
+    base: np.ndarray,
+    current: np.ndarray,
+    *,
+    weights: np.ndarray | None = None,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    random_state: int | np.random.Generator | None = None,
+) -> PairedChange:
+    """Weighted means of paired per-item scores and a paired percentile bootstrap CI of their change.
+
+    ``base``, ``current``, ``weights``: shape (items,). Score = Σ w·x / Σ w (weights default 1).
+    A single item gives a zero-width interval.
+    """
+    base, current = np.asarray(base, dtype=np.float64), np.asarray(current, dtype=np.float64)
+    w = np.ones_like(base) if weights is None else np.asarray(weights, dtype=np.float64)
+    if base.ndim != 1 or base.shape != current.shape or base.shape != w.shape:
+        raise ValueError(f"base, current and weights must be 1-D of one length, got shapes "
+                         f"{base.shape}, {current.shape}, {w.shape}")
+    if base.size == 0:
+        raise ValueError("no items to compare")
+    if not (np.isfinite(base).all() and np.isfinite(current).all() and np.isfinite(w).all()):
+        raise ValueError("base, current and weights must be finite")
+    if (w <= 0).any():
+        raise ValueError(f"weights must be positive, got min {w.min()}")
+    if n_bootstrap < 1 or not 0 < confidence < 1:
+        raise ValueError(f"need n_bootstrap >= 1 and 0 < confidence < 1, got {n_bootstrap}, {confidence}")
+    rng = np.random.default_rng(random_state)
+    b_score, c_score = float(w @ base / w.sum()), float(w @ current / w.sum())
+    idx = rng.integers(0, base.size, size=(n_bootstrap, base.size))  # (replicates, items)
+    ww = w[idx]
+    changes = ((current[idx] - base[idx]) * ww).sum(1) / ww.sum(1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(changes, [tail, 1 - tail])
+    return PairedChange(
+        base=b_score,
+        current=c_score,
+        change=c_score - b_score,
+        ci_low=float(min(low, c_score - b_score)),
+        ci_high=float(max(high, c_score - b_score)),
+        n_items=int(base.size),
+        confidence=confidence,
+    )
+
+
+def measure_forgetting(
+    model,
+    tokenizer,
+    cache: BaseTopKCache,
+    *,
+    divergence: ProbeSetDivergence | None = None,
+    checker: Checker | None = None,
+    batch_size: int = 16,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    random_state: int | np.random.Generator | None = None,
+) -> ForgettingResult:
+    """Forgetting of ``model`` (the checkpoint) vs the base recorded in ``cache``.
+
+    Pass the checkpoint's `probe_divergence` result as ``divergence`` to reuse its forward pass
+    for the log-likelihoods; the answers are greedy-decoded here with the cache's
+    ``max_new_tokens``.
+    """
+    if divergence is None:
+        divergence = probe_divergence(model, cache, batch_size=batch_size)
+    if divergence.probe_set != cache.probe_set or divergence.n_probes != cache.n_probes:
+        raise ValueError(f"divergence is for {divergence.probe_set!r} ({divergence.n_probes} probes), "
+                         f"the cache for {cache.probe_set!r} ({cache.n_probes})")
+    check = checker or exact_match
+    rng = np.random.default_rng(random_state)
+    options = {"n_bootstrap": n_bootstrap, "confidence": confidence}
+
+    refs = [p for p in divergence.per_probe if p.from_reference]
+    loglik = None
+    if refs:
+        loglik = paired_bootstrap_change(
+            np.array([p.base_mean_logprob for p in refs]),
+            np.array([p.mean_logprob for p in refs]),
+            weights=np.array([p.n_tokens for p in refs]),
+            random_state=rng,
+            **options,
+        )
+
+    answered = [i for i, a in enumerate(cache.answers) if a is not None]
+    accuracy = None
+    if answered:
+        prompts = cache.sequences()
+        completions = greedy_generate_ids(
+            model,
+            [prompts[i][0] for i in answered],
+            max_new_tokens=cache.max_new_tokens,
+            batch_size=batch_size,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        current = [bool(check(tokenizer.decode(ids, skip_special_tokens=True), cache.answers[i]))
+                   for ids, i in zip(completions, answered, strict=True)]
+        base = [bool(check(cache.base_completions[i] or "", cache.answers[i])) for i in answered]
+        accuracy = paired_bootstrap_change(np.array(base, float), np.array(current, float), random_state=rng,
+                                           **options)
+    return ForgettingResult(cache.probe_set, cache.domain, loglik, accuracy)
+
+
+def evaluate_checkpoint(
+    model,
+    tokenizer,
+    cache: BaseTopKCache,
+    *,
+    checker: Checker | None = None,
+    batch_size: int = 16,
+    n_bootstrap: int = 2000,
+    confidence: float = 0.95,
+    random_state: int | np.random.Generator | None = None,
+) -> CheckpointEvaluation:
+    """Everything one checkpoint needs on one probe set: one forward pass plus greedy answers."""
+    divergence = probe_divergence(model, cache, batch_size=batch_size)
+    forgetting = measure_forgetting(
+        model, tokenizer, cache, divergence=divergence, checker=checker, batch_size=batch_size,
+        n_bootstrap=n_bootstrap, confidence=confidence, random_state=random_state,
+    )
+    return CheckpointEvaluation(divergence=divergence, forgetting=forgetting)

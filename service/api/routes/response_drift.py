@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
+from service.api.idempotency import run_idempotent
+from service.api.schemas import Name, Strict
+from service.db import param_drift as analyses
+from service.db import queries
+from service.db import response_drift as store
+from service.run_metrics import forgetting_ratio
+
+router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["response drift"])
+
+
+class ProbeSetsAttach(Strict):
+    probe_sets: Annotated[list[Name], Field(min_length=1, max_length=32)]
+
+
+@router.post("/probe-sets")
+def attach_probe_sets(run_ref: str, body: ProbeSetsAttach, request: Request, session: SessionDep,
+                      principal: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Attach probe sets to a run; checkpoints registered from now on are probed with them."""
+
+    def action() -> tuple[int, dict[str, Any]]:
+        run = queries.get_run(session, ref=run_ref)
+        ids = queries.probe_set_ids(session, names=body.probe_sets)
+        queries.attach_probe_sets(session, run_id=run.id, probe_set_ids=ids.values())
+        return 200, {"run": run.name, "probe_sets": queries.run_probe_set_names(session, run_id=run.id)}
+
+    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
+                          path=request.url.path, payload=body.model_dump_json(), action=action)
+
+
+class _Row(dict):
+    """Attribute access for `forgetting_ratio`."""
+
+    __getattr__ = dict.get
+
+
+def _with_ratio(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "forgetting_ratio": forgetting_ratio(_Row(row))}
+
+
+@router.get("/checkpoints/{step}/response-drift")
+def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2**53)], session: SessionDep,
+                              _: Reader) -> dict[str, Any]:
+    """Probe-set divergences (KL forward/reverse with p10–p90), measured forgetting with bootstrap
+    intervals, and the statistics of the samples pushed at this step."""
+    run = queries.get_run(session, ref=run_ref)
+    checkpoint = queries.get_checkpoint(session, run_id=run.id, step=step)
+    analysis = analyses.analysis_status(session, checkpoint_id=checkpoint.id, kind="responses")
+    samples = [s for s in store.run_sample_series(session, run_id=run.id) if s["step"] == step]
+    return {
+        "run": run.name, "step": step, "status": analysis["status"], "error": analysis["error"],
+        "probe_sets": [_with_ratio(r) for r in store.checkpoint_probe_results(session, checkpoint_id=checkpoint.id)],
+        "samples": samples,
+    }
+
+
+@router.get("/response-drift")
+def run_response_drift(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+    """Series across steps: per probe set (with its domain), and per pushed sample batch."""
+    run = queries.get_run(session, ref=run_ref)
+    probe_sets: dict[str, dict[str, Any]] = {}
+    for row in store.run_probe_series(session, run_id=run.id):
+        entry = probe_sets.setdefault(row["probe_set"], {"domain": row["domain"], "series": []})
+        entry["series"].append(_with_ratio({k: v for k, v in row.items() if k not in ("probe_set", "domain")}))
+    return {"run": run.name, "probe_sets": probe_sets, "samples": store.run_sample_series(session, run_id=run.id)}

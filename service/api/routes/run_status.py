@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import Field, StringConstraints
+from sqlalchemy import text
+
+from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
+from service.api.idempotency import run_idempotent
+from service.api.schemas import Step, Strict
+from service.db import queries
+
+router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["runs"])
+
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.\-]{1,64}$")]
+
+
+class LabelsIn(Strict):
+    step: Step
+    labels: Annotated[dict[LabelName, float], Field(min_length=1, max_length=64)]
+
+
+@router.post("/labels", status_code=202)
+def post_labels(run_ref: str, body: LabelsIn, request: Request, session: SessionDep, principal: Writer,
+                idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    """Ground truth measured by the trainer at a step (e.g. `ood_accuracy`, `in_domain_accuracy`),
+    used to check and calibrate the risk model. Re-posting a label replaces it."""
+
+    def action() -> tuple[int, dict[str, Any]]:
+        run = queries.get_run(session, ref=run_ref)
+        session.execute(
+            text("INSERT INTO run_labels (run_id, step, name, value) VALUES (:r, :s, :n, :v) "
+                 "ON CONFLICT (run_id, step, name) DO UPDATE SET value = EXCLUDED.value"),
+            [{"r": run.id, "s": body.step, "n": n, "v": v} for n, v in body.labels.items()],
+        )
+        return 202, {"run_id": run.id, "step": body.step, "accepted": len(body.labels)}
+
+    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
+                          path=request.url.path, payload=body.model_dump_json(), action=action)
+
+
+@router.get("/labels")
+def get_labels(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+    run = queries.get_run(session, ref=run_ref)
+    rows = session.execute(text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY step, name"),
+                           {"r": run.id})
+    by_step: dict[int, dict[str, float]] = {}
+    for step, name, value in rows:
+        by_step.setdefault(step, {})[name] = value
+    return {"run": run.name, "labels": [{"step": s, **v} for s, v in by_step.items()]}
+
+
+@router.get("/status")
+def run_status(run_ref: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
+    """What on-call and the trainer callback need: latest risk, its findings and forecasts, and the
+    last checkpoint whose risk was below the alert threshold (where to roll back)."""
+    run = queries.get_run(session, ref=run_ref)
+    threshold = settings.risk_threshold
+    rows = session.execute(
+        text("SELECT c.step, c.status, r.applicable, r.value, r.model, r.reason, r.findings, r.forecasts, "
+             "r.changepoint FROM checkpoints c LEFT JOIN risk_estimates r ON r.checkpoint_id = c.id "
+             "WHERE c.run_id = :r ORDER BY c.step"), {"r": run.id}).mappings().all()
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    assessed = [r for r in rows if r["model"] is not None]
+    latest = assessed[-1] if assessed else None
+    last_safe = None
+    for r in assessed:
+        if r["applicable"] and r["value"] is not None and r["value"] >= threshold:
+            break
+        last_safe = r["step"]
+    return {
+        "run": run.name,
+        "method": run.method,
+        "last_step": rows[-1]["step"] if rows else None,
+        "checkpoints": counts,
+        "risk": None if latest is None else {
+            "step": latest["step"], "value": latest["value"], "applicable": latest["applicable"],
+            "threshold": threshold, "model": latest["model"], "reason": latest["reason"],
+            "changepoint": latest["changepoint"], "forecasts": latest["forecasts"],
+        },
+        "findings": latest["findings"] if latest else [],
+        "last_safe_step": last_safe,
+    }
+
+
+@router.get("/risk")
+def run_risk(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+    """Risk per checkpoint across the run (value null where no model applied, with the reason)."""
+    run = queries.get_run(session, ref=run_ref)
+    rows = session.execute(
+        text("SELECT c.step, r.applicable, r.value, r.model, r.reason, r.changepoint, r.forecasts, r.findings "
+             "FROM checkpoints c JOIN risk_estimates r ON r.checkpoint_id = c.id WHERE c.run_id = :r "
+             "ORDER BY c.step"), {"r": run.id}).mappings().all()
+    return {"run": run.name, "series": [dict(r) for r in rows]}

@@ -1,0 +1,239 @@
+"""Storage of parameter-drift results and of each checkpoint's analysis status."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from drift.aggregate import DriftStats, DriftSummary, block_index, module_kind
+from drift.params import TensorDrift
+from drift.spectral import SpectralDrift
+
+ANALYSES = ("params",)
+
+
+def _clean(value: Any) -> Any:
+    """JSON cannot hold NaN/inf; store them as None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def row_to_json(row: TensorDrift) -> dict[str, Any]:
+    return _clean(dataclasses.asdict(row))
+
+
+def row_from_json(data: dict[str, Any]) -> TensorDrift:
+    fields = dict(data)
+    fields["shape"] = tuple(fields["shape"])
+    fields["base_shape"] = tuple(fields["base_shape"])
+    if fields.get("spectral") is not None:
+        fields["spectral"] = SpectralDrift(**fields["spectral"])
+    return TensorDrift(**fields)
+
+
+# --- analysis status -------------------------------------------------------------------------
+
+def set_analysis(session: Session, *, checkpoint_id: int, kind: str, status: str, error: str | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+    session.execute(
+        text(
+            """
+            INSERT INTO checkpoint_analyses (checkpoint_id, kind, status, error, details, updated_at)
+            VALUES (:c, :k, :s, :e, COALESCE(CAST(:d AS jsonb), '{}'::jsonb), now())
+            ON CONFLICT (checkpoint_id, kind) DO UPDATE
+               SET status = EXCLUDED.status, error = EXCLUDED.error, updated_at = now(),
+                   details = CASE WHEN CAST(:d AS jsonb) IS NULL THEN checkpoint_analyses.details
+                                  ELSE EXCLUDED.details END
+            """
+        ),
+        {"c": checkpoint_id, "k": kind, "s": status, "e": error, "d": json.dumps(details) if details else None},
+    )
+    refresh_checkpoint_status(session, checkpoint_id=checkpoint_id)
+
+
+def refresh_checkpoint_status(session: Session, *, checkpoint_id: int) -> None:
+    """A checkpoint is failed if any analysis failed, ready when all are ready, else processing."""
+    session.execute(
+        text(
+            """
+            WITH a AS (
+                SELECT bool_or(status = 'failed') AS failed, bool_and(status = 'ready') AS ready,
+                       bool_or(status <> 'pending') AS started,
+                       string_agg(kind || ': ' || error, '; ') FILTER (WHERE status = 'failed') AS errors
+                  FROM checkpoint_analyses WHERE checkpoint_id = :c
+            )
+            UPDATE checkpoints SET updated_at = now(), error = a.errors,
+                   status = CASE WHEN a.failed THEN 'failed' WHEN a.ready THEN 'ready'
+                                 WHEN a.started THEN 'processing' ELSE 'pending' END
+              FROM a WHERE checkpoints.id = :c AND a.ready IS NOT NULL
+            """
+        ),
+        {"c": checkpoint_id},
+    )
+
+
+def analysis_details(session: Session, *, checkpoint_id: int, kind: str) -> dict[str, Any]:
+    value = session.execute(
+        text("SELECT details FROM checkpoint_analyses WHERE checkpoint_id = :c AND kind = :k"),
+        {"c": checkpoint_id, "k": kind},
+    ).scalar()
+    return value or {}
+
+
+# --- parts -----------------------------------------------------------------------------------
+
+def replace_parts(session: Session, *, checkpoint_id: int, groups: Sequence[Sequence[str]]) -> None:
+    for table in ("param_drift_summaries", "param_drift_tensors", "param_drift_parts"):
+        session.execute(text(f"DELETE FROM {table} WHERE checkpoint_id = :c"), {"c": checkpoint_id})
+    session.execute(
+        text("INSERT INTO param_drift_parts (checkpoint_id, part, tensor_names) VALUES (:c, :p, CAST(:n AS jsonb))"),
+        [{"c": checkpoint_id, "p": i, "n": json.dumps(list(g))} for i, g in enumerate(groups)],
+    )
+
+
+def part_names(session: Session, *, checkpoint_id: int, part: int) -> list[str] | None:
+    return session.execute(
+        text("SELECT tensor_names FROM param_drift_parts WHERE checkpoint_id = :c AND part = :p"),
+        {"c": checkpoint_id, "p": part},
+    ).scalar()
+
+
+def store_part(session: Session, *, checkpoint_id: int, part: int, rows: Sequence[TensorDrift]) -> int:
+    """Replace the part's rows, mark it done, and return how many parts are still missing.
+    The checkpoint row is locked so that exactly one finishing part sees zero."""
+    session.execute(text("SELECT 1 FROM checkpoints WHERE id = :c FOR UPDATE"), {"c": checkpoint_id})
+    session.execute(text("DELETE FROM param_drift_tensors WHERE checkpoint_id = :c AND part = :p"),
+                    {"c": checkpoint_id, "p": part})
+    if rows:
+        session.execute(
+            text(
+                """
+                INSERT INTO param_drift_tensors (checkpoint_id, part, name, status, block, module_kind, numel,
+                    l2_distance, relative_l2_distance, cosine_similarity, update_cosine_similarity,
+                    normalized_spectral_shift, max_principal_angle_deg, nan_count, inf_count, data)
+                VALUES (:c, :p, :name, :status, :block, :kind, :numel, :l2, :rel, :cos, :ucos, :nss, :angle,
+                        :nan, :inf, CAST(:data AS jsonb))
+                ON CONFLICT (checkpoint_id, name) DO UPDATE SET data = EXCLUDED.data
+                """
+            ),
+            [_tensor_params(checkpoint_id, part, r) for r in rows],
+        )
+    session.execute(text("UPDATE param_drift_parts SET done = true WHERE checkpoint_id = :c AND part = :p"),
+                    {"c": checkpoint_id, "p": part})
+    return session.execute(
+        text("SELECT count(*) FROM param_drift_parts WHERE checkpoint_id = :c AND NOT done"), {"c": checkpoint_id}
+    ).scalar_one()
+
+
+def _tensor_params(checkpoint_id: int, part: int, row: TensorDrift) -> dict[str, Any]:
+    spectral = row.spectral
+    data = row_to_json(row)
+    return {
+        "c": checkpoint_id, "p": part, "name": row.name, "status": row.status,
+        "block": block_index(row.name), "kind": module_kind(row.name), "numel": row.numel,
+        "l2": data["l2_distance"], "rel": data["relative_l2_distance"], "cos": data["cosine_similarity"],
+        "ucos": data["update_cosine_similarity"],
+        "nss": _clean(spectral.normalized_spectral_shift) if spectral else None,
+        "angle": _clean(spectral.max_principal_angle_deg) if spectral else None,
+        "nan": row.nan_count, "inf": row.inf_count, "data": json.dumps(data),
+    }
+
+
+def load_rows(session: Session, *, checkpoint_id: int) -> list[TensorDrift]:
+    rows = session.execute(text("SELECT data FROM param_drift_tensors WHERE checkpoint_id = :c"), {"c": checkpoint_id})
+    return [row_from_json(data) for (data,) in rows]
+
+
+# --- summaries -------------------------------------------------------------------------------
+
+def replace_summaries(session: Session, *, checkpoint_id: int, summary: DriftSummary) -> None:
+    session.execute(text("DELETE FROM param_drift_summaries WHERE checkpoint_id = :c"), {"c": checkpoint_id})
+    scopes = [("global", "global", summary.overall)]
+    scopes += [("block", str(b), s) for b, s in summary.blocks.items()]
+    scopes += [("module", k, s) for k, s in summary.modules.items()]
+    mismatches = {f.name: getattr(summary, f.name) for f in dataclasses.fields(summary)
+                  if f.name not in ("overall", "blocks", "modules")}
+    session.execute(
+        text(
+            """
+            INSERT INTO param_drift_summaries (checkpoint_id, scope, key, numel, l2_distance, relative_l2_distance,
+                cosine_similarity, update_cosine_similarity, changed_ratio, normalized_spectral_shift,
+                max_principal_angle_deg, principal_overlap_ratio, principal_update_energy_ratio, nan_count,
+                inf_count, data)
+            VALUES (:c, :scope, :key, :numel, :l2, :rel, :cos, :ucos, :changed, :nss, :angle, :overlap, :energy,
+                    :nan, :inf, CAST(:data AS jsonb))
+            """
+        ),
+        [_summary_params(checkpoint_id, scope, key, s, mismatches if scope == "global" else None)
+         for scope, key, s in scopes],
+    )
+
+
+def _summary_params(checkpoint_id: int, scope: str, key: str, s: DriftStats,
+                    mismatches: dict[str, Any] | None) -> dict[str, Any]:
+    data = _clean(dataclasses.asdict(s))
+    if mismatches is not None:
+        data["mismatches"] = _clean(mismatches)
+    return {
+        "c": checkpoint_id, "scope": scope, "key": key, "numel": s.numel, "l2": data["l2_distance"],
+        "rel": data["relative_l2_distance"], "cos": data["cosine_similarity"],
+        "ucos": data["update_cosine_similarity"], "changed": data["changed_ratio"],
+        "nss": data["normalized_spectral_shift"], "angle": data["max_principal_angle_deg"],
+        "overlap": data["principal_overlap_ratio"], "energy": data["principal_update_energy_ratio"],
+        "nan": s.nan_count, "inf": s.inf_count, "data": json.dumps(data),
+    }
+
+
+SUMMARY_COLUMNS = ("numel", "l2_distance", "relative_l2_distance", "cosine_similarity", "update_cosine_similarity",
+                   "changed_ratio", "normalized_spectral_shift", "max_principal_angle_deg",
+                   "principal_overlap_ratio", "principal_update_energy_ratio", "nan_count", "inf_count")
+
+
+def checkpoint_summaries(session: Session, *, checkpoint_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text(f"SELECT scope, key, {', '.join(SUMMARY_COLUMNS)}, data FROM param_drift_summaries "
+             "WHERE checkpoint_id = :c ORDER BY scope, key"),
+        {"c": checkpoint_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def checkpoint_tensors(session: Session, *, checkpoint_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text("SELECT name, status, block, module_kind, numel, l2_distance, relative_l2_distance, cosine_similarity, "
+             "update_cosine_similarity, normalized_spectral_shift, max_principal_angle_deg, nan_count, inf_count, "
+             "data->>'dtype' AS dtype, data->'shape' AS shape, (data->>'changed')::bigint AS changed "
+             "FROM param_drift_tensors WHERE checkpoint_id = :c ORDER BY block NULLS FIRST, name"),
+        {"c": checkpoint_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def run_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """Global and per-block summaries of every checkpoint of a run, by step."""
+    rows = session.execute(
+        text(f"SELECT c.step, s.scope, s.key, {', '.join('s.' + c for c in SUMMARY_COLUMNS)} "
+             "FROM param_drift_summaries s JOIN checkpoints c ON c.id = s.checkpoint_id "
+             "WHERE c.run_id = :r AND s.scope IN ('global', 'block') ORDER BY c.step, s.scope, s.key"),
+        {"r": run_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def analysis_status(session: Session, *, checkpoint_id: int, kind: str) -> dict[str, Any]:
+    row = session.execute(
+        text("SELECT status, error, details FROM checkpoint_analyses WHERE checkpoint_id = :c AND kind = :k"),
+        {"c": checkpoint_id, "k": kind},
+    ).mappings().first()
+    return dict(row) if row else {"status": "pending", "error": None, "details": {}}

@@ -1,0 +1,128 @@
+"""Storage of response-drift results: the base's cached probe side, probe-set results per
+checkpoint, per-probe rows, and statistics of pushed sample batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from drift.probes import ProbeItem, ProbeSet
+from service.db.param_drift import _clean
+
+
+def run_probe_sets(session: Session, *, run_id: int) -> list[tuple[int, ProbeSet]]:
+    sets = session.execute(
+        text("SELECT p.id, p.name, p.domain FROM probe_sets p JOIN run_probe_sets r ON r.probe_set_id = p.id "
+             "WHERE r.run_id = :r ORDER BY p.name"), {"r": run_id}).all()
+    out = []
+    for probe_set_id, name, domain in sets:
+        items = session.execute(
+            text("SELECT prompt, reference, answer FROM probe_items WHERE probe_set_id = :p ORDER BY position"),
+            {"p": probe_set_id}).all()
+        out.append((probe_set_id, ProbeSet(name=name, domain=domain,
+                                           items=tuple(ProbeItem(p, r, a) for p, r, a in items))))
+    return out
+
+
+def load_base_cache(session: Session, *, base_model: str, probe_set_id: int, k: int, fingerprint: str) -> bytes | None:
+    return session.execute(
+        text("SELECT data FROM probe_base_caches WHERE base_model = :b AND probe_set_id = :p AND k = :k "
+             "AND fingerprint = :f"), {"b": base_model, "p": probe_set_id, "k": k, "f": fingerprint}).scalar()
+
+
+def store_base_cache(session: Session, *, base_model: str, probe_set_id: int, k: int, fingerprint: str,
+                     data: bytes) -> None:
+    session.execute(
+        text("INSERT INTO probe_base_caches (base_model, probe_set_id, k, fingerprint, data) "
+             "VALUES (:b, :p, :k, :f, :d) ON CONFLICT (base_model, probe_set_id, k) "
+             "DO UPDATE SET fingerprint = EXCLUDED.fingerprint, data = EXCLUDED.data, created_at = now()"),
+        {"b": base_model, "p": probe_set_id, "k": k, "f": fingerprint, "d": data})
+
+
+def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: int, evaluation: Any,
+                       correct: Sequence[bool | None] | None = None) -> None:
+    """Replace this checkpoint's result on one probe set (aggregate row + one row per probe)."""
+    div, forg = evaluation.divergence, evaluation.forgetting
+    ll, acc = forg.log_likelihood, forg.accuracy
+    params = {
+        "c": checkpoint_id, "p": probe_set_id, "domain": div.domain,
+        "kl_forward": div.forward_kl.mean, "kl_forward_p10": div.forward_kl.p10, "kl_forward_p25": div.forward_kl.p25,
+        "kl_forward_p50": div.forward_kl.p50, "kl_forward_p90": div.forward_kl.p90,
+        "kl_reverse": div.reverse_kl.mean, "kl_reverse_p90": div.reverse_kl.p90,
+        "total_variation": div.total_variation.mean, "entropy": div.entropy.mean, "agreement": div.top1_agreement.mean,
+        "loglik": ll.current if ll else None, "loglik_base": ll.base if ll else None,
+        "loglik_change": ll.change if ll else None, "loglik_ci_low": ll.ci_low if ll else None,
+        "loglik_ci_high": ll.ci_high if ll else None,
+        "accuracy": acc.current if acc else None, "accuracy_base": acc.base if acc else None,
+        "accuracy_change": acc.change if acc else None, "accuracy_ci_low": acc.ci_low if acc else None,
+        "accuracy_ci_high": acc.ci_high if acc else None,
+    }
+    summary = {k: v for k, v in dataclasses.asdict(div).items() if k != "per_probe"}
+    params = {k: _clean(v) for k, v in params.items()}
+    params["data"] = json.dumps(_clean({"divergence": summary, "forgetting": dataclasses.asdict(forg)}))
+    columns = [k for k in params if k not in ("c", "p", "data")]
+    session.execute(text("DELETE FROM probe_drift WHERE checkpoint_id = :c AND probe_set_id = :p"),
+                    {"c": checkpoint_id, "p": probe_set_id})
+    session.execute(text("DELETE FROM probe_drift_items WHERE checkpoint_id = :c AND probe_set_id = :p"),
+                    {"c": checkpoint_id, "p": probe_set_id})
+    session.execute(
+        text(f"INSERT INTO probe_drift (checkpoint_id, probe_set_id, {', '.join(columns)}, data) "
+             f"VALUES (:c, :p, {', '.join(':' + c for c in columns)}, CAST(:data AS jsonb))"), params)
+    session.execute(
+        text("INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, forward_kl, reverse_kl, "
+             "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct) "
+             "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct)"),
+        [{"c": checkpoint_id, "p": probe_set_id, "i": i, "fwd": _clean(d.forward_kl), "rev": _clean(d.reverse_kl),
+          "tv": _clean(d.total_variation), "ent": _clean(d.entropy), "agree": _clean(d.top1_agreement),
+          "lp": _clean(d.mean_logprob), "blp": _clean(d.base_mean_logprob),
+          "correct": correct[i] if correct is not None and i < len(correct) else None}
+         for i, d in enumerate(div.per_probe)],
+    )
+
+
+PROBE_COLUMNS = ("kl_forward", "kl_forward_p10", "kl_forward_p25", "kl_forward_p50", "kl_forward_p90", "kl_reverse",
+                 "kl_reverse_p90", "total_variation", "entropy", "agreement", "loglik", "loglik_base",
+                 "loglik_change", "loglik_ci_low", "loglik_ci_high", "accuracy", "accuracy_base", "accuracy_change",
+                 "accuracy_ci_low", "accuracy_ci_high")
+SAMPLE_COLUMNS = ("n_samples", "mmd2", "shift_pvalue", "shift_detected", "classifier_auc", "centroid_distance",
+                  "similarity_median", "similarity_p25", "distinct1", "distinct2", "distinct2_base",
+                  "repetition_ratio", "degenerate_ratio", "length_mean", "length_std", "sample_entropy")
+
+
+def checkpoint_probe_results(session: Session, *, checkpoint_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text(f"SELECT s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
+             "FROM probe_drift p JOIN probe_sets s ON s.id = p.probe_set_id WHERE p.checkpoint_id = :c "
+             "ORDER BY s.name"), {"c": checkpoint_id}).mappings()
+    return [dict(r) for r in rows]
+
+
+def run_probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text(f"SELECT c.step, s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
+             "FROM probe_drift p JOIN probe_sets s ON s.id = p.probe_set_id JOIN checkpoints c ON c.id = p.checkpoint_id "
+             "WHERE c.run_id = :r ORDER BY s.name, c.step"), {"r": run_id}).mappings()
+    return [dict(r) for r in rows]
+
+
+def run_sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    rows = session.execute(
+        text(f"SELECT step, probe_set, {', '.join(SAMPLE_COLUMNS)} FROM sample_drift WHERE run_id = :r "
+             "ORDER BY step, probe_set"), {"r": run_id}).mappings()
+    return [dict(r) for r in rows]
+
+
+def store_sample_result(session: Session, *, run_id: int, step: int, probe_set: str, values: dict[str, Any],
+                        data: dict[str, Any]) -> None:
+    columns = [c for c in SAMPLE_COLUMNS if c in values]
+    params = {c: _clean(values[c]) for c in columns}
+    params.update(r=run_id, s=step, ps=probe_set, data=json.dumps(_clean(data)))
+    session.execute(text("DELETE FROM sample_drift WHERE run_id = :r AND step = :s AND probe_set = :ps"), params)
+    session.execute(
+        text(f"INSERT INTO sample_drift (run_id, step, probe_set, {', '.join(columns)}, data) "
+             f"VALUES (:r, :s, :ps, {', '.join(':' + c for c in columns)}, CAST(:data AS jsonb))"), params)

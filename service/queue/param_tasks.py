@@ -1,0 +1,155 @@
+"""Parameter drift of a checkpoint, scaled out: plan -> one part per shard (any worker) -> aggregate.
+
+- plan: checks the files, picks the previous checkpoints (the two latest lower steps registered
+  at planning time), splits the tensors into parts and enqueues one job per part.
+- part: computes the rows of its tensors and stores them (replacing any earlier run of the part);
+  the part that finds all others done enqueues the aggregate.
+- aggregate: pools all rows into block/module/global summaries and marks the analysis ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import procrastinate
+from sqlalchemy import text
+
+from drift.checkpoint_io import CheckpointError, list_tensors
+from drift.params import aggregate, shard_groups, tensor_rows
+from drift.spectral import SpectralOptions
+from service.db import param_drift as store
+from service.errors import ForgetwatchError
+from service.paths import resolve_checkpoint_uri
+from service.queue import risk_tasks
+from service.queue.defer import defer_job
+from service.queue.tasks import TRANSIENT, blueprint, services_of
+from service.settings import Settings
+
+log = logging.getLogger("forgetwatch")
+KIND = "params"
+PLAN, PART, AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
+
+
+class _Failed(Exception):
+    """The analysis is marked failed with this message; the job fails without retries."""
+
+
+def _task(name: str) -> str:
+    from service.queue.app import task_name
+
+    return task_name(name)
+
+
+def split_by_size(groups: list[list[str]], sizes: dict[str, int], max_elements: int) -> list[list[str]]:
+    """Cut each shard's tensor list into parts of at most `max_elements` (a part has >= 1 tensor)."""
+    parts: list[list[str]] = []
+    for group in groups:
+        current: list[str] = []
+        total = 0
+        for name in group:
+            size = sizes.get(name, 0)
+            if current and total + size > max_elements:
+                parts.append(current)
+                current, total = [], 0
+            current.append(name)
+            total += size
+        if current:
+            parts.append(current)
+    return parts
+
+
+def _fail(services, checkpoint_id: int, message: str) -> None:
+    with services.sessions.begin() as session:
+        store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="failed", error=message)
+    log.warning("action=param_drift_failed checkpoint=%s error=%s", checkpoint_id, message)
+
+
+def _sources(settings: Settings, base_uri: str) -> Path:
+    try:
+        return resolve_checkpoint_uri(base_uri, settings.allowed_roots)
+    except ForgetwatchError as error:
+        raise _Failed(f"base model: {error.detail}") from error
+
+
+@blueprint.task(name=PLAN, queue="params", pass_context=True, retry=TRANSIENT)
+def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
+    services = services_of(context)
+    settings = services.settings
+    with services.sessions.begin() as session:
+        row = session.execute(
+            text("SELECT c.uri, c.step, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+                 "WHERE c.id = :c"), {"c": checkpoint_id}).first()
+        if row is None:
+            return
+        previous = session.execute(
+            text("SELECT uri FROM checkpoints WHERE run_id = :r AND step < :s AND status <> 'failed' "
+                 "ORDER BY step DESC LIMIT 2"), {"r": row.run_id, "s": row.step}).scalars().all()
+        store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
+    try:
+        base = _sources(settings, row.base_model)
+        sizes = {t.name: t.numel for t in list_tensors(row.uri)}
+        parts = split_by_size(shard_groups(base, row.uri), sizes, settings.param_part_elements)
+    except _Failed as error:
+        _fail(services, checkpoint_id, str(error))
+        raise
+    except (CheckpointError, ValueError, OSError) as error:
+        _fail(services, checkpoint_id, str(error))
+        raise _Failed(str(error)) from error
+    # The base is step "zero" of the history: the first checkpoint's update is measured against it.
+    history = [*previous, str(base)][:2]
+    details = {"base": str(base), "checkpoint": row.uri, "previous": history, "parts": len(parts)}
+    with services.sessions.begin() as session:
+        store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing", details=details)
+        store.replace_parts(session, checkpoint_id=checkpoint_id, groups=parts)
+        for part in range(len(parts)):
+            defer_job(session, task=_task(PART), queue="params",
+                      args={"checkpoint_id": checkpoint_id, "part": part})
+    log.info("action=param_drift_planned checkpoint=%s parts=%s", checkpoint_id, len(parts))
+
+
+@blueprint.task(name=PART, queue="params", pass_context=True, retry=TRANSIENT)
+def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part: int) -> None:
+    services = services_of(context)
+    settings = services.settings
+    with services.sessions.begin() as session:
+        names = store.part_names(session, checkpoint_id=checkpoint_id, part=part)
+        details = store.analysis_details(session, checkpoint_id=checkpoint_id, kind=KIND)
+    if names is None:
+        return  # re-planned or deleted since
+    previous = details["previous"] + [None, None]
+    try:
+        rows = tensor_rows(
+            details["base"], details["checkpoint"], names=names, previous=previous[0], before_previous=previous[1],
+            spectral=settings.spectral, spectral_options=SpectralOptions(k=settings.spectral_k,
+                                                                         max_elements=settings.spectral_max_elements),
+            cache_dir=settings.cache_dir / "spectral",
+        )
+    except (CheckpointError, ValueError, OSError) as error:
+        _fail(services, checkpoint_id, str(error))
+        raise _Failed(str(error)) from error
+    with services.sessions.begin() as session:
+        remaining = store.store_part(session, checkpoint_id=checkpoint_id, part=part, rows=rows)
+        if remaining == 0:
+            defer_job(session, task=_task(AGGREGATE), queue="params", args={"checkpoint_id": checkpoint_id},
+                      queueing_lock=f"aggregate-params-{checkpoint_id}")
+    log.info("action=param_drift_part_done checkpoint=%s part=%s tensors=%s", checkpoint_id, part, len(rows))
+
+
+@blueprint.task(name=AGGREGATE, queue="params", pass_context=True, retry=TRANSIENT)
+def aggregate_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
+    services = services_of(context)
+    with services.sessions.begin() as session:
+        rows = store.load_rows(session, checkpoint_id=checkpoint_id)
+        summary = aggregate(rows)
+        store.replace_summaries(session, checkpoint_id=checkpoint_id, summary=summary)
+        store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="ready")
+        risk_tasks.enqueue(session, checkpoint_id)
+    log.info("action=param_drift_ready checkpoint=%s tensors=%s", checkpoint_id, len(rows))
+
+
+def enqueue(session, checkpoint_id: int) -> None:
+    """Start the parameter-drift analysis of a new checkpoint (in the caller's transaction)."""
+    store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
+    defer_job(session, task=_task(PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
+              lock=f"plan-{checkpoint_id}")

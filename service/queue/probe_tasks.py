@@ -1,0 +1,136 @@
+"""Response drift of a checkpoint on the run's probe sets (queue `probes`, GPU workers welcome).
+
+The base model's side of every probe set is computed once per (base, probe set) and stored in
+PostgreSQL, so any worker on any machine reuses it; each checkpoint then costs one forward pass
+plus greedy decoding of the probes that have checkable answers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+import procrastinate
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from drift.base_cache import BaseTopKCache, build_base_cache
+from drift.forgetting import evaluate_checkpoint
+from service.db import param_drift as analyses
+from service.db import response_drift as store
+from service.errors import ForgetwatchError
+from service.paths import resolve_checkpoint_uri
+from service.queue import risk_tasks
+from service.queue.defer import defer_job
+from service.queue.tasks import TRANSIENT, blueprint, services_of
+
+log = logging.getLogger("forgetwatch")
+KIND = "responses"
+NAME = "probe_drift"
+
+
+class _Failed(Exception):
+    """The analysis is marked failed with this message; not retried."""
+
+
+def enqueue(session: Session, checkpoint_id: int) -> None:
+    from service.queue.app import task_name
+
+    analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
+    defer_job(session, task=task_name(NAME), queue="probes", args={"checkpoint_id": checkpoint_id},
+              lock=f"probe-{checkpoint_id}")
+
+
+def is_model_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").exists()
+
+
+def _tokenizer_folder(checkpoint: Path, base: Path) -> Path:
+    """Trainer checkpoints often carry no tokenizer; the base's is the one they were trained with."""
+    has_tokenizer = any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer_config.json"))
+    return checkpoint if has_tokenizer else base
+
+
+def load(model_folder: Path, tokenizer_folder: Path, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from drift.models import resolve_device
+
+    target = resolve_device(device)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
+    model = model.float() if target.type == "cpu" else model
+    return model.to(target).eval(), tokenizer
+
+
+@functools.lru_cache(maxsize=1)
+def _base_model(path: str, device: str):
+    """The base stays loaded between checkpoints of the same run (one base per worker process)."""
+    return load(Path(path), Path(path), device)
+
+
+def _fail(services, checkpoint_id: int, message: str, status: str = "failed") -> None:
+    with services.sessions.begin() as session:
+        analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status=status, error=message)
+        risk_tasks.enqueue(session, checkpoint_id)
+    log.warning("action=probe_drift_%s checkpoint=%s reason=%s", status, checkpoint_id, message)
+
+
+@blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)
+def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
+    services = services_of(context)
+    settings = services.settings
+    with services.sessions.begin() as session:
+        row = session.execute(
+            text("SELECT c.uri, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+                 "WHERE c.id = :c"), {"c": checkpoint_id}).first()
+        if row is None:
+            return
+        probe_sets = store.run_probe_sets(session, run_id=row.run_id)
+        analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
+    checkpoint = Path(row.uri)
+    try:
+        base = resolve_checkpoint_uri(row.base_model, settings.allowed_roots)
+    except ForgetwatchError as error:
+        _fail(services, checkpoint_id, f"base model: {error.detail}")
+        raise _Failed(error.detail) from error
+    if not probe_sets or not is_model_folder(checkpoint) or not is_model_folder(base):
+        reason = ("the run has no probe sets" if not probe_sets else
+                  "response drift needs transformers model folders (config.json) for the base and the checkpoint")
+        _fail(services, checkpoint_id, reason, status="skipped")
+        return
+    try:
+        base_model, base_tokenizer = _base_model(str(base), settings.probe_device)
+        caches = [(probe_set_id, _base_cache(services, str(base), probe_set_id, probe_set, base_model, base_tokenizer))
+                  for probe_set_id, probe_set in probe_sets]
+        model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device)
+        results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
+                   for probe_set_id, cache in caches]
+    except (ValueError, OSError, RuntimeError) as error:
+        _fail(services, checkpoint_id, f"{type(error).__name__}: {error}")
+        raise _Failed(str(error)) from error
+    with services.sessions.begin() as session:
+        for probe_set_id, evaluation in results:
+            store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,
+                                     evaluation=evaluation)
+        analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="ready")
+        risk_tasks.enqueue(session, checkpoint_id)
+    log.info("action=probe_drift_ready checkpoint=%s probe_sets=%s", checkpoint_id, len(results))
+
+
+def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokenizer) -> BaseTopKCache:
+    k = services.settings.probe_topk
+    fingerprint = probe_set.fingerprint()
+    with services.sessions.begin() as session:
+        data = store.load_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint)
+    if data is not None:
+        return BaseTopKCache.from_bytes(data)
+    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base)
+    with services.sessions.begin() as session:
+        store.store_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint,
+                               data=cache.to_bytes())
+    log.info("action=probe_base_cache_built base=%s probe_set=%s", base, probe_set.name)
+    return cache

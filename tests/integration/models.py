@@ -1,0 +1,26 @@
+"""Real checkpoints for service tests: a tiny GPT-2 saved sharded, and a few fine-tuning steps of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+
+def save_tiny_gpt2_run(root: Path, *, steps: int = 2, lr: float = 1e-2, max_shard_size: str = "40KB") -> list[Path]:
+    """Save the base at root/base and one checkpoint per optimizer step at root/step-N; return them."""
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=32, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config)
+    model.save_pretrained(root / "base", max_shard_size=max_shard_size)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    paths = [root / "base"]
+    for step in range(1, steps + 1):
+        ids = torch.randint(0, 64, (4, 16))
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.save_pretrained(root / f"step-{step}", max_shard_size=max_shard_size)
+        paths.append(root / f"step-{step}")
+    return paths
