@@ -36,8 +36,17 @@ def test_worker_computes_param_drift_for_each_checkpoint(client: TestClient, set
         for step in (1, 2):
             done = wait_for(lambda s=step: _finished(client, "tiny", s), timeout=120, what=f"step {step}")
             assert done["status"] == "ready", done
+        status = wait_for(lambda: (s := client.get("/v1/runs/tiny/status").json())["risk"] and
+                          s["risk"]["step"] == 2 and s, timeout=60, what="risk of step 2")
     finally:
         stop(worker)
+    # No probe sets: the probe-free fallback (parameter drift) gives the risk, and says which model.
+    assert status["risk"]["applicable"] and 0 <= status["risk"]["value"] <= 1
+    assert status["risk"]["model"].startswith("heuristic")
+    metrics = client.get("/metrics").text
+    assert 'forgetwatch_collapse_risk{method="sft",run="tiny"}' in metrics
+    assert 'forgetwatch_param_relative_l2{block="global",method="sft",run="tiny"}' in metrics
+    assert 'forgetwatch_last_checkpoint_step{method="sft",run="tiny"} 2.0' in metrics
     drift = client.get("/v1/runs/tiny/checkpoints/2/param-drift", params={"tensors": "true"}).json()
     assert drift["status"] == "ready"
     assert [b["block"] for b in drift["blocks"]] == [0, 1]
