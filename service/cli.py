@@ -144,6 +144,28 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
         raise SystemExit(f"forgetwatch diff: {error}") from error
 
 
+def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
+    from service.calibrate import build_dataset, calibrate, report, save
+    from service.db.session import make_engine, make_sessionmaker
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine)() as session:
+            data = build_dataset(session, label=args.label, horizon=args.horizon,
+                                 relative_drop=settings.forgetting_relative_drop, runs=args.runs or None)
+        engine.dispose()
+    try:
+        model, evaluation = calibrate(data, horizon=args.horizon, threshold=settings.risk_threshold)
+    except ValueError as error:
+        raise SystemExit(f"forgetwatch calibrate: {error}") from error
+    out = Path(args.out or settings.data_dir / "risk_model.json")
+    save(model, evaluation, out, recipe={"label": args.label, "horizon": args.horizon, "runs": data.runs,
+                                         "relative_drop": settings.forgetting_relative_drop})
+    print(f"calibrate {report(evaluation)}")
+    print(f"forgetwatch: model written to {out}; use it with FORGETWATCH_RISK_MODEL_PATH={out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetwatch", description="Forgetting and drift monitoring "
                                      "for continual post-training of language models.")
@@ -175,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--no-spectral", action="store_true", help="skip the top-k SVD measures")
     diff.add_argument("-k", type=int, default=64, help="top-k singular values for spectral drift")
     diff.set_defaults(func=cmd_diff)
+
+    calibrate = sub.add_parser("calibrate", help="refit the risk model on finished runs with forgetting labels")
+    calibrate.add_argument("--label", default="ood_accuracy", help="run label holding the ood ground truth")
+    calibrate.add_argument("--horizon", type=int, default=3, help="checkpoints ahead the risk looks")
+    calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
+    calibrate.add_argument("--out", help="where to write the model (default: <data dir>/risk_model.json)")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

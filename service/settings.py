@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     protect_metrics: bool = False
     """Require a read token on /metrics."""
 
+    public_pages: bool = True
+    """Serve the run pages (`/`, `/runs/{name}`) without a token; off: they need a read token."""
+
     worker_concurrency: int = 2
     """Jobs one worker process runs at once."""
 

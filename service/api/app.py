@@ -28,6 +28,7 @@ from service.api.routes import (
     samples,
 )
 from service.db.session import make_sessionmaker
+from service.web import pages
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
 from service.settings import Settings
@@ -70,6 +71,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.registry = registry
     for module in (health, runs, run_status, checkpoints, samples, probe_sets, jobs, param_drift, response_drift):
         app.include_router(module.router)
+    app.include_router(pages.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.schemas import Step, Strict
-from service.db import queries
+from service.db import queries, status
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["runs"])
 
@@ -56,35 +56,7 @@ def get_labels(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
 def run_status(run_ref: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
     """What on-call and the trainer callback need: latest risk, its findings and forecasts, and the
     last checkpoint whose risk was below the alert threshold (where to roll back)."""
-    run = queries.get_run(session, ref=run_ref)
-    threshold = settings.risk_threshold
-    rows = session.execute(
-        text("SELECT c.step, c.status, r.applicable, r.value, r.model, r.reason, r.findings, r.forecasts, "
-             "r.changepoint FROM checkpoints c LEFT JOIN risk_estimates r ON r.checkpoint_id = c.id "
-             "WHERE c.run_id = :r ORDER BY c.step"), {"r": run.id}).mappings().all()
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    assessed = [r for r in rows if r["model"] is not None]
-    latest = assessed[-1] if assessed else None
-    last_safe = None
-    for r in assessed:
-        if r["applicable"] and r["value"] is not None and r["value"] >= threshold:
-            break
-        last_safe = r["step"]
-    return {
-        "run": run.name,
-        "method": run.method,
-        "last_step": rows[-1]["step"] if rows else None,
-        "checkpoints": counts,
-        "risk": None if latest is None else {
-            "step": latest["step"], "value": latest["value"], "applicable": latest["applicable"],
-            "threshold": threshold, "model": latest["model"], "reason": latest["reason"],
-            "changepoint": latest["changepoint"], "forecasts": latest["forecasts"],
-        },
-        "findings": latest["findings"] if latest else [],
-        "last_safe_step": last_safe,
-    }
+    return status.run_status(session, run=queries.get_run(session, ref=run_ref), threshold=settings.risk_threshold)
 
 
 @router.get("/risk")

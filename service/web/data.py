@@ -1,0 +1,91 @@
+"""Read-only queries behind the pages, for what the API's query functions do not already cover.
+
+Each function takes the session as a keyword argument and only reads. Parameter drift comes from
+`service.db.param_drift.run_series` and the status block from `service.db.status`, as in the API, so that
+the page and the API cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from service.db import queries, status
+from service.settings import Settings
+
+
+def run_status(session: Session, *, settings: Settings, run_ref: str) -> dict[str, Any]:
+    """Exactly the body of `GET /v1/runs/{run}/status` (latest risk, findings, last safe step)."""
+    return status.run_status(session, run=queries.get_run(session, ref=run_ref), threshold=settings.risk_threshold)
+
+
+def probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """One row per (checkpoint, probe set), in step order."""
+    rows = session.execute(
+        text(
+            """
+            SELECT c.step, s.name AS probe_set, p.domain, p.kl_forward, p.kl_forward_p10, p.kl_forward_p90,
+                   p.accuracy, p.accuracy_base, p.accuracy_change, p.loglik, p.loglik_base, p.loglik_change
+              FROM probe_drift p JOIN checkpoints c ON c.id = p.checkpoint_id
+              JOIN probe_sets s ON s.id = p.probe_set_id
+             WHERE c.run_id = :r ORDER BY c.step, s.name
+            """
+        ),
+        {"r": run_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """Diversity and embedding shift of pushed samples, one row per (step, probe set)."""
+    rows = session.execute(
+        text(
+            "SELECT step, probe_set, n_samples, distinct2, distinct2_base, repetition_ratio, mmd2, shift_detected "
+            "FROM sample_drift WHERE run_id = :r ORDER BY step, probe_set"
+        ),
+        {"r": run_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def risk_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """Risk per assessed checkpoint (value null where no model applied)."""
+    rows = session.execute(
+        text(
+            "SELECT c.step, r.applicable, r.value, r.reason, r.changepoint FROM checkpoints c "
+            "JOIN risk_estimates r ON r.checkpoint_id = c.id WHERE c.run_id = :r ORDER BY c.step"
+        ),
+        {"r": run_id},
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def label_series(session: Session, *, run_id: int) -> dict[str, list[tuple[int, float]]]:
+    """Ground-truth labels posted by the trainer: name -> [(step, value), ...] in step order."""
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    rows = session.execute(
+        text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY name, step"), {"r": run_id}
+    )
+    for step, name, value in rows:
+        out[name].append((int(step), float(value)))
+    return dict(out)
+
+
+def mean_by_step(rows: Iterable[dict[str, Any]], key: str, *,
+                 where: dict[str, Any] | None = None) -> tuple[list[int], list[float]]:
+    """Mean of `key` over the rows of each step (probe sets / sample groups), skipping nulls, as
+    `service.db.features` averages them for the risk model."""
+    sums: dict[int, list[float]] = {}
+    for row in rows:
+        if where and any(row.get(k) != v for k, v in where.items()):
+            continue
+        value = row.get(key)
+        if value is None:
+            continue
+        sums.setdefault(int(row["step"]), []).append(float(value))
+    steps = sorted(sums)
+    return steps, [sum(sums[s]) / len(sums[s]) for s in steps]
