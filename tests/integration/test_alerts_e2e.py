@@ -32,7 +32,7 @@ class Webhook:
         hook = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 hook.alerts.extend(body.get("alerts", []))
                 self.send_response(200)
@@ -107,7 +107,7 @@ def test_drifting_run_pages_on_call_and_stable_run_does_not(client: TestClient, 
           f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
          "prometheus.log"),
     ):
-        processes.append(subprocess.Popen(command, stdout=open(tmp_path / log, "wb"), stderr=subprocess.STDOUT,
+        processes.append(subprocess.Popen(command, stdout=open(tmp_path / log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                           start_new_session=True))
     try:
         wait_for(lambda: "drifting" in hook.firing("CollapseRiskHigh"), timeout=180, interval=1,
