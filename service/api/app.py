@@ -11,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,13 +27,23 @@ from service.api.routes import (
     runs,
     samples,
 )
+from service.api.schemas import Problem
 from service.db.session import make_sessionmaker
-from service.web import pages
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
 from service.settings import Settings
+from service.web import pages
 
 log = logging.getLogger("forgetwatch")
+
+# Every /v1 operation documents the errors it can return; bodies are {"detail": ...}.
+ERROR_RESPONSES: dict[int | str, dict] = {
+    code: {"model": Problem, "description": text}
+    for code, text in ((400, "Malformed request (e.g. invalid UTF-8)"), (401, "Missing or invalid token"),
+                       (403, "Token scope or path not allowed"), (404, "Unknown run, step, probe set or job"),
+                       (409, "Conflicts with what is stored"), (413, "Too large"), (422, "Invalid body or parameters"),
+                       (503, "Database unavailable; retry"), (507, "Out of disk space"))
+}
 
 
 def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) -> FastAPI:
@@ -69,8 +79,9 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.registry = registry
-    for module in (health, runs, run_status, checkpoints, samples, probe_sets, jobs, param_drift, response_drift):
-        app.include_router(module.router)
+    app.include_router(health.router)
+    for module in (runs, run_status, checkpoints, samples, probe_sets, jobs, param_drift, response_drift):
+        app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
@@ -106,6 +117,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for kind in (OperationalError, InterfaceError, PoolTimeout):
         app.add_exception_handler(kind, database_down)
+
+    @app.exception_handler(DataError)
+    async def unstorable(_: Request, error: DataError) -> JSONResponse:
+        return JSONResponse({"detail": f"a value cannot be stored: {str(error.orig).splitlines()[0]}"},
+                            status_code=422)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, error: DBAPIError) -> JSONResponse:

@@ -5,12 +5,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+
+def _no_nul(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; refuse it up front with a clear message.
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\u0000) are not allowed in text")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$")]
 Step = Annotated[int, Field(ge=0, le=2**53, description="Training step (optimizer steps, >= 0)")]
-Text = Annotated[str, StringConstraints(max_length=200_000)]
-TagValue = str | int | float | bool | None
+Text = Annotated[str, StringConstraints(max_length=200_000), NoNul]
+TagValue = Annotated[str, StringConstraints(max_length=10_000), NoNul] | int | float | bool | None
 
 
 class Strict(BaseModel):
@@ -19,13 +28,13 @@ class Strict(BaseModel):
 
 class RunCreate(Strict):
     name: Name
-    base_model: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
+    base_model: Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul] = Field(
         description="Where the base model's weights are: a local path or file:// URI"
     )
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,64}$")] = Field(
         default="unspecified", description="Training method label: sft, grpo, self_distillation, ..."
     )
-    tags: Annotated[dict[Annotated[str, StringConstraints(max_length=100)], TagValue], Field(max_length=64)] = {}
+    tags: Annotated[dict[Annotated[str, StringConstraints(max_length=100), NoNul], TagValue], Field(max_length=64)] = {}
     probe_sets: Annotated[list[Name], Field(max_length=32)] = []
 
 
@@ -50,7 +59,7 @@ class JobOut(BaseModel):
 
 class CheckpointCreate(Strict):
     step: Step
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul] | None = Field(
         default=None,
         description="Local path or file:// URI inside the allowed roots; omit after uploading files",
     )
@@ -78,7 +87,7 @@ class UploadOut(BaseModel):
 class SampleItem(Strict):
     prompt: Text
     response: Text
-    logprobs: Annotated[list[float], Field(max_length=100_000)] | None = None
+    logprobs: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]], Field(max_length=100_000)] | None = None
 
 
 class SamplesCreate(Strict):
@@ -103,13 +112,13 @@ class SampleOut(BaseModel):
 class ProbeItemIn(Strict):
     prompt: Text
     reference: Text | None = None
-    answer: Annotated[str, StringConstraints(max_length=10_000)] | None = None
+    answer: Annotated[str, StringConstraints(max_length=10_000), NoNul] | None = None
 
 
 class ProbeSetCreate(Strict):
     name: Name
     domain: Literal["in_domain", "ood"]
-    description: Annotated[str, StringConstraints(max_length=10_000)] = ""
+    description: Annotated[str, StringConstraints(max_length=10_000), NoNul] = ""
     items: Annotated[list[ProbeItemIn], Field(min_length=1, max_length=20_000)]
 
 
