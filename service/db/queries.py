@@ -16,7 +16,7 @@ from service.errors import Conflict, NotFound, Unprocessable
 def get_run(session: Session, *, ref: str) -> Run:
     """A run by numeric id or by name."""
     run = None
-    if ref.isdigit() and len(ref) < 19:
+    if ref.isascii() and ref.isdigit() and len(ref) < 19:
         run = session.get(Run, int(ref))
     if run is None:
         run = session.scalar(select(Run).where(Run.name == ref))

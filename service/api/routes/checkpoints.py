@@ -144,7 +144,7 @@ async def upload_file(run_ref: str, step: StepParam, filename: str, request: Req
             "no folders; sharded checkpoints upload each shard under its own name"
         )
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
         raise PayloadTooLarge(f"file is {declared} bytes; the limit is {settings.max_upload_bytes} "
                               "(FORGETWATCH_MAX_UPLOAD_BYTES)")
     fingerprint = request_fingerprint("PUT", request.url.path, declared or "")
