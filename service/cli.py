@@ -96,6 +96,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
     from service.queue.tasks import WorkerServices
     from service.queue.worker import run_worker
 
+    if settings.worker_nice:
+        os.nice(settings.worker_nice)  # drift jobs are throughput work; keep ingestion latency low
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
         engine = make_engine(url, pool_size=max(2, args.concurrency or settings.worker_concurrency))

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = 2
     """Jobs one worker process runs at once."""
 
+    worker_nice: int = 10
+    """Scheduling niceness of `forgetwatch worker`: drift work yields the CPU to ingestion."""
+
     worker_heartbeat_seconds: float = 5.0
     """How often a worker tells the database it is alive."""
 
