@@ -98,6 +98,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
 
     if settings.worker_nice:
         os.nice(settings.worker_nice)  # drift jobs are throughput work; keep ingestion latency low
+    import transformers  # noqa: F401 - once, before job threads (concurrent first imports can fail)
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
         engine = make_engine(url, pool_size=max(2, args.concurrency or settings.worker_concurrency))

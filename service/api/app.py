@@ -54,6 +54,8 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker = None
         if run_worker:
+            import transformers  # noqa: F401 - once, before job threads (concurrent first imports can fail)
+
             from service.queue.app import create_queue_app
             from service.queue.tasks import WorkerServices
             from service.queue.worker import run_worker as worker_main

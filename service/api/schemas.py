@@ -15,6 +15,13 @@ def _no_nul(value: str) -> str:
     return value
 
 
+def _usable_in_urls(value: str) -> str:
+    # Runs are addressed as /v1/runs/{id or name}: a name must not look like an id or hold a '/'.
+    if value.isdigit() or "/" in value:
+        raise ValueError("a run name must not be all digits or contain '/'; e.g. 'qwen-grpo-stage2'")
+    return value
+
+
 NoNul = AfterValidator(_no_nul)
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$")]
 Step = Annotated[int, Field(ge=0, le=2**53, description="Training step (optimizer steps, >= 0)")]
@@ -27,7 +34,7 @@ class Strict(BaseModel):
 
 
 class RunCreate(Strict):
-    name: Name
+    name: Annotated[Name, AfterValidator(_usable_in_urls)]
     base_model: Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul] = Field(
         description="Where the base model's weights are: a local path or file:// URI"
     )
@@ -104,6 +111,7 @@ class SamplesAccepted(BaseModel):
 
 class SampleOut(BaseModel):
     step: int
+    probe_set: str | None
     prompt: str
     response: str
     logprobs: list[float] | None

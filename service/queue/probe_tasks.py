@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from pathlib import Path
 
 import procrastinate
@@ -23,7 +24,7 @@ from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
-from service.queue.tasks import TRANSIENT, blueprint, services_of
+from service.queue.tasks import TRANSIENT, TRANSIENT_ERRORS, blueprint, services_of
 
 log = logging.getLogger("forgetwatch")
 KIND = "responses"
@@ -52,16 +53,22 @@ def _tokenizer_folder(checkpoint: Path, base: Path) -> Path:
     return checkpoint if has_tokenizer else base
 
 
+# transformers' loading swaps global state (meta-device init); two job threads loading at once
+# corrupt each other's models. Loading is short next to the evaluation, so serialize it.
+_LOADING = threading.Lock()
+
+
 def load(model_folder: Path, tokenizer_folder: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from drift.models import resolve_device
 
     target = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+    with _LOADING:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
     model = model.float() if target.type == "cpu" else model
     return model.to(target).eval(), tokenizer
 
@@ -109,7 +116,9 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
         model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device)
         results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
                    for probe_set_id, cache in caches]
-    except (ValueError, OSError, RuntimeError) as error:
+    except TRANSIENT_ERRORS:
+        raise  # the database went away: procrastinate retries the job
+    except Exception as error:  # noqa: BLE001 - any model/tokenizer failure ends this analysis, readably
         _fail(services, checkpoint_id, f"{type(error).__name__}: {error}")
         raise _Failed(str(error)) from error
     with services.sessions.begin() as session:

@@ -14,11 +14,8 @@ from service.settings import Settings
 blueprint = procrastinate.Blueprint()
 
 # Only infrastructure hiccups are worth retrying; a bad checkpoint stays bad.
-TRANSIENT = procrastinate.RetryStrategy(
-    max_attempts=6,
-    exponential_wait=2,
-    retry_exceptions={exc.OperationalError, exc.InterfaceError, TimeoutError, ConnectionError},
-)
+TRANSIENT_ERRORS = (exc.OperationalError, exc.InterfaceError, TimeoutError, ConnectionError)
+TRANSIENT = procrastinate.RetryStrategy(max_attempts=6, exponential_wait=2, retry_exceptions=set(TRANSIENT_ERRORS))
 
 
 @dataclass(frozen=True)

@@ -43,5 +43,7 @@ def list_samples(run_ref: str, session: SessionDep, _: Reader,
                  step: Annotated[int | None, Query(ge=0, le=2**53)] = None,
                  limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[SampleOut]:
     run = queries.get_run(session, ref=run_ref)
-    return [SampleOut(step=s.step, prompt=s.prompt, response=s.response, logprobs=s.logprobs)
+    names = {p.id: p.name for p in queries.list_probe_sets(session)}
+    return [SampleOut(step=s.step, probe_set=names.get(s.probe_set_id), prompt=s.prompt, response=s.response,
+                      logprobs=s.logprobs)
             for s in queries.list_samples(session, run_id=run.id, step=step, limit=limit)]

@@ -1,0 +1,452 @@
+"""ForgetwatchClient: the calls a trainer makes, delivered in order by a background thread."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from service.client._delivery import Delivery
+from service.client._journal import default_journal_path
+from service.client._transport import ForgetwatchError, Outcome, backoff_seconds, classify, deliver
+
+log = logging.getLogger("forgetwatch.client")
+
+MAX_BATCH_ITEMS = 500
+MAX_BATCH_BYTES = 4 * 2**20  # estimated; the service refuses JSON bodies over 16 MiB by default
+
+
+@dataclass(frozen=True)
+class Risk:
+    """The latest risk estimate. `value` is None where no risk model applied (see `reason`)."""
+
+    value: float | None
+    threshold: float
+    model: str
+    step: int | None = None
+    applicable: bool = True
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """GET /v1/runs/{run}/status: the latest risk estimate and where it is safe to roll back to.
+    `findings` are the service's (dicts with code, severity, message, ...); `raw` is the whole answer."""
+
+    run: str
+    last_step: int | None
+    risk: Risk | None
+    findings: tuple[Any, ...]
+    last_safe_step: int | None
+    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> RunStatus:
+        risk = body.get("risk")
+        return cls(
+            run=str(body.get("run", "")),
+            last_step=body.get("last_step"),
+            risk=None
+            if not risk
+            else Risk(
+                value=None if risk.get("value") is None else float(risk["value"]),
+                threshold=float(risk.get("threshold", 0.5)),
+                model=str(risk.get("model") or ""),
+                step=risk.get("step"),
+                applicable=bool(risk.get("applicable", True)),
+                reason=risk.get("reason"),
+            ),
+            findings=tuple(body.get("findings") or ()),
+            last_safe_step=body.get("last_safe_step"),
+            raw=dict(body),
+        )
+
+    def finding_messages(self) -> list[str]:
+        return [str(f.get("message", f)) if isinstance(f, Mapping) else str(f) for f in self.findings]
+
+
+def _segment(name: str) -> str:
+    return quote(name, safe="")
+
+
+class ForgetwatchClient:
+    """Push a run's checkpoints and samples to a forgetwatch service.
+
+    Non-blocking (default, for training loops): every call returns at once and never raises; a
+    background thread delivers calls strictly in order, each with its own Idempotency-Key reused on
+    every retry. Connection errors, timeouts, 408, 429, 502-504 are retried without limit (the call
+    waits in the journal), other 5xx up to `max_retries` times; other 4xx are logged and dropped.
+    Calls wait in memory (`queue_size` of them) and go to the journal file while the service is down
+    or the queue is full; a client replays its run's journal when `run()` is called (or at once with
+    an explicit `journal_path`), so a restarted trainer delivers what its predecessor could not.
+
+    A client still open at interpreter exit is closed then (up to 5 s).
+
+    Blocking (`blocking=True`, for scripts): each call is sent before it returns (transient errors
+    retried `max_retries` times) and returns the service's JSON; a refusal raises ForgetwatchError
+    with the service's `detail`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        blocking: bool = False,
+        journal_path: str | os.PathLike | None = None,
+        queue_size: int = 1000,
+        timeout: float = 10.0,
+        max_retries: int = 8,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+        status_timeout: float = 2.0,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.url = url.rstrip("/")
+        self.blocking = blocking
+        self._token = token
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._backoff = (backoff_base, backoff_cap)
+        self._status_timeout = status_timeout
+        self._http = self._new_http()  # the caller's (status, probe sets, blocking sends)
+        self._run: str | None = None
+        self._run_probe_sets: tuple[str, ...] = ()
+        self._probe_items: dict[str, list[dict[str, Any]]] = {}
+        self._once: set[str] = set()
+        self._counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0}  # blocking mode's
+        self._closed = False
+        self._seq_lock = threading.Lock()
+        self._last_seq = 0
+        self._journal_path = Path(journal_path) if journal_path is not None else None
+        self._delivery: Delivery | None = None
+        if not blocking:
+            self._delivery = Delivery(
+                url=self.url,
+                make_http=self._new_http,
+                queue_size=queue_size,
+                max_retries=max_retries,
+                backoff=self._backoff,
+            )
+            if self._journal_path is not None:
+                self._delivery.open_journal(self._journal_path)
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+    # ---- public calls ------------------------------------------------------------------------
+
+    def run(
+        self,
+        name: str,
+        base_model: str,
+        method: str = "unspecified",
+        probe_sets: Sequence[str] = (),
+        tags: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Register the run (the same definition again is a no-op); later calls refer to it by name."""
+
+        def build() -> list[dict[str, Any]]:
+            if name.isdigit() or "/" in name:
+                log.warning(
+                    "action=run_name_awkward run=%s (the service looks names of digits up as ids and "
+                    "cannot route names with '/'; prefer letters, digits, '.', '_', '-')",
+                    name,
+                )
+            self._run, self._run_probe_sets = name, tuple(probe_sets)
+            if self._delivery is not None and self._journal_path is None:
+                self._journal_path = default_journal_path(self.url, name)
+                self._delivery.open_journal(self._journal_path)
+            body = {
+                "name": name,
+                "base_model": str(base_model),
+                "method": method,
+                "tags": dict(tags or {}),
+                "probe_sets": list(probe_sets),
+            }
+            return [self._request_op("POST", "/v1/runs", body, f"run {name}")]
+
+        return self._call(build)
+
+    def probe_set(
+        self, name: str, domain: str, items: Iterable[str | Mapping[str, Any]], description: str = ""
+    ) -> dict[str, Any] | None:
+        """Create a probe set (immutable; the same one again is a no-op). `domain`: "in_domain" or "ood";
+        items: prompts, or dicts with "prompt" and optional "reference" and "answer"."""
+
+        def build() -> list[dict[str, Any]]:
+            rows = [{"prompt": i} if isinstance(i, str) else dict(i) for i in items]
+            self._probe_items[name] = rows
+            body = {"name": name, "domain": domain, "description": description, "items": rows}
+            return [self._request_op("POST", "/v1/probe-sets", body, f"probe set {name}")]
+
+        return self._call(build)
+
+    def checkpoint(
+        self, step: int, path: str | os.PathLike, *, upload: bool = False, skip: Iterable[str] = ()
+    ) -> dict[str, Any] | None:
+        """Register the checkpoint folder saved at `step`: by reference (the service reads `path`, which
+        must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with `upload`, by streaming each top-level file
+        of the folder to the service (files matching a `skip` glob are left out)."""
+
+        def build() -> list[dict[str, Any]]:
+            run = self._require_run("checkpoint")
+            folder = os.path.abspath(os.fspath(path))
+            base = f"/v1/runs/{_segment(run)}/checkpoints"
+            what = f"checkpoint run={run} step={step}"
+            if not upload:
+                return [self._request_op("POST", base, {"step": int(step), "uri": folder}, what)]
+            return [self._new_op("upload", what, path=base, step=int(step), folder=folder, skip=list(skip))]
+
+        return self._call(build)
+
+    def samples(
+        self, step: int, items: Iterable[Mapping[str, Any] | tuple[str, str]], probe_set: str | None = None
+    ) -> dict[str, Any] | None:
+        """Sampled responses of the model at `step`: dicts with "prompt", "response" and optional
+        "logprobs", or (prompt, response) pairs. Sent in batches of at most 500."""
+
+        def build() -> list[dict[str, Any]]:
+            run = self._require_run("samples")
+            rows = [self._sample_row(item) for item in items]
+            path = f"/v1/runs/{_segment(run)}/samples"
+            return [
+                self._request_op(
+                    "POST",
+                    path,
+                    {"step": int(step), "probe_set": probe_set, "items": batch},
+                    f"samples run={run} step={step} items={len(batch)}",
+                )
+                for batch in _batches(rows)
+            ]
+
+        return self._call(build)
+
+    def status(self, run: str | None = None) -> RunStatus | None:
+        """The run's risk status (a synchronous read, bounded by `status_timeout` in non-blocking mode).
+        None when it cannot be had: service unreachable, or no status endpoint on this service."""
+        try:
+            name = run or self._require_run("status")
+            if self._delivery is not None and self._delivery.down:
+                return None
+            kwargs = {} if self.blocking else {"timeout": self._status_timeout}
+            response = self._http.get(f"/v1/runs/{_segment(name)}/status", **kwargs)
+            outcome = classify(response)
+            if outcome.status_code == 404 and outcome.detail == "Not Found":  # the route, not the run
+                self._log_once(
+                    "status_missing",
+                    logging.WARNING,
+                    "action=status_unavailable url=%s (this "
+                    "service has no GET /v1/runs/{run}/status; upgrade it for risk checks)",
+                    self.url,
+                )
+                return None
+            if outcome.kind != "ok":
+                return self._refused(f"status of run {name}", outcome)
+            return RunStatus.from_json(outcome.body)
+        except Exception as error:  # noqa: BLE001 - a read for the training loop never raises into it
+            return self._read_failed("status", error)
+
+    def probe_set_items(self, name: str) -> list[dict[str, Any]] | None:
+        """A probe set's items: those given to `probe_set()` by this client, else GET /v1/probe-sets/{name}."""
+        try:
+            if name not in self._probe_items:
+                kwargs = {} if self.blocking else {"timeout": self._status_timeout}
+                outcome = classify(self._http.get(f"/v1/probe-sets/{_segment(name)}", **kwargs))
+                if outcome.kind != "ok":
+                    return self._refused(f"probe set {name}", outcome)
+                self._probe_items[name] = list(outcome.body["items"])
+            return [dict(i) for i in self._probe_items[name]]
+        except Exception as error:  # noqa: BLE001 - as in status()
+            return self._read_failed(f"probe set {name}", error)
+
+    @property
+    def run_name(self) -> str | None:
+        return self._run
+
+    @property
+    def run_probe_sets(self) -> tuple[str, ...]:
+        return self._run_probe_sets
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: sent, retried, dropped, journaled (calls written to the journal), pending."""
+        if self._delivery is None:
+            return {**self._counts, "pending": 0}
+        return {**self._delivery.counts, "pending": self._delivery.pending()}
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait up to `timeout` seconds for every call so far to be handled. True if all were
+        delivered (none pending, none dropped since the last flush)."""
+        return self._delivery is None or self._delivery.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Deliver what is pending for up to `timeout` seconds, then stop; what is left stays in the
+        journal for the next client of this run."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._delivery is not None:
+            left = self._delivery.close(timeout)
+            log.log(
+                logging.WARNING if left else logging.INFO,
+                "action=client_closed url=%s run=%s sent=%d retried=%d dropped=%d journaled=%d left=%d%s",
+                self.url,
+                self._run,
+                *list(self._delivery.counts.values())[:4],
+                left,
+                f" journal={self._delivery.journal_path}" if left else "",
+            )
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- building calls ----------------------------------------------------------------------
+
+    def _new_http(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            timeout=self._timeout,
+            headers={"Authorization": f"Bearer {self._token}", "User-Agent": "forgetwatch-client/1"},
+        )
+
+    def _new_op(self, kind: str, what: str, **fields: Any) -> dict[str, Any]:
+        with self._seq_lock:
+            self._last_seq = max(time.time_ns(), self._last_seq + 1)
+            seq = self._last_seq
+        return {
+            "id": uuid.uuid4().hex,
+            "seq": seq,
+            "key": f"fw-{uuid.uuid4().hex}",
+            "kind": kind,
+            "what": what,
+            **fields,
+        }
+
+    def _request_op(self, method: str, path: str, body: Any, what: str) -> dict[str, Any]:
+        return self._new_op("request", what, method=method, path=path, body=body)
+
+    def _require_run(self, call: str) -> str:
+        if self._run is None:
+            raise ForgetwatchError(f"{call}() before run(): register the run first with client.run(...)")
+        return self._run
+
+    def _sample_row(self, item: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:
+        if isinstance(item, Mapping):
+            row = {"prompt": str(item["prompt"]), "response": str(item["response"])}
+            logprobs = item.get("logprobs")
+            if logprobs is not None:
+                values = [float(x) for x in logprobs]
+                if all(math.isfinite(x) for x in values):
+                    row["logprobs"] = values
+                else:
+                    self._log_once(
+                        "logprobs_inf",
+                        logging.WARNING,
+                        "action=logprobs_left_out reason=non-finite "
+                        "(JSON cannot carry inf/nan; such items are sent without logprobs)",
+                    )
+            return row
+        prompt, response = item
+        return {"prompt": str(prompt), "response": str(response)}
+
+    def _call(self, build: Callable[[], list[dict[str, Any]]]) -> dict[str, Any] | None:
+        if self.blocking:
+            result = None
+            for op in build():
+                result = self._send_blocking(op)
+            return result
+        assert self._delivery is not None
+        try:
+            for op in build():
+                self._delivery.submit(op)
+        except Exception as error:  # noqa: BLE001 - never into the training loop
+            self._delivery.count_dropped()
+            log.error("action=call_refused error=%s: %s", type(error).__name__, error)
+        return None
+
+    def _refused(self, what: str, outcome: Outcome) -> None:
+        if self.blocking:
+            raise ForgetwatchError(
+                f"{what}: {outcome.describe()}", status_code=outcome.status_code, detail=outcome.detail
+            )
+        log.warning("action=read_failed what=%s reason=%s", what, outcome.describe())
+
+    def _read_failed(self, what: str, error: Exception) -> None:
+        if isinstance(error, ForgetwatchError) and self.blocking:
+            raise error
+        if self.blocking:
+            raise ForgetwatchError(f"{what}: {type(error).__name__}: {error}") from error
+        log.warning("action=read_failed what=%s error=%s: %s", what, type(error).__name__, error)
+
+    def _log_once(self, key: str, level: int, message: str, *args: Any) -> None:
+        if key not in self._once:
+            self._once.add(key)
+            log.log(level, message, *args)
+
+    # ---- blocking delivery -------------------------------------------------------------------
+
+    def _send_blocking(self, op: dict[str, Any]) -> Any:
+        if self._closed:
+            raise ForgetwatchError("the client is closed")
+        for attempt in range(self._max_retries + 1):
+            outcome = deliver(self._http, op, lambda name: op.setdefault("uploaded", []).append(name))
+            if outcome.kind == "ok":
+                self._counts["sent"] += 1
+                return outcome.body
+            if outcome.kind == "drop":
+                self._counts["dropped"] += 1
+                raise ForgetwatchError(
+                    f"{op['what']}: {outcome.describe()}",
+                    status_code=outcome.status_code,
+                    detail=outcome.detail,
+                )
+            if attempt < self._max_retries:
+                self._counts["retried"] += 1
+                time.sleep(
+                    backoff_seconds(
+                        attempt, base=self._backoff[0], cap=self._backoff[1], retry_after=outcome.retry_after
+                    )
+                )
+        raise ForgetwatchError(
+            f"{op['what']}: gave up after {self._max_retries + 1} attempts: {outcome.describe()}",
+            status_code=outcome.status_code,
+            detail=outcome.detail,
+        )
+
+
+def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """At most MAX_BATCH_ITEMS rows and about MAX_BATCH_BYTES of JSON per batch (6 bytes per
+    character, the worst case of JSON escapes, so no batch can exceed the service's body limit)."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        estimate = 64 + 6 * (len(row["prompt"]) + len(row["response"])) + 24 * len(row.get("logprobs") or ())
+        if batch and (len(batch) >= MAX_BATCH_ITEMS or size + estimate > MAX_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(row)
+        size += estimate
+    if batch:
+        yield batch
+
+
+def _close_at_exit(ref: weakref.ref[ForgetwatchClient]) -> None:
+    client = ref()
+    if client is not None:
+        client.close(timeout=5.0)

@@ -1,0 +1,248 @@
+"""A `transformers.TrainerCallback` that reports a training run to forgetwatch: every saved checkpoint,
+greedy samples of the live model on the probe prompts, and (optionally) acting on the service's risk
+estimate. Works with every Trainer subclass (TRL's SFT/GRPO/DPO trainers included).
+
+    client = ForgetwatchClient(url, token)
+    client.run("qwen-sft-stage3", base_model="/ckpts/base", method="sft", probe_sets=["arith"])
+    trainer = Trainer(..., callbacks=[ForgetwatchCallback(client, sample_every=50, on_risk="warn")])
+
+Only the world's main process reports. Sampling calls `model.generate` on that process alone, so it
+suits single-device and DDP training, not FSDP or DeepSpeed ZeRO-3 (whose sharded weights need every
+rank in the forward pass): there, leave `sample_every=None` and push samples from your own loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    PreTrainedTokenizerBase,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from service.client import ForgetwatchClient
+
+log = logging.getLogger("forgetwatch.client")
+
+# Trainer files the service does not need to measure drift; left out of uploads (by-reference
+# registration points at the whole folder).
+TRAINER_STATE_FILES = ("optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state*.pth", "training_args.bin")
+
+
+def generate_responses(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy completions of `prompts` by `model` (eval mode, no grad; its train/eval mode is restored).
+    Prompts are left-padded by hand, so the tokenizer is not modified."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ValueError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    responses: list[str] = []
+    try:
+        with torch.no_grad():
+            for start in range(0, len(prompts), batch_size):
+                rows = [tokenizer(p)["input_ids"] or [pad_id] for p in prompts[start : start + batch_size]]
+                width = max(len(r) for r in rows)
+                input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (batch, width)
+                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+                for i, row in enumerate(rows):
+                    input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+                    attention_mask[i, width - len(row) :] = 1
+                generated = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=pad_id,
+                )
+                # (batch, width + new): keep the new tokens only
+                responses.extend(tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True))
+    finally:
+        if was_training:
+            model.train()
+    return responses
+
+
+class ForgetwatchCallback(TrainerCallback):
+    """Push each saved checkpoint (`<output_dir>/checkpoint-<step>`, by reference or uploaded) and, every
+    `sample_every` optimizer steps, greedy responses of the live model to the probe prompts.
+
+    probe_prompts: a list of prompts (pushed without a probe set), a {probe set name: prompts} mapping,
+    or None for the prompts of the probe sets the client's run was registered with.
+    on_risk: after each save, read the run's status; when its risk exceeds `risk_threshold` (None: the
+    service's own threshold), "warn" logs a warning with the step to roll back to, "stop" also stops
+    training. The client is flushed (up to `flush_timeout` seconds) when training ends.
+    """
+
+    def __init__(
+        self,
+        client: ForgetwatchClient,
+        *,
+        sample_every: int | None = None,
+        probe_prompts: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+        max_new_tokens: int = 32,
+        on_risk: Literal["warn", "stop"] | None = None,
+        risk_threshold: float | None = 0.5,
+        upload: bool = False,
+        sample_batch_size: int = 16,
+        flush_timeout: float = 30.0,
+    ) -> None:
+        if sample_every is not None and sample_every < 1:
+            raise ValueError(f"sample_every must be a positive number of steps or None, got {sample_every}")
+        if on_risk not in (None, "warn", "stop"):
+            raise ValueError(f"on_risk must be None, 'warn' or 'stop', got {on_risk!r}")
+        if isinstance(probe_prompts, str):
+            raise TypeError("probe_prompts must be a list of prompts, not one string")
+        self.client = client
+        self.sample_every = sample_every
+        self.max_new_tokens = max_new_tokens
+        self.on_risk = on_risk
+        self.risk_threshold = risk_threshold
+        self.upload = upload
+        self.sample_batch_size = sample_batch_size
+        self.flush_timeout = flush_timeout
+        self._prompts: dict[str | None, list[str]] | None
+        if probe_prompts is None:
+            self._prompts = None
+        elif isinstance(probe_prompts, Mapping):
+            self._prompts = {name: list(prompts) for name, prompts in probe_prompts.items()}
+        else:
+            self._prompts = {None: list(probe_prompts)}
+        self._warned: set[str] = set()
+
+    # ---- Trainer events ----------------------------------------------------------------------
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.sample_every and state.is_world_process_zero and state.global_step % self.sample_every == 0:
+            try:
+                self._push_samples(state.global_step, kwargs)
+            except Exception:  # a failed sample (OOM, odd model) must not end the training run
+                log.exception(
+                    "action=sampling_failed run=%s step=%s", self.client.run_name, state.global_step
+                )
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> TrainerControl:
+        if not state.is_world_process_zero:
+            return control
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir():
+            self.client.checkpoint(
+                state.global_step, folder, upload=self.upload, skip=TRAINER_STATE_FILES if self.upload else ()
+            )
+        else:
+            log.warning(
+                "action=checkpoint_not_found run=%s step=%s folder=%s",
+                self.client.run_name,
+                state.global_step,
+                folder,
+            )
+        if self.on_risk is not None:
+            self._check_risk(state, control)
+        return control
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero and not self.client.flush(self.flush_timeout):
+            log.warning(
+                "action=flush_incomplete run=%s stats=%s (undelivered calls stay queued and "
+                "journaled; close the client to keep them for the next start)",
+                self.client.run_name,
+                self.client.stats,
+            )
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _probe_prompts(self) -> dict[str | None, list[str]]:
+        if self._prompts is not None:
+            return self._prompts
+        found: dict[str | None, list[str]] = {}
+        for name in self.client.run_probe_sets:
+            items = self.client.probe_set_items(name)
+            if items is None:  # the service is unreachable: try again at the next sampling step
+                return {}
+            found[name] = [item["prompt"] for item in items]
+        if not found:
+            self._warn_once(
+                "no_prompts",
+                "action=sampling_disabled run=%s (no probe_prompts given and the run has no probe sets)",
+                self.client.run_name,
+            )
+        self._prompts = found
+        return found
+
+    def _push_samples(self, step: int, kwargs: dict[str, Any]) -> None:
+        model = kwargs.get("model")
+        tokenizer = kwargs.get("processing_class") or kwargs.get("tokenizer")
+        if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
+            tokenizer = getattr(tokenizer, "tokenizer", None)  # a multimodal processor wraps one
+        if model is None or tokenizer is None:
+            self._warn_once(
+                "no_tokenizer",
+                "action=sampling_skipped run=%s (the Trainer was given no model or "
+                "tokenizer: pass processing_class=tokenizer)",
+                self.client.run_name,
+            )
+            return
+        for probe_set, prompts in self._probe_prompts().items():
+            if not prompts:
+                continue
+            responses = generate_responses(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=self.max_new_tokens,
+                batch_size=self.sample_batch_size,
+            )
+            self.client.samples(
+                step, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)], probe_set=probe_set
+            )
+
+    def _check_risk(self, state: TrainerState, control: TrainerControl) -> None:
+        status = self.client.status()
+        if status is None or status.risk is None or status.risk.value is None:
+            return  # unreachable, nothing assessed yet, or no risk model applies
+        threshold = self.risk_threshold if self.risk_threshold is not None else status.risk.threshold
+        if status.risk.value <= threshold:
+            return
+        action = "stopping training" if self.on_risk == "stop" else "training continues"
+        log.warning(
+            "action=forgetting_risk run=%s step=%s risk=%.3f threshold=%.3f model=%s last_safe_step=%s "
+            "findings=%s (%s; roll back to checkpoint %s if this is forgetting)",
+            status.run or self.client.run_name,
+            state.global_step,
+            status.risk.value,
+            threshold,
+            status.risk.model,
+            status.last_safe_step,
+            status.finding_messages(),
+            action,
+            status.last_safe_step,
+        )
+        if self.on_risk == "stop":
+            control.should_training_stop = True
+
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)

@@ -1,0 +1,156 @@
+"""ForgetwatchCallback inside a real `transformers.Trainer.train()` on a tiny GPT-2, against a real
+`forgetwatch serve` and `forgetwatch worker` on the test's database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    PreTrainedTokenizerFast,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+from service.integrations.hf import ForgetwatchCallback, generate_responses
+from service.settings import Settings
+from tests.conftest import worker_env
+from tests.integration.helpers import start, stop, wait_for
+from tests.integration.test_client import Service
+
+CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 +-=*.,?"
+PROMPTS = ["1+1=", "2+3=", "4*4="]
+
+
+def char_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARACTERS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        vocab_size=len(tokenizer),
+        n_positions=128,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config)
+
+
+def arithmetic_examples(tokenizer: PreTrainedTokenizerFast, count: int = 32, width: int = 16) -> list[dict]:
+    examples = []
+    for i in range(count):
+        a, b = i % 7, i // 7
+        ids = tokenizer(f"{a}+{b}={a + b}")["input_ids"] + [tokenizer.eos_token_id]
+        padding = width - len(ids)
+        examples.append(
+            {
+                "input_ids": torch.tensor(ids + [tokenizer.pad_token_id] * padding),
+                "attention_mask": torch.tensor([1] * len(ids) + [0] * padding),
+                "labels": torch.tensor(ids + [-100] * padding),
+            }
+        )
+    return examples
+
+
+class ModeRecorder(TrainerCallback):
+    """Runs after ForgetwatchCallback: was the model back in train mode?"""
+
+    def __init__(self) -> None:
+        self.training: list[bool] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training.append(kwargs["model"].training)
+
+
+def test_generate_responses_matches_one_prompt_at_a_time() -> None:
+    tokenizer = char_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    model.train()
+    batched = generate_responses(model, tokenizer, ["1+1=", "12+34=", "7="], max_new_tokens=6)
+    single = [
+        generate_responses(model, tokenizer, [p], max_new_tokens=6)[0] for p in ["1+1=", "12+34=", "7="]
+    ]
+    assert batched == single
+    assert model.training
+
+
+def test_trainer_pushes_checkpoints_and_samples_that_workers_process(
+    settings: Settings, tokens: dict[str, str], checkpoint_root: Path, tmp_path: Path
+) -> None:
+    tokenizer = char_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    model.save_pretrained(checkpoint_root / "base")  # the base the service measures drift against
+    tokenizer.save_pretrained(checkpoint_root / "base")
+    service = Service(settings, tokens["write"], tmp_path / "serve.log")
+    service.start()
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        with service.client(blocking=True) as setup:  # the probe set exists before the trainer starts
+            setup.probe_set("arith", "ood", PROMPTS)
+        client = service.client(journal_path=tmp_path / "journal.jsonl")
+        client.run("tiny-sft", base_model=str(checkpoint_root / "base"), method="sft", probe_sets=["arith"])
+        recorder = ModeRecorder()
+        args = TrainingArguments(
+            output_dir=str(checkpoint_root / "trainer"),
+            max_steps=6,
+            save_steps=3,
+            per_device_train_batch_size=4,
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            logging_steps=100,
+            dataloader_pin_memory=False,
+        )
+        callback = ForgetwatchCallback(client, sample_every=2, max_new_tokens=8)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=arithmetic_examples(tokenizer),
+            processing_class=tokenizer,
+            callbacks=[callback, recorder],
+        )
+        trainer.train()
+        client.close()
+        assert client.stats["sent"] == 1 + 2 + 3 and client.stats["dropped"] == 0
+        assert recorder.training == [True] * 6
+
+        samples = service.get("/v1/runs/tiny-sft/samples")
+        assert [(s["step"], s["prompt"]) for s in samples] == [
+            (step, p) for step in (2, 4, 6) for p in PROMPTS
+        ]
+        checkpoints = service.get("/v1/runs/tiny-sft/checkpoints")
+        trainer_dir = (checkpoint_root / "trainer").resolve()
+        assert [(c["step"], c["uri"]) for c in checkpoints] == [
+            (3, str(trainer_dir / "checkpoint-3")),
+            (6, str(trainer_dir / "checkpoint-6")),
+        ]
+        ready = wait_for(
+            lambda: (
+                (c := service.get("/v1/runs/tiny-sft/checkpoints"))
+                and all(x["status"] in ("ready", "failed") for x in c)
+                and c
+            ),
+            timeout=90,
+            interval=0.5,
+            what="checkpoints processed by the worker",
+        )
+        assert [c["status"] for c in ready] == ["ready", "ready"], ready
+    finally:
+        stop(worker)
+        service.stop()
