@@ -2,13 +2,14 @@
 
 `build_base_cache` teacher-forces every probe through the base (generating greedy continuations
 for items without a reference, and greedy answers for items with a checkable answer) and keeps,
-per completion position, the top-k log-probs, their token ids and the log tail mass; see
-`drift.divergence` for how checkpoint statistics are computed from them.
+per completion position, the top-k log-probs, their token ids, the log tail mass and m tokens
+sampled from the tail with their log-probs; see `drift.divergence` for how checkpoint
+statistics are computed from them.
 
 Persistence: `BaseTopKCache.to_bytes()` / `from_bytes()` (or `save(path)` / `load(path)`) use the
 safetensors format: plain tensors plus the scalar fields as JSON under the header metadata key
 ``"forgetwatch"`` (``format = "forgetwatch.base_topk.v1"``). Loading executes no pickled code.
-Size: 8·(k + m) + 12 bytes per completion token (k = 64, m = 16: ~0.65 KiB per token).
+Size: about 8·(k + m) + 16 bytes per completion token (k = 64, m = 16: ~0.65 KiB per token).
 """
 
 from __future__ import annotations
@@ -169,8 +170,11 @@ def build_base_cache(
     the decoded text is kept for the accuracy comparison. ``tail_samples`` tokens per position are
     drawn (seeded by ``random_state``) from the base's tail for the unbiased tail correction.
     """
-    if k < 1 or tail_samples < 0:
-        raise ValueError(f"need k >= 1 and tail_samples >= 0, got k={k}, tail_samples={tail_samples}")
+    if k < 1 or tail_samples < 0 or max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"need k >= 1, tail_samples >= 0, max_new_tokens >= 1 and batch_size >= 1, got "
+                         f"{k}, {tail_samples}, {max_new_tokens}, {batch_size}")
+    if not isinstance(probe_set, ProbeSet):
+        raise ValueError(f"probe_set must be a ProbeSet, got {type(probe_set).__name__}")  # noqa: TRY004
     vocab = model.get_output_embeddings().weight.shape[0]
     max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     prompt_ids = _tokenize_probes(tokenizer, probe_set)
@@ -199,7 +203,10 @@ def build_base_cache(
     n_tok, kk = int(lengths.sum()), min(k, vocab)
     m = tail_samples if kk < vocab else 0
     gen = torch.Generator(device=model_device(model))
-    gen.manual_seed(random_state if random_state is not None else int(torch.seed() % 2**63))
+    if random_state is None:
+        gen.seed()  # non-deterministic, this generator only
+    else:
+        gen.manual_seed(random_state)
     topk_lp = torch.empty((n_tok, kk), dtype=torch.float32)
     topk_ix = torch.empty((n_tok, kk), dtype=torch.int32)
     tail = torch.empty(n_tok, dtype=torch.float32)

@@ -43,12 +43,18 @@ class PairedChange:
 
 @dataclass(frozen=True)
 class ForgettingResult:
-    """``log_likelihood`` (nats/token) is None without reference items, ``accuracy`` without answers."""
+    """``log_likelihood`` (nats/token) is None without reference items, ``accuracy`` without answers.
+
+    ``correct`` / ``base_correct``: per probe, whether the checkpoint's / the base's greedy
+    completion passed the check (None for items without an answer).
+    """
 
     probe_set: str
     domain: str
     log_likelihood: PairedChange | None
     accuracy: PairedChange | None
+    correct: tuple[bool | None, ...]
+    base_correct: tuple[bool | None, ...]
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,8 @@ def measure_forgetting(
 
     answered = [i for i, a in enumerate(cache.answers) if a is not None]
     accuracy = None
+    correct: list[bool | None] = [None] * cache.n_probes
+    base_correct: list[bool | None] = [None] * cache.n_probes
     if answered:
         prompts = cache.sequences()
         completions = greedy_generate_ids(
@@ -161,7 +169,9 @@ def measure_forgetting(
         base = [bool(check(cache.base_completions[i] or "", cache.answers[i])) for i in answered]
         accuracy = paired_bootstrap_change(np.array(base, float), np.array(current, float), random_state=rng,
                                            **options)
-    return ForgettingResult(cache.probe_set, cache.domain, loglik, accuracy)
+        for i, now, before in zip(answered, current, base, strict=True):
+            correct[i], base_correct[i] = now, before
+    return ForgettingResult(cache.probe_set, cache.domain, loglik, accuracy, tuple(correct), tuple(base_correct))
 
 
 def evaluate_checkpoint(
