@@ -5,7 +5,7 @@ from __future__ import annotations
 import procrastinate
 
 from service.db.session import libpq_url
-from service.queue import param_tasks, probe_tasks, risk_tasks  # noqa: F401 - registers their tasks
+from service.queue import param_tasks, probe_tasks, risk_tasks, sample_tasks  # noqa: F401 - registers tasks
 from service.queue import tasks
 
 # Queues let operators place work: probe jobs want GPUs, parameter jobs want disk bandwidth.

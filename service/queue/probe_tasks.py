@@ -73,6 +73,19 @@ def load(model_folder: Path, tokenizer_folder: Path, device: str):
     return model.to(target).eval(), tokenizer
 
 
+GENERATION_TOKENS = 64
+
+
+def max_new_tokens(model, tokenizer, texts: list[str]) -> int:
+    """Up to GENERATION_TOKENS new tokens, but never past the model's context window."""
+    config = model.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not context:
+        return GENERATION_TOKENS
+    longest = max((len(tokenizer(t)["input_ids"]) for t in texts), default=0)
+    return max(1, min(GENERATION_TOKENS, context - longest))
+
+
 @functools.lru_cache(maxsize=1)
 def _base_model(path: str, device: str):
     """The base stays loaded between checkpoints of the same run (one base per worker process)."""
@@ -137,7 +150,9 @@ def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokeni
         data = store.load_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint)
     if data is not None:
         return BaseTopKCache.from_bytes(data)
-    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base)
+    texts = [item.prompt + (item.reference or "") for item in probe_set.items]
+    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base,
+                             max_new_tokens=max_new_tokens(model, tokenizer, texts))
     with services.sessions.begin() as session:
         store.store_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint,
                                data=cache.to_bytes())

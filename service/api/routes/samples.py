@@ -10,6 +10,7 @@ from service.api.idempotency import run_idempotent
 from service.api.schemas import SampleOut, SamplesAccepted, SamplesCreate
 from service.db import queries
 from service.errors import PayloadTooLarge
+from service.queue import sample_tasks
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/samples", tags=["samples"])
 
@@ -32,6 +33,7 @@ def post_samples(run_ref: str, body: SamplesCreate, request: Request, session: S
             probe_set_id = queries.probe_set_ids(session, names=[body.probe_set])[body.probe_set]
         accepted = queries.add_samples(session, run_id=run.id, step=body.step, probe_set_id=probe_set_id,
                                        items=[item.model_dump() for item in body.items])
+        sample_tasks.enqueue(session, run_id=run.id, step=body.step, probe_set=body.probe_set)
         return 202, SamplesAccepted(run_id=run.id, step=body.step, accepted=accepted)
 
     return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",

@@ -1,0 +1,85 @@
+"""A small, real continual post-training experiment on a tiny GPT-2, built entirely in code.
+
+A character-level GPT-2 is pretrained on two-digit addition (task A, the ``ood`` probe set), then
+continued on a letters task with several correct answers per prompt (task B, ``in_domain``) by SFT,
+GRPO or on-policy self-distillation; every checkpoint is saved with ``save_pretrained`` and labelled
+with ground-truth accuracy on both tasks. Only torch, transformers, tokenizers, numpy, safetensors
+and tqdm are imported here: no web, database or queue code.
+"""
+
+from service.experiment.arms import (
+    ARMS,
+    IN_DOMAIN_ACCURACY,
+    OOD_ACCURACY,
+    ArmConfig,
+    ArmResult,
+    CheckpointResult,
+    NullReporter,
+    Reporter,
+    train_grpo,
+    train_self_distillation,
+    train_sft,
+)
+from service.experiment.model import (
+    ModelConfig,
+    build_model,
+    build_tokenizer,
+    load_checkpoint,
+    save_checkpoint,
+)
+from service.experiment.pretrain import BaseConfig, BaseResult, pretrain, pretrained_base
+from service.experiment.tasks import (
+    ARITHMETIC,
+    LETTERS,
+    PROBE_SETS,
+    correct_answers,
+    grade,
+    is_correct,
+    probe_items,
+    write_probe_sets,
+)
+from service.experiment.train import (
+    DEFAULT_ARMS,
+    DEMO_CONFIGS,
+    ExperimentResult,
+    ReporterFactory,
+    format_table,
+    run_experiment,
+)
+
+__all__ = [
+    "ARITHMETIC",
+    "ARMS",
+    "DEFAULT_ARMS",
+    "DEMO_CONFIGS",
+    "IN_DOMAIN_ACCURACY",
+    "LETTERS",
+    "OOD_ACCURACY",
+    "PROBE_SETS",
+    "ArmConfig",
+    "ArmResult",
+    "BaseConfig",
+    "BaseResult",
+    "CheckpointResult",
+    "ExperimentResult",
+    "ModelConfig",
+    "NullReporter",
+    "Reporter",
+    "ReporterFactory",
+    "build_model",
+    "build_tokenizer",
+    "correct_answers",
+    "format_table",
+    "grade",
+    "is_correct",
+    "load_checkpoint",
+    "pretrain",
+    "pretrained_base",
+    "probe_items",
+    "run_experiment",
+    "save_checkpoint",
+    "train_grpo",
+    "train_self_distillation",
+    "train_sft",
+    "write_probe_sets",
+]
