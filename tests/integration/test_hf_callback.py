@@ -7,10 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
     PreTrainedTokenizerFast,
     Trainer,
     TrainerCallback,
@@ -21,35 +18,10 @@ from service.integrations.hf import ForgetwatchCallback, generate_responses
 from service.settings import Settings
 from tests.conftest import worker_env
 from tests.integration.helpers import start, stop, wait_for
+from tests.integration.models import char_tokenizer, tiny_gpt2
 from tests.integration.test_client import Service
 
-CHARACTERS = "abcdefghijklmnopqrstuvwxyz0123456789 +-=*.,?"
 PROMPTS = ["1+1=", "2+3=", "4*4="]
-
-
-def char_tokenizer() -> PreTrainedTokenizerFast:
-    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2, **{c: i + 3 for i, c in enumerate(CHARACTERS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    tokenizer.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-
-
-def tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
-    torch.manual_seed(0)
-    config = GPT2Config(
-        n_layer=2,
-        n_embd=32,
-        n_head=2,
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return GPT2LMHeadModel(config)
 
 
 def arithmetic_examples(tokenizer: PreTrainedTokenizerFast, count: int = 32, width: int = 16) -> list[dict]:

@@ -1,0 +1,64 @@
+"""Response drift through the queue: probe KL and forgetting per checkpoint, sample-batch shift."""
+
+from pathlib import Path
+
+import torch
+from fastapi.testclient import TestClient
+
+from tests.conftest import worker_env
+from tests.integration.helpers import start, stop, wait_for
+from tests.integration.models import char_tokenizer, tiny_gpt2
+
+ITEMS = [{"prompt": f"{a}+{b}=", "reference": str(a + b), "answer": str(a + b)} for a in range(4) for b in range(4)]
+
+
+def _save(model, tokenizer, folder: Path) -> Path:
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_probe_and_sample_drift_reach_the_api(client: TestClient, settings, checkpoint_root: Path,
+                                              tmp_path: Path) -> None:
+    tokenizer = char_tokenizer()
+    model = tiny_gpt2(tokenizer, n_positions=32)  # shorter than prompt + 64 new tokens: generation is capped
+    base = _save(model, tokenizer, checkpoint_root / "base")
+    same = _save(model, tokenizer, checkpoint_root / "step-1")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    model.save_pretrained(checkpoint_root / "step-2")  # no tokenizer: the base's is used
+
+    client.post("/v1/probe-sets", json={"name": "arith", "domain": "ood", "items": ITEMS})
+    client.post("/v1/runs", json={"name": "probe-run", "base_model": str(base), "probe_sets": ["arith"]})
+    client.post("/v1/runs/probe-run/checkpoints", json={"step": 1, "uri": str(same)})
+    client.post("/v1/runs/probe-run/checkpoints", json={"step": 2, "uri": str(checkpoint_root / "step-2")})
+    loops = [{"prompt": i["prompt"], "response": "= = = = = = = ="} for i in ITEMS]
+    client.post("/v1/runs/probe-run/samples", json={"step": 2, "probe_set": "arith", "items": loops})
+
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        for step in (1, 2):
+            done = wait_for(lambda s=step: (c := client.get(f"/v1/runs/probe-run/checkpoints/{s}").json())["status"]
+                            in ("ready", "failed") and c, timeout=180, interval=1, what=f"step {step}")
+            assert done["status"] == "ready", done
+        drift = wait_for(lambda: (d := client.get("/v1/runs/probe-run/response-drift").json())["samples"] and d,
+                         timeout=120, interval=1, what="sample drift")
+    finally:
+        stop(worker)
+
+    series = drift["probe_sets"]["arith"]["series"]
+    assert drift["probe_sets"]["arith"]["domain"] == "ood"
+    identical, perturbed = series
+    assert abs(identical["kl_forward"]) < 1e-6 and identical["agreement"] == 1.0
+    assert identical["accuracy_change"] == 0.0 and identical["loglik_change"] == 0.0
+    assert perturbed["kl_forward"] > 0.01 and perturbed["kl_reverse"] > 0.01
+    assert perturbed["kl_forward_p10"] <= perturbed["kl_forward_p50"] <= perturbed["kl_forward_p90"]
+    sample = drift["samples"][0]
+    assert sample["n_samples"] == len(ITEMS) and sample["probe_set"] == "arith"
+    assert sample["repetition_ratio"] > 0.5  # every response is one repeated pattern
+    assert sample["shift_pvalue"] is not None and sample["distinct2_base"] is not None
+    per_step = client.get("/v1/runs/probe-run/checkpoints/2/response-drift").json()
+    assert per_step["status"] == "ready" and per_step["probe_sets"][0]["kl_forward"] == perturbed["kl_forward"]
+    status = client.get("/v1/runs/probe-run/status").json()
+    assert status["risk"]["step"] == 2 and status["risk"]["applicable"]
