@@ -64,7 +64,9 @@ class CheckpointEvaluation:
 
 
 def exact_match(completion: str, answer: str) -> bool:
-    return completion.strip() == answer.strip()
+    """The stripped completion equals the answer, or one of its '|'-separated alternatives
+    (for tasks with several correct answers, e.g. "de|df|ef")."""
+    return completion.strip() in {alternative.strip() for alternative in answer.split("|")}
 
 
 def paired_bootstrap_change(

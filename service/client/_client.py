@@ -233,6 +233,18 @@ class ForgetwatchClient:
 
         return self._call(build)
 
+    def labels(self, step: int, values: Mapping[str, float]) -> dict[str, Any] | None:
+        """Ground truth measured by the trainer at `step` (e.g. {"ood_accuracy": 0.91}); post the
+        base's values at step 0. `forgetwatch calibrate` fits the risk model on them."""
+
+        def build() -> list[dict[str, Any]]:
+            run = self._require_run("labels")
+            body = {"step": int(step), "labels": {str(k): float(v) for k, v in values.items()}}
+            return [self._request_op("POST", f"/v1/runs/{_segment(run)}/labels", body,
+                                     f"labels run={run} step={step}")]
+
+        return self._call(build)
+
     def status(self, run: str | None = None) -> RunStatus | None:
         """The run's risk status (a synchronous read, bounded by `status_timeout` in non-blocking mode).
         None when it cannot be had: service unreachable, or no status endpoint on this service."""

@@ -81,3 +81,11 @@ def test_drift_modules_import_no_service_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_exact_match_accepts_any_listed_alternative() -> None:
+    from drift.forgetting import exact_match
+
+    assert exact_match(" df\n", "de|df|ef")
+    assert not exact_match("fd", "de|df|ef")
+    assert exact_match("194", "194") and not exact_match("19", "194")
