@@ -1,10 +1,10 @@
-# Two commands on a fresh machine: `make serve` runs the service, `make test` runs the tests.
+# Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install demo serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/forgetwatch experiment
 
 serve: $(STAMP)
 	$(VENV)/bin/forgetwatch serve

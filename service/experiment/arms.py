@@ -93,7 +93,7 @@ class ArmConfig:
     SDFT, which learns from the same demonstrations SFT would use) or a random correct answer."""
     n_eval: int = 256
     """Held-out probe prompts per task for the ground-truth labels."""
-    n_samples: int = 4
+    n_samples: int = 16
     """Responses per probe set passed to ``reporter.on_samples`` at each checkpoint."""
     max_grad_norm: float = 1.0
 
@@ -156,7 +156,8 @@ def _samples(
     items = []
     for task in (ARITHMETIC, LETTERS):
         prompts = [it["prompt"] for it in probe_items(task, n)]
-        responses = generate(model, codec, prompts, temperature=1.0, generator=generator)
+        # Greedy, like the Trainer callback: the service compares against the base's greedy responses.
+        responses = generate(model, codec, prompts, temperature=0.0, generator=generator)
         items += [
             {"prompt": p, "response": r, "probe_set": PROBE_SETS[task][0]}
             for p, r in zip(prompts, responses, strict=True)

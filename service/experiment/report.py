@@ -1,0 +1,54 @@
+"""The experiment's arms report to forgetwatch exactly as a user's trainer would: through the client."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from drift.probes import load_probe_set
+from service.client import ForgetwatchClient
+
+PROBE_SET_DIR = Path(__file__).resolve().parents[1] / "probesets"
+METHODS = {"sft": "sft", "grpo": "grpo"}
+
+
+def probe_set_files() -> list[Path]:
+    return sorted(PROBE_SET_DIR.glob("*.jsonl"))
+
+
+def register_probe_sets(client: ForgetwatchClient) -> list[str]:
+    """Create the shipped probe sets on the service (a no-op when they exist) and return their names."""
+    names = []
+    for path in probe_set_files():
+        probe_set = load_probe_set(path)
+        items = [{"prompt": i.prompt, "reference": i.reference, "answer": i.answer} for i in probe_set.items]
+        client.probe_set(probe_set.name, probe_set.domain, items)
+        names.append(probe_set.name)
+    return names
+
+
+def method_of(arm: str) -> str:
+    return METHODS.get(arm, "self_distillation")
+
+
+class ServiceReporter:
+    """Registers every checkpoint (the base as step 0), its ground-truth labels and the samples."""
+
+    def __init__(self, client: ForgetwatchClient, *, arm: str, run_name: str, base_dir: Path,
+                 probe_sets: list[str], tags: dict[str, str | float | int]) -> None:
+        self.client = client
+        client.run(run_name, base_model=str(base_dir), method=method_of(arm), probe_sets=probe_sets,
+                   tags={"arm": arm, **tags})
+        self.steps: list[int] = []
+
+    def on_checkpoint(self, step: int, path: Path, labels: dict[str, float]) -> None:
+        self.client.checkpoint(step, str(path))
+        self.client.labels(step, labels)
+        self.steps.append(step)
+
+    def on_samples(self, step: int, items: list[dict[str, str]]) -> None:
+        by_set: dict[str, list[dict[str, str]]] = defaultdict(list)
+        for item in items:
+            by_set[item["probe_set"]].append({"prompt": item["prompt"], "response": item["response"]})
+        for probe_set, rows in by_set.items():
+            self.client.samples(step, rows, probe_set=probe_set)
