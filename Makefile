@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint bench clean
+.PHONY: install demo serve test lint bench calibrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/forgetwatch experiment
+
+# Refit the shipped risk model from the project's own experiment (recipe: docs/risk_model.md).
+CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
+calibrate: $(STAMP)
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch experiment --seeds 0 1 2 3 --lr-scales 0.5 1 2
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate --out service/risk_model.json
 
 serve: $(STAMP)
 	$(VENV)/bin/forgetwatch serve

@@ -1,6 +1,7 @@
 """Faults a monitoring service must ride out without losing what it acknowledged."""
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -53,3 +54,27 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
     finally:
         stop(server)
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
+
+
+def test_disk_full_during_upload_is_507_and_leaves_nothing(settings, engine, tokens, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.api.app import create_app
+
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        full = settings.model_copy(update={"data_dir": small})
+        with TestClient(create_app(settings=full, engine=engine)) as client:
+            client.headers["Authorization"] = f"Bearer {tokens['write']}"
+            client.post("/v1/runs", json={"name": "r", "base_model": "/m"})
+            response = client.put("/v1/runs/r/checkpoints/1/files/model.safetensors", content=b"x" * (5 * 2**20))
+            assert response.status_code == 507
+            assert "out of space" in response.json()["detail"]
+            assert [p for p in small.rglob("*") if p.is_file()] == []  # no partial file
+            register = client.post("/v1/runs/r/checkpoints", json={"step": 1})
+            assert register.status_code == 422  # nothing to process
+            assert client.get("/v1/runs/r/checkpoints").json() == []
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
