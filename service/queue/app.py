@@ -5,8 +5,7 @@ from __future__ import annotations
 import procrastinate
 
 from service.db.session import libpq_url
-from service.queue import param_tasks, probe_tasks, risk_tasks, sample_tasks  # noqa: F401 - registers tasks
-from service.queue import tasks
+from service.queue import param_tasks, probe_tasks, risk_tasks, sample_tasks, tasks  # noqa: F401 - registers tasks
 
 # Queues let operators place work: probe jobs want GPUs, parameter jobs want disk bandwidth.
 QUEUES = ("params", "probes", "maintenance")

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import procrastinate
 from sqlalchemy import text
@@ -19,20 +18,13 @@ from drift.checkpoint_io import CheckpointError, list_tensors
 from drift.params import aggregate, shard_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
-from service.errors import ForgetwatchError
-from service.paths import resolve_checkpoint_uri
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
-from service.queue.tasks import TRANSIENT, blueprint, services_of
-from service.settings import Settings
+from service.queue.tasks import TRANSIENT, AnalysisFailed, blueprint, fail_analysis, resolve_base, services_of
 
 log = logging.getLogger("forgetwatch")
 KIND = "params"
 PLAN, PART, AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
-
-
-class _Failed(Exception):
-    """The analysis is marked failed with this message; the job fails without retries."""
 
 
 def _task(name: str) -> str:
@@ -59,19 +51,6 @@ def split_by_size(groups: list[list[str]], sizes: dict[str, int], max_elements: 
     return parts
 
 
-def _fail(services, checkpoint_id: int, message: str) -> None:
-    with services.sessions.begin() as session:
-        store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="failed", error=message)
-    log.warning("action=param_drift_failed checkpoint=%s error=%s", checkpoint_id, message)
-
-
-def _sources(settings: Settings, base_uri: str) -> Path:
-    try:
-        return resolve_checkpoint_uri(base_uri, settings.allowed_roots)
-    except ForgetwatchError as error:
-        raise _Failed(f"base model: {error.detail}") from error
-
-
 @blueprint.task(name=PLAN, queue="params", pass_context=True, retry=TRANSIENT)
 def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
@@ -86,16 +65,13 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
             text("SELECT uri FROM checkpoints WHERE run_id = :r AND step < :s AND status <> 'failed' "
                  "ORDER BY step DESC LIMIT 2"), {"r": row.run_id, "s": row.step}).scalars().all()
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
+    base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
     try:
-        base = _sources(settings, row.base_model)
         sizes = {t.name: t.numel for t in list_tensors(row.uri)}
         parts = split_by_size(shard_groups(base, row.uri), sizes, settings.param_part_elements)
-    except _Failed as error:
-        _fail(services, checkpoint_id, str(error))
-        raise
     except (CheckpointError, ValueError, OSError) as error:
-        _fail(services, checkpoint_id, str(error))
-        raise _Failed(str(error)) from error
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=str(error))
+        raise AnalysisFailed(str(error)) from error
     # The base is step "zero" of the history: the first checkpoint's update is measured against it.
     history = [*previous, str(base)][:2]
     details = {"base": str(base), "checkpoint": row.uri, "previous": history, "parts": len(parts)}
@@ -126,8 +102,8 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
             cache_dir=settings.cache_dir / "spectral",
         )
     except (CheckpointError, ValueError, OSError) as error:
-        _fail(services, checkpoint_id, str(error))
-        raise _Failed(str(error)) from error
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=str(error))
+        raise AnalysisFailed(str(error)) from error
     with services.sessions.begin() as session:
         remaining = store.store_part(session, checkpoint_id=checkpoint_id, part=part, rows=rows)
         if remaining == 0:

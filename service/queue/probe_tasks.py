@@ -20,19 +20,21 @@ from drift.base_cache import BaseTopKCache, build_base_cache
 from drift.forgetting import evaluate_checkpoint
 from service.db import param_drift as analyses
 from service.db import response_drift as store
-from service.errors import ForgetwatchError
-from service.paths import resolve_checkpoint_uri
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
-from service.queue.tasks import TRANSIENT, TRANSIENT_ERRORS, blueprint, services_of
+from service.queue.tasks import (
+    TRANSIENT,
+    TRANSIENT_ERRORS,
+    AnalysisFailed,
+    blueprint,
+    fail_analysis,
+    resolve_base,
+    services_of,
+)
 
 log = logging.getLogger("forgetwatch")
 KIND = "responses"
 NAME = "probe_drift"
-
-
-class _Failed(Exception):
-    """The analysis is marked failed with this message; not retried."""
 
 
 def enqueue(session: Session, checkpoint_id: int) -> None:
@@ -92,13 +94,6 @@ def _base_model(path: str, device: str):
     return load(Path(path), Path(path), device)
 
 
-def _fail(services, checkpoint_id: int, message: str, status: str = "failed") -> None:
-    with services.sessions.begin() as session:
-        analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status=status, error=message)
-        risk_tasks.enqueue(session, checkpoint_id)
-    log.warning("action=probe_drift_%s checkpoint=%s reason=%s", status, checkpoint_id, message)
-
-
 @blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)
 def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
@@ -112,15 +107,11 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
         probe_sets = store.run_probe_sets(session, run_id=row.run_id)
         analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
     checkpoint = Path(row.uri)
-    try:
-        base = resolve_checkpoint_uri(row.base_model, settings.allowed_roots)
-    except ForgetwatchError as error:
-        _fail(services, checkpoint_id, f"base model: {error.detail}")
-        raise _Failed(error.detail) from error
+    base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
     if not probe_sets or not is_model_folder(checkpoint) or not is_model_folder(base):
         reason = ("the run has no probe sets" if not probe_sets else
                   "response drift needs transformers model folders (config.json) for the base and the checkpoint")
-        _fail(services, checkpoint_id, reason, status="skipped")
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=reason, status="skipped")
         return
     try:
         base_model, base_tokenizer = _base_model(str(base), settings.probe_device)
@@ -131,9 +122,10 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
                    for probe_set_id, cache in caches]
     except TRANSIENT_ERRORS:
         raise  # the database went away: procrastinate retries the job
-    except Exception as error:  # noqa: BLE001 - any model/tokenizer failure ends this analysis, readably
-        _fail(services, checkpoint_id, f"{type(error).__name__}: {error}")
-        raise _Failed(str(error)) from error
+    except Exception as error:
+        message = f"{type(error).__name__}: {error}"
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=message)
+        raise AnalysisFailed(message) from error
     with services.sessions.begin() as session:
         for probe_set_id, evaluation in results:
             store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,

@@ -3,13 +3,19 @@ Tasks live in one module per analysis (param_tasks, ...); each is thin and idemp
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import procrastinate
 from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.errors import ForgetwatchError
+from service.paths import resolve_checkpoint_uri
 from service.settings import Settings
+
+log = logging.getLogger("forgetwatch")
 
 blueprint = procrastinate.Blueprint()
 
@@ -29,3 +35,29 @@ class WorkerServices:
 
 def services_of(context: procrastinate.JobContext) -> WorkerServices:
     return context.additional_context["services"]
+
+
+class AnalysisFailed(Exception):
+    """The analysis was marked failed with this message; the job ends failed and is not retried."""
+
+
+def fail_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str, message: str,
+                  status: str = "failed") -> None:
+    """Record why an analysis of a checkpoint ended without results; its risk is reassessed."""
+    from service.db.param_drift import set_analysis
+    from service.queue import risk_tasks
+
+    with services.sessions.begin() as session:
+        set_analysis(session, checkpoint_id=checkpoint_id, kind=kind, status=status, error=message)
+        risk_tasks.enqueue(session, checkpoint_id)
+    log.warning("action=analysis_%s kind=%s checkpoint=%s reason=%s", status, kind, checkpoint_id, message)
+
+
+def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
+    """The run's base model on this worker's disk, inside the allowed roots."""
+    try:
+        return resolve_checkpoint_uri(base_uri, services.settings.allowed_roots)
+    except ForgetwatchError as error:
+        message = f"base model: {error.detail}"
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
+        raise AnalysisFailed(message) from error
