@@ -92,7 +92,12 @@ def run_summary(http: httpx.Client, run: str) -> dict[str, Any]:
     for entry in responses["probe_sets"].values():
         kl[entry["domain"]] = _latest(entry["series"], "kl_forward")
     risk = status["risk"] or {}
+    risk_series = http.get(f"/v1/runs/{run}/risk").json()["series"]
+    base_ood = first.get("ood_accuracy")
     return {
+        "first_alarm": next((r["step"] for r in risk_series if r["value"] is not None and r["value"] >= 0.5), None),
+        "first_forgot": next((row["step"] for row in labels if base_ood and
+                              row.get("ood_accuracy", base_ood) <= 0.9 * base_ood), None),
         "run": run, "method": status["method"], "last_step": status["last_step"],
         "in_gain": (last.get("in_domain_accuracy", 0) - first.get("in_domain_accuracy", 0)) if labels else None,
         "ood_loss": (first.get("ood_accuracy", 0) - last.get("ood_accuracy", 0)) if labels else None,
@@ -128,18 +133,20 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def print_table(summaries: list[dict[str, Any]], threshold: float) -> None:
-    header = (f"{'run':<34} {'method':<17} {'in_gain':>7} {'ood_loss':>8} {'param_L2':>9} {'KL_in':>7} "
-              f"{'KL_ood':>7} {'MMD2':>7} {'risk':>5}  alerts")
+    header = (f"{'run':<42} {'method':<17} {'in_gain':>7} {'ood_loss':>8} {'param_L2':>9} {'KL_in':>7} "
+              f"{'KL_ood':>7} {'MMD2':>7} {'risk':>5} {'alarm@':>6} {'forgot@':>7}  alerts")
     print("\n" + header)
     print("-" * len(header))
     for s in summaries:
         alerts = firing_alerts(s, threshold)
-        print(f"{s['run']:<34} {s['method']:<17} {_fmt(s['in_gain'], '+.2f'):>7} {_fmt(s['ood_loss'], '+.2f'):>8} "
+        print(f"{s['run']:<42} {s['method']:<17} {_fmt(s['in_gain'], '+.2f'):>7} {_fmt(s['ood_loss'], '+.2f'):>8} "
               f"{_fmt(s['param_rel_l2'], '.4f'):>9} {_fmt(s['kl_in'], '.3f'):>7} {_fmt(s['kl_ood'], '.3f'):>7} "
-              f"{_fmt(s['mmd2'], '.3f'):>7} {_fmt(s['risk'], '.2f'):>5}  {', '.join(alerts) or '-'}")
+              f"{_fmt(s['mmd2'], '.3f'):>7} {_fmt(s['risk'], '.2f'):>5} {_fmt(s['first_alarm'], 'd'):>6} "
+              f"{_fmt(s['first_forgot'], 'd'):>7}  {', '.join(alerts) or '-'}")
     print("\nin_gain / ood_loss: ground-truth accuracy change on task B (new) / drop on task A (old) since the base."
           "\nparam_L2: global relative L2 to the base; KL: forward KL(base||checkpoint) on the probe sets, nats/token;"
-          "\nMMD2: embedding shift of greedy samples vs the base's; risk: forgetwatch's collapse risk (latest checkpoint).")
+          "\nMMD2: embedding shift of greedy samples vs the base's; risk: forgetwatch's collapse risk (latest checkpoint);"
+          "\nalarm@: first step with risk >= 0.5; forgot@: first step whose ood accuracy was 10% below the base's.")
     for s in summaries:
         top = [f["message"] for f in s["findings"][:2] if isinstance(f, dict)]
         if top:
