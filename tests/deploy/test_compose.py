@@ -37,7 +37,7 @@ def test_dependencies_wait_for_health_or_completion() -> None:
 
 def test_forgetwatch_commands_are_cli_commands() -> None:
     parser = build_parser()
-    for name, service in _compose()["services"].items():
+    for service in _compose()["services"].values():
         if service.get("image", "").startswith("forgetwatch") or "build" in service:
             parser.parse_args(service["command"])  # exits on an unknown command or flag
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -47,7 +47,7 @@ def test_forgetwatch_commands_are_cli_commands() -> None:
 
 def test_environment_names_are_settings_fields() -> None:
     fields = {f"FORGETWATCH_{name.upper()}" for name in Settings.model_fields}
-    names = set(re.findall(r"^(FORGETWATCH_[A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    names = set(re.findall(r"^(FORGETWATCH_[A-Z_]+)=", (ROOT / ".env.example").read_text(), re.MULTILINE))
     for service in _compose()["services"].values():
         names |= {k for k in service.get("environment", {}) if k.startswith("FORGETWATCH_")}
     grafana_only = {"FORGETWATCH_GRAFANA_DB_USER", "FORGETWATCH_GRAFANA_DB_PASSWORD"}

@@ -9,13 +9,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
-    documented = set(re.findall(r"^\| `(FORGETWATCH_[A-Z0-9_]+)` \|", (ROOT / "README.md").read_text(), re.M))
+    documented = set(re.findall(r"^\| `(FORGETWATCH_[A-Z0-9_]+)` \|", (ROOT / "README.md").read_text(), re.MULTILINE))
     assert documented == {f"FORGETWATCH_{name.upper()}" for name in Settings.model_fields}
 
 
 def test_the_two_commands_are_make_targets_and_ci_runs_the_tests() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert re.search(r"^demo:", makefile, re.MULTILINE) and re.search(r"^test:", makefile, re.MULTILINE)
     readme = (ROOT / "README.md").read_text()
     assert readme.index("make demo") < readme.index("make test")
     assert "make test" in (ROOT / ".ci" / "run").read_text()

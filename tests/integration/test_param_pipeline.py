@@ -83,7 +83,7 @@ def test_two_workers_on_a_sharded_checkpoint_match_one_worker(client: TestClient
     single = compare(paths[0], paths[1], spectral=True).summary
     assert abs(two["global"]["relative_l2_distance"] - single.overall.relative_l2_distance) < 1e-12
     assert abs(two["global"]["normalized_spectral_shift"] - single.overall.normalized_spectral_shift) < 1e-9
-    assert len(two["tensors"]) == len(set(t["name"] for t in two["tensors"]))
+    assert len(two["tensors"]) == len({t["name"] for t in two["tensors"]})
 
 
 def test_bad_checkpoint_fails_with_a_readable_message(client: TestClient, settings, checkpoint_root: Path,
