@@ -72,11 +72,14 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
         base = resolve_checkpoint_uri(base_uri, settings.allowed_roots)
     except ForgetwatchError:
         base = None
+    tokenize = None
     if base is not None and is_model_folder(base):
+        # n-gram diversity in the model's own tokens: whitespace words say nothing about short answers
+        tokenize = _base_model(str(base), settings.probe_device)[1].tokenize
         embedder = _embedder(str(base), settings.probe_device)
         base_responses = [_base_response(str(base), settings.probe_device, r.prompt) for r in rows]
         reference, current = embedder.embed(base_responses), embedder.embed(responses)
-        base_signals = collapse_signals(base_responses, embeddings=reference)
+        base_signals = collapse_signals(base_responses, embeddings=reference, tokenize=tokenize)
         values["distinct2_base"] = base_signals.distinct_2
         if len(rows) >= MIN_FOR_SHIFT_TEST:
             shift = embedding_shift_test(reference, current, paired=True, alpha=SHIFT_ALPHA, random_state=0)
@@ -90,7 +93,7 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
         current = None
         data["reference"] = "no base model folder: diversity only"
     logprobs = [r.logprobs for r in rows] if all(r.logprobs for r in rows) else None
-    signals = collapse_signals(responses, embeddings=current, token_logprobs=logprobs)
+    signals = collapse_signals(responses, embeddings=current, token_logprobs=logprobs, tokenize=tokenize)
     values.update(distinct1=signals.distinct_1, distinct2=signals.distinct_2,
                   repetition_ratio=signals.repeated_ngram_rate, degenerate_ratio=signals.dominated_share,
                   length_mean=signals.length_mean, length_std=signals.length_std,
