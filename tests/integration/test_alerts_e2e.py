@@ -1,4 +1,4 @@
-"""End to end: drifting checkpoints -> worker -> /metrics -> a real Prometheus evaluating the
+"""End to end: drifting checkpoints -> two workers -> /metrics -> a real Prometheus evaluating the
 project's rules -> a real Alertmanager -> the on-call webhook. A stable run must stay quiet.
 
 Time is compressed: scrape and evaluation every second and every `for:` cut to 2s; the rule
@@ -97,7 +97,8 @@ def test_drifting_run_pages_on_call_and_stable_run_does_not(client: TestClient, 
     env = worker_env(settings)
     processes = [
         start(["serve", "--no-worker", "--port", str(api_port)], env, tmp_path / "api.log"),
-        start(["worker"], env, tmp_path / "worker.log"),
+        start(["worker"], env, tmp_path / "worker1.log"),  # the compose topology: API without a worker,
+        start(["worker"], env, tmp_path / "worker2.log"),  # workers scaled out, Prometheus, Alertmanager
     ]
     for command, log in (
         ([_binary("prometheus-alertmanager", "alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
