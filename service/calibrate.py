@@ -46,11 +46,16 @@ def build_dataset(session: Session, *, label: str, horizon: int, relative_drop: 
             continue  # no base value, or too short to learn from
         series = [values.get(step) for step in history.steps]
         base = values[0]
-        data.rows.extend(feature_rows(history.rows, history.steps))
-        data.labels.extend(label_future_forgetting(series, base=base, horizon=horizon, relative_drop=relative_drop))
-        data.dropped.extend(label_future_forgetting(series, base=base, horizon=0, relative_drop=relative_drop))
-        data.groups.extend([name] * len(series))
-        data.steps.extend(history.steps)
+        rows = feature_rows(history.rows, history.steps)
+        labels = label_future_forgetting(series, base=base, horizon=horizon, relative_drop=relative_drop)
+        dropped = label_future_forgetting(series, base=base, horizon=0, relative_drop=relative_drop)
+        # A checkpoint at step 0 is the base itself (no drift by construction): not a prediction.
+        keep = [i for i, step in enumerate(history.steps) if step > 0]
+        data.rows.extend(rows[i] for i in keep)
+        data.labels.extend(labels[i] for i in keep)
+        data.dropped.extend(dropped[i] for i in keep)
+        data.groups.extend([name] * len(keep))
+        data.steps.extend(history.steps[i] for i in keep)
         data.runs.append(name)
     return data
 
@@ -80,7 +85,5 @@ def report(evaluation: Evaluation) -> str:
 
 
 def save(model: RiskModel, evaluation: Evaluation, path: Path, *, recipe: dict[str, Any]) -> None:
-    document = model.to_dict()
-    document["evaluation"] = asdict(evaluation)
-    document["recipe"] = recipe
+    document = {"model": model.to_dict(), "evaluation": asdict(evaluation), "recipe": recipe}
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import theilslopes
+
 from drift.findings import findings
 from drift.forecast import feature_rows, page_hinkley, theil_sen_forecast
 from drift.risk import RiskEstimate, RiskModel, heuristic_risk
@@ -42,7 +44,8 @@ def load_model(path: str) -> RiskModel | None:
     file = Path(path)
     if not file.exists():
         return None
-    return RiskModel.from_dict(json.loads(file.read_text()))
+    document = json.loads(file.read_text())
+    return RiskModel.from_dict(document.get("model", document))  # written by `forgetwatch calibrate`
 
 
 def _finite(values: list[float | None]) -> bool:
@@ -73,8 +76,8 @@ def _acceleration(history: RunHistory) -> float | None:
     values = [row.get("param_rel_l2") for row in history.rows]
     if len(values) < 6 or not all(v is not None for v in values[-6:]):
         return None
-    recent = theil_sen_forecast(history.steps[-3:], values[-3:], threshold=math.inf).slope
-    earlier = theil_sen_forecast(history.steps[-6:-3], values[-6:-3], threshold=math.inf).slope
+    recent = theilslopes(values[-3:], history.steps[-3:])[0]
+    earlier = theilslopes(values[-6:-3], history.steps[-6:-3])[0]
     if earlier <= 0:
         return None
     return recent / earlier
