@@ -243,3 +243,10 @@ def create_probe_set(
         ],
     )
     return probe_set, True
+
+
+def checkpoint_for_analysis(session: Session, *, checkpoint_id: int) -> Any:
+    """(uri, step, run_id, base_model) of a checkpoint, or None once it is deleted."""
+    return session.execute(
+        text("SELECT c.uri, c.step, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
+             "WHERE c.id = :c"), {"c": checkpoint_id}).first()

@@ -18,6 +18,7 @@ from drift.checkpoint_io import CheckpointError, list_tensors
 from drift.params import aggregate, shard_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
+from service.db import queries
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
 from service.queue.tasks import TRANSIENT, AnalysisFailed, blueprint, fail_analysis, resolve_base, services_of
@@ -56,9 +57,7 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
     services = services_of(context)
     settings = services.settings
     with services.sessions.begin() as session:
-        row = session.execute(
-            text("SELECT c.uri, c.step, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
-                 "WHERE c.id = :c"), {"c": checkpoint_id}).first()
+        row = queries.checkpoint_for_analysis(session, checkpoint_id=checkpoint_id)
         if row is None:
             return
         previous = session.execute(

@@ -13,12 +13,12 @@ import threading
 from pathlib import Path
 
 import procrastinate
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache, build_base_cache
 from drift.forgetting import evaluate_checkpoint
 from service.db import param_drift as analyses
+from service.db import queries
 from service.db import response_drift as store
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
@@ -99,9 +99,7 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
     settings = services.settings
     with services.sessions.begin() as session:
-        row = session.execute(
-            text("SELECT c.uri, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
-                 "WHERE c.id = :c"), {"c": checkpoint_id}).first()
+        row = queries.checkpoint_for_analysis(session, checkpoint_id=checkpoint_id)
         if row is None:
             return
         probe_sets = store.run_probe_sets(session, run_id=row.run_id)
