@@ -17,7 +17,7 @@ from typing import Any
 from scipy.stats import theilslopes
 
 from drift.findings import findings
-from drift.forecast import feature_rows, page_hinkley, theil_sen_forecast
+from drift.forecast import PROBE_FEATURES, feature_rows, page_hinkley, theil_sen_forecast
 from drift.risk import RiskEstimate, RiskModel, heuristic_risk
 from service.db.features import RunHistory
 
@@ -88,9 +88,10 @@ def assess(history: RunHistory, *, model_path: str, ood_kl_nats: float, param_re
     rows = feature_rows(history.rows, history.steps)
     current = rows[-1]
     model = load_model(model_path)
-    estimate = model.predict(current) if model is not None else heuristic_risk(current)
-    if model is not None and estimate.reason == "none of the model's features are present":
-        estimate = heuristic_risk(current)  # e.g. a run without probes: the probe-free fallback
+    # The fitted model learned from runs with probes; without any probe measurement its other inputs
+    # would be imputed, so the probe-free fallback (parameter drift) answers instead, and says so.
+    has_probes = any(current.get(k) is not None for k in PROBE_FEATURES)
+    estimate = model.predict(current) if model is not None and has_probes else heuristic_risk(current)
     kl = [row.get("kl_fwd_ood") for row in history.rows]
     changepoint = False
     if sum(v is not None for v in kl) >= 5:
