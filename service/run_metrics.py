@@ -14,6 +14,8 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import Connection, text
 
+from service.db.response_drift import forgetting_ratio
+
 RUN_LABELS = ["run", "method"]
 
 _ACTIVE_RUNS = text(
@@ -103,16 +105,6 @@ _LATEST_SAMPLES = text(
 )
 
 
-def forgetting_ratio(row: Any) -> float | None:
-    """Relative drop vs base: of accuracy when the probe set has answers, else of reference
-    log-likelihood per token. Positive = worse than base; negative = improved."""
-    if row.accuracy_change is not None and row.accuracy_base:
-        return -row.accuracy_change / abs(row.accuracy_base)
-    if row.loglik_change is not None and row.loglik_base:
-        return -row.loglik_change / abs(row.loglik_base)
-    return None
-
-
 def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator[Any]:
     ids = {"runs": list(runs)}
     risk = _family("forgetwatch_collapse_risk", "Calibrated probability that ood forgetting exceeds the "
@@ -145,7 +137,7 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
             kl.add_metric([*labels, "forward"], row.kl_forward)
         if row.kl_reverse is not None:
             kl.add_metric([*labels, "reverse"], row.kl_reverse)
-        ratio = forgetting_ratio(row)
+        ratio = forgetting_ratio(row._mapping)
         if ratio is not None:
             forgetting.add_metric(labels, ratio)
     yield from (kl, forgetting)

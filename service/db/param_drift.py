@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,23 +13,13 @@ from sqlalchemy.orm import Session
 from drift.aggregate import DriftStats, DriftSummary, block_index, module_kind
 from drift.params import TensorDrift
 from drift.spectral import SpectralDrift
+from service.db.encoding import json_safe
 
 ANALYSES = ("params",)
 
 
-def _clean(value: Any) -> Any:
-    """JSON cannot hold NaN/inf; store them as None."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def row_to_json(row: TensorDrift) -> dict[str, Any]:
-    return _clean(dataclasses.asdict(row))
+    return json_safe(dataclasses.asdict(row))
 
 
 def row_from_json(data: dict[str, Any]) -> TensorDrift:
@@ -144,8 +133,8 @@ def _tensor_params(checkpoint_id: int, part: int, row: TensorDrift) -> dict[str,
         "block": block_index(row.name), "kind": module_kind(row.name), "numel": row.numel,
         "l2": data["l2_distance"], "rel": data["relative_l2_distance"], "cos": data["cosine_similarity"],
         "ucos": data["update_cosine_similarity"],
-        "nss": _clean(spectral.normalized_spectral_shift) if spectral else None,
-        "angle": _clean(spectral.max_principal_angle_deg) if spectral else None,
+        "nss": json_safe(spectral.normalized_spectral_shift) if spectral else None,
+        "angle": json_safe(spectral.max_principal_angle_deg) if spectral else None,
         "nan": row.nan_count, "inf": row.inf_count, "data": json.dumps(data),
     }
 
@@ -182,9 +171,9 @@ def replace_summaries(session: Session, *, checkpoint_id: int, summary: DriftSum
 
 def _summary_params(checkpoint_id: int, scope: str, key: str, s: DriftStats,
                     mismatches: dict[str, Any] | None) -> dict[str, Any]:
-    data = _clean(dataclasses.asdict(s))
+    data = json_safe(dataclasses.asdict(s))
     if mismatches is not None:
-        data["mismatches"] = _clean(mismatches)
+        data["mismatches"] = json_safe(mismatches)
     return {
         "c": checkpoint_id, "scope": scope, "key": key, "numel": s.numel, "l2": data["l2_distance"],
         "rel": data["relative_l2_distance"], "cos": data["cosine_similarity"],

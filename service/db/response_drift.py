@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from drift.probes import ProbeItem, ProbeSet
-from service.db.param_drift import _clean
+from service.db.encoding import json_safe
 
 
 def run_probe_sets(session: Session, *, run_id: int) -> list[tuple[int, ProbeSet]]:
@@ -63,8 +63,8 @@ def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: in
         "accuracy_ci_high": acc.ci_high if acc else None,
     }
     summary = {k: v for k, v in dataclasses.asdict(div).items() if k != "per_probe"}
-    params = {k: _clean(v) for k, v in params.items()}
-    params["data"] = json.dumps(_clean({"divergence": summary, "forgetting": dataclasses.asdict(forg)}))
+    params = {k: json_safe(v) for k, v in params.items()}
+    params["data"] = json.dumps(json_safe({"divergence": summary, "forgetting": dataclasses.asdict(forg)}))
     columns = [k for k in params if k not in ("c", "p", "data")]
     session.execute(text("DELETE FROM probe_drift WHERE checkpoint_id = :c AND probe_set_id = :p"),
                     {"c": checkpoint_id, "p": probe_set_id})
@@ -77,9 +77,9 @@ def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: in
         text("INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, forward_kl, reverse_kl, "
              "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct) "
              "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct)"),
-        [{"c": checkpoint_id, "p": probe_set_id, "i": i, "fwd": _clean(d.forward_kl), "rev": _clean(d.reverse_kl),
-          "tv": _clean(d.total_variation), "ent": _clean(d.entropy), "agree": _clean(d.top1_agreement),
-          "lp": _clean(d.mean_logprob), "blp": _clean(d.base_mean_logprob),
+        [{"c": checkpoint_id, "p": probe_set_id, "i": i, "fwd": json_safe(d.forward_kl), "rev": json_safe(d.reverse_kl),
+          "tv": json_safe(d.total_variation), "ent": json_safe(d.entropy), "agree": json_safe(d.top1_agreement),
+          "lp": json_safe(d.mean_logprob), "blp": json_safe(d.base_mean_logprob),
           "correct": correct[i] if correct is not None and i < len(correct) else None}
          for i, d in enumerate(div.per_probe)],
     )
@@ -94,6 +94,15 @@ SAMPLE_COLUMNS = ("n_samples", "mmd2", "shift_pvalue", "shift_detected", "classi
                   "repetition_ratio", "degenerate_ratio", "length_mean", "length_std", "sample_entropy")
 
 
+def forgetting_ratio(values: Mapping[str, Any]) -> float | None:
+    """Relative drop vs base: of accuracy when the probe set has answers, else of reference
+    log-likelihood per token. Positive = worse than base; negative = improved."""
+    for change, base in (("accuracy_change", "accuracy_base"), ("loglik_change", "loglik_base")):
+        if values.get(change) is not None and values.get(base):
+            return -values[change] / abs(values[base])
+    return None
+
+
 def checkpoint_probe_results(session: Session, *, checkpoint_id: int) -> list[dict[str, Any]]:
     rows = session.execute(
         text(f"SELECT s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
@@ -106,7 +115,7 @@ def run_probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
     rows = session.execute(
         text(f"SELECT c.step, s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
              "FROM probe_drift p JOIN probe_sets s ON s.id = p.probe_set_id JOIN checkpoints c ON c.id = p.checkpoint_id "
-             "WHERE c.run_id = :r ORDER BY s.name, c.step"), {"r": run_id}).mappings()
+             "WHERE c.run_id = :r ORDER BY c.step, s.name"), {"r": run_id}).mappings()
     return [dict(r) for r in rows]
 
 
@@ -120,8 +129,8 @@ def run_sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
 def store_sample_result(session: Session, *, run_id: int, step: int, probe_set: str, values: dict[str, Any],
                         data: dict[str, Any]) -> None:
     columns = [c for c in SAMPLE_COLUMNS if c in values]
-    params = {c: _clean(values[c]) for c in columns}
-    params.update(r=run_id, s=step, ps=probe_set, data=json.dumps(_clean(data)))
+    params = {c: json_safe(values[c]) for c in columns}
+    params.update(r=run_id, s=step, ps=probe_set, data=json.dumps(json_safe(data)))
     session.execute(text("DELETE FROM sample_drift WHERE run_id = :r AND step = :s AND probe_set = :ps"), params)
     session.execute(
         text(f"INSERT INTO sample_drift (run_id, step, probe_set, {', '.join(columns)}, data) "

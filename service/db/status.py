@@ -38,3 +38,12 @@ def run_status(session: Session, *, run: Run, threshold: float) -> dict[str, Any
         "findings": latest["findings"] if latest else [],
         "last_safe_step": last_safe,
     }
+
+
+def risk_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """Risk per assessed checkpoint, in step order (value null where no model applied, with the reason)."""
+    rows = session.execute(
+        text("SELECT c.step, r.applicable, r.value, r.model, r.reason, r.changepoint, r.forecasts, r.findings "
+             "FROM checkpoints c JOIN risk_estimates r ON r.checkpoint_id = c.id WHERE c.run_id = :r "
+             "ORDER BY c.step"), {"r": run_id}).mappings().all()
+    return [dict(r) for r in rows]

@@ -23,47 +23,6 @@ def run_status(session: Session, *, settings: Settings, run_ref: str) -> dict[st
     return status.run_status(session, run=queries.get_run(session, ref=run_ref), threshold=settings.risk_threshold)
 
 
-def probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
-    """One row per (checkpoint, probe set), in step order."""
-    rows = session.execute(
-        text(
-            """
-            SELECT c.step, s.name AS probe_set, p.domain, p.kl_forward, p.kl_forward_p10, p.kl_forward_p90,
-                   p.accuracy, p.accuracy_base, p.accuracy_change, p.loglik, p.loglik_base, p.loglik_change
-              FROM probe_drift p JOIN checkpoints c ON c.id = p.checkpoint_id
-              JOIN probe_sets s ON s.id = p.probe_set_id
-             WHERE c.run_id = :r ORDER BY c.step, s.name
-            """
-        ),
-        {"r": run_id},
-    ).mappings()
-    return [dict(r) for r in rows]
-
-
-def sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
-    """Diversity and embedding shift of pushed samples, one row per (step, probe set)."""
-    rows = session.execute(
-        text(
-            "SELECT step, probe_set, n_samples, distinct2, distinct2_base, repetition_ratio, mmd2, shift_detected "
-            "FROM sample_drift WHERE run_id = :r ORDER BY step, probe_set"
-        ),
-        {"r": run_id},
-    ).mappings()
-    return [dict(r) for r in rows]
-
-
-def risk_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
-    """Risk per assessed checkpoint (value null where no model applied)."""
-    rows = session.execute(
-        text(
-            "SELECT c.step, r.applicable, r.value, r.reason, r.changepoint FROM checkpoints c "
-            "JOIN risk_estimates r ON r.checkpoint_id = c.id WHERE c.run_id = :r ORDER BY c.step"
-        ),
-        {"r": run_id},
-    ).mappings()
-    return [dict(r) for r in rows]
-
-
 def label_series(session: Session, *, run_id: int) -> dict[str, list[tuple[int, float]]]:
     """Ground-truth labels posted by the trainer: name -> [(step, value), ...] in step order."""
     out: dict[str, list[tuple[int, float]]] = defaultdict(list)

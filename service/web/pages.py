@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, require_read
 from service.db import param_drift as param_store
-from service.db import queries
+from service.db import queries, response_drift, status
 from service.db.models import Run
 from service.errors import NotFound, Unauthorized
 from service.settings import Settings
@@ -121,9 +121,9 @@ class _RunView:
         series = param_store.run_series(session, run_id=run.id)
         self.global_rows = [r for r in series if r["scope"] == "global"]
         self.block_rows = [r for r in series if r["scope"] == "block"]
-        self.probe_rows = data.probe_series(session, run_id=run.id)
-        self.sample_rows = data.sample_series(session, run_id=run.id)
-        self.risk_rows = data.risk_series(session, run_id=run.id)
+        self.probe_rows = response_drift.run_probe_series(session, run_id=run.id)
+        self.sample_rows = response_drift.run_sample_series(session, run_id=run.id)
+        self.risk_rows = status.risk_series(session, run_id=run.id)
         self.labels = data.label_series(session, run_id=run.id)
         risk = self.status["risk"] or {}
         self.forecasts: dict[str, Any] = risk.get("forecasts") or {}

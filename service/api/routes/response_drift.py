@@ -12,7 +12,6 @@ from service.api.schemas import Name, Strict
 from service.db import param_drift as analyses
 from service.db import queries
 from service.db import response_drift as store
-from service.run_metrics import forgetting_ratio
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["response drift"])
 
@@ -36,14 +35,8 @@ def attach_probe_sets(run_ref: str, body: ProbeSetsAttach, request: Request, ses
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-class _Row(dict):
-    """Attribute access for `forgetting_ratio`."""
-
-    __getattr__ = dict.get
-
-
 def _with_ratio(row: dict[str, Any]) -> dict[str, Any]:
-    return {**row, "forgetting_ratio": forgetting_ratio(_Row(row))}
+    return {**row, "forgetting_ratio": store.forgetting_ratio(row)}
 
 
 @router.get("/checkpoints/{step}/response-drift")

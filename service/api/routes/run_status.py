@@ -63,8 +63,4 @@ def run_status(run_ref: str, session: SessionDep, settings: SettingsDep, _: Read
 def run_risk(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
     """Risk per checkpoint across the run (value null where no model applied, with the reason)."""
     run = queries.get_run(session, ref=run_ref)
-    rows = session.execute(
-        text("SELECT c.step, r.applicable, r.value, r.model, r.reason, r.changepoint, r.forecasts, r.findings "
-             "FROM checkpoints c JOIN risk_estimates r ON r.checkpoint_id = c.id WHERE c.run_id = :r "
-             "ORDER BY c.step"), {"r": run.id}).mappings().all()
-    return {"run": run.name, "series": [dict(r) for r in rows]}
+    return {"run": run.name, "series": status.risk_series(session, run_id=run.id)}
