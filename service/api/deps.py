@@ -30,7 +30,8 @@ class Principal:
     scope: str
 
 
-def _principal(request: Request, authorization: str | None) -> Principal:
+def authenticate(session: Session, authorization: str | None) -> Principal:
+    """The caller behind an `Authorization: Bearer <token>` header; Unauthorized otherwise."""
     if not authorization:
         raise Unauthorized(
             "missing token: send 'Authorization: Bearer <token>' "
@@ -39,19 +40,21 @@ def _principal(request: Request, authorization: str | None) -> Principal:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    with request.app.state.sessions() as session:
-        row = find_token(session, token.strip())
-        if row is None:
-            raise Unauthorized("invalid or revoked token")
-        return Principal(token_id=row.id, name=row.name, scope=row.scope)
+    row = find_token(session, token.strip())
+    if row is None:
+        raise Unauthorized("invalid or revoked token")
+    return Principal(token_id=row.id, name=row.name, scope=row.scope)
 
 
-def require_read(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return _principal(request, authorization)
+# The lookup uses the request's own session (FastAPI resolves `get_session` once per request).
+def require_read(session: Annotated[Session, Depends(get_session)],
+                 authorization: Annotated[str | None, Header()] = None) -> Principal:
+    return authenticate(session, authorization)
 
 
-def require_write(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    principal = _principal(request, authorization)
+def require_write(session: Annotated[Session, Depends(get_session)],
+                  authorization: Annotated[str | None, Header()] = None) -> Principal:
+    principal = authenticate(session, authorization)
     if principal.scope != "write":
         raise Forbidden(f"token {principal.name!r} has scope 'read'; this call needs a 'write' token")
     return principal

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep, require_read
+from service.api.deps import SessionDep, authenticate
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
 from service.db.models import Run
@@ -31,7 +31,8 @@ def _locked(request: Request) -> HTMLResponse | None:
     if getattr(request.app.state.settings, "public_pages", True):
         return None
     try:
-        require_read(request, request.headers.get("authorization"))
+        with request.app.state.sessions() as session:
+            authenticate(session, request.headers.get("authorization"))
     except Unauthorized as error:
         body = (f"<h1>Sign-in needed</h1><p>{esc(error.detail)}</p>"
                 "<p>The pages are served without a token only when <code>FORGETWATCH_PUBLIC_PAGES=true</code>.</p>")

@@ -34,3 +34,10 @@ def test_tokens_are_stored_hashed(client: TestClient, engine, tokens: dict[str, 
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT token_hash FROM api_tokens")).scalars().all()
     assert stored and not set(stored) & set(tokens.values())
+
+
+def test_protected_metrics_need_a_read_token(client: TestClient, tokens: dict[str, str]) -> None:
+    client.app.state.settings = client.app.state.settings.model_copy(update={"protect_metrics": True})
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
+    read = client.get("/metrics", headers={"Authorization": f"Bearer {tokens['read']}"})
+    assert read.status_code == 200 and "forgetwatch_database_up 1.0" in read.text

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import require_read
+from service.api.deps import authenticate
 from service.db.migrate import current_revision, head_revision
 
 router = APIRouter(tags=["health"])
@@ -37,5 +37,6 @@ def readyz(request: Request) -> JSONResponse:
 def metrics(request: Request) -> Response:
     """Prometheus exposition."""
     if request.app.state.settings.protect_metrics:
-        require_read(request, request.headers.get("authorization"))
+        with request.app.state.sessions() as session:
+            authenticate(session, request.headers.get("authorization"))
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
