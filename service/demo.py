@@ -156,7 +156,7 @@ def print_table(summaries: list[dict[str, Any]], threshold: float) -> None:
 def run(settings: Settings, plan: Plan) -> None:
     from service.client import ForgetwatchClient
     from service.experiment.report import ServiceReporter, register_probe_sets
-    from service.experiment.train import run_experiment
+    from service.experiment.train import arm_config, run_experiment
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     service = None
@@ -181,8 +181,6 @@ def run(settings: Settings, plan: Plan) -> None:
 
         for seed in plan.seeds:
             for scale in plan.lr_scales:
-                from service.experiment.train import arm_config
-
                 lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
