@@ -4,14 +4,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint bench calibrate clean
+.PHONY: install demo serve test lint bench calibrate clean upgrade-lock
 
-$(STAMP): pyproject.toml
+# Every install takes the exact versions in constraints.txt, the set the tests passed with.
+# `make upgrade-lock` re-resolves to the newest releases pyproject allows and runs the tests on them.
+LOCK := constraints.txt
+
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# A CPU build of torch when this machine has one at hand; elsewhere pyproject's range applies.
-	-$(PY) -m pip install -q "torch==2.13.0" 2>/dev/null
-	$(PY) -m pip install -q -e ".[dev]"
+	# The CPU build of torch where this machine has one at hand (the lock's version); else from the index.
+	$(PY) -m pip install -q -c $(LOCK) torch
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,7 +33,22 @@ serve: $(STAMP)
 	$(VENV)/bin/forgetwatch serve
 
 test: $(STAMP)
+	bash scripts/test-tools.sh
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# A fresh venv with the newest allowed releases, frozen into the lock, then the tests on it.
+TORCH ?= torch==2.13.0
+upgrade-lock:
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch is upgraded on purpose only (TORCH=torch==X.Y.Z): a plain `torch` pulls a multi-GB CUDA build.
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q --upgrade -e ".[dev]"
+	{ echo "# Exact versions every 'make' install uses (pip -c). Regenerate with 'make upgrade-lock'."; \
+	  $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK)
+	touch $(STAMP)
+	$(MAKE) test
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check drift service tests bench

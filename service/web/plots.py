@@ -362,7 +362,7 @@ def _forecast_panel(ax: Axes, name: str, forecast: dict[str, Any], observed: tup
     else:
         note = "not heading to threshold"
     threshold_text = f" → {limit:.3g}" if limit is not None else ""
-    ax.set_title(f"{title}{threshold_text}\n{note}", fontsize=8.5, color=OOD if to_threshold is not None else None)
+    ax.set_title(f"{title}{threshold_text}\n{note}", fontsize=8.5, color=OOD if to_threshold is not None else NEUTRAL)
     ax.set_ylabel(unit, fontsize=8)
     ax.tick_params(labelsize=7.5)
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)

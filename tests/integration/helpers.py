@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import psutil
+
 FORGETWATCH = str(Path(sys.executable).with_name("forgetwatch"))
 T = TypeVar("T")
 
@@ -30,6 +32,18 @@ def stop(process: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def postmasters(under: Path) -> list[psutil.Process]:
+    """PostgreSQL servers whose data directory lies at or under `under` (the postmaster, started with -D)."""
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and "-D" in cmdline[:-1]:
+            pgdata = Path(cmdline[cmdline.index("-D") + 1])
+            if pgdata == under or under in pgdata.parents:
+                found.append(process)
+    return found
 
 
 def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.2, what: str = "condition") -> T:

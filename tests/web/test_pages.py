@@ -8,9 +8,7 @@ import html
 import json
 import math
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -27,6 +25,7 @@ from sqlalchemy import Engine, text
 from drift.forecast import theil_sen_forecast
 from service.api.app import create_app
 from service.settings import Settings
+from tests.web.browser import assert_readable_png, console_errors, screenshot
 
 RUN = "qwen2.5-0.5b/grpo+kl@lr3e-6"
 # Inserted straight into the table (the API would refuse it), to prove that names are escaped.
@@ -255,19 +254,6 @@ def test_pages_need_a_read_token_when_public_pages_is_off(settings: Settings, en
 
 # --- in a real browser -------------------------------------------------------------------------
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-dev-shm-usage", "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
-                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1", "--window-size=1280,2000"]
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.fail("chromium is missing: apt-get install -y chromium")
-    return found
-
-
 @pytest.fixture
 def live_server(settings: Settings, engine: Engine, ids: dict[str, int]) -> Iterator[tuple[str, list]]:
     """uvicorn on a free loopback port in a thread; yields the base URL and every (path, status)."""
@@ -298,34 +284,13 @@ def live_server(settings: Settings, engine: Engine, ids: dict[str, int]) -> Iter
         sock.close()
 
 
-def screenshot(url: str, path: Path, profile: Path) -> str:
-    """Load `url` in a fresh headless Chromium, write a screenshot, return Chromium's stderr."""
-    result = subprocess.run(
-        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}", url],
-        capture_output=True, text=True, timeout=120, check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
-
-
-def assert_readable_png(path: Path) -> None:
-    from PIL import Image
-
-    assert path.exists() and path.stat().st_size > 20_000, path
-    with Image.open(path) as image:
-        assert image.format == "PNG" and image.size == (1280, 2000)
-        rgb = image.convert("RGB")
-        assert all(low != high for low, high in rgb.getextrema()), "screenshot is a single colour"
-        assert len(rgb.getcolors(maxcolors=1 << 20) or []) > 50, "screenshot has almost no content"
-
-
 def test_pages_render_in_headless_chromium_without_console_errors(live_server: tuple[str, list],
                                                                   tmp_path: Path) -> None:
     base, served = live_server
     for name, path in (("index", "/"), ("run", run_url(RUN)), ("empty-run", run_url(NASTY))):
         shot = tmp_path / f"{name}.png"
         log = screenshot(base + path, shot, tmp_path / f"profile-{name}")
-        console = [line for line in log.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+        console = console_errors(log)
         assert not console, "\n".join(console)
         assert_readable_png(shot)
     # Only the three pages were requested (no favicon, fonts or scripts), and all were served.
