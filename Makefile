@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(LOCK)
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/forgetwatch experiment
+	$(VENV)/bin/forgetwatch experiment $(ARGS)
 
 # Refit the shipped risk model from the project's own experiment (recipe: docs/risk_model.md).
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration

@@ -194,6 +194,9 @@ def run(settings: Settings, plan: Plan) -> None:
         if service is not None and plan.keep:
             print("the service keeps running (Ctrl-C to stop)")
             service.wait()
+        elif service is not None:
+            print("the service has stopped with its embedded database; `make serve` (or `forgetwatch serve`) "
+                  "serves these runs again at the same address, `make demo ARGS=--keep` keeps it running")
     finally:
         if service is not None and service.poll() is None:
             os.killpg(service.pid, signal.SIGTERM)
