@@ -10,23 +10,23 @@ STAMP := $(VENV)/.installed
 # `make upgrade-lock` re-resolves to the newest releases pyproject allows and runs the tests on them.
 LOCK := constraints.txt
 
-$(STAMP): pyproject.toml $(LOCK)
+$(STAMP): pyproject.toml client/pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch where this machine has one at hand (the lock's version); else from the index.
 	$(PY) -m pip install -q -c $(LOCK) torch
-	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]" -e "./client[hf]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/forgetwatch experiment $(ARGS)
+	$(PY) -m experiment $(ARGS)
 
 # Refit the shipped risk model from the project's own experiment (recipe: docs/risk_model.md).
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
 calibrate: $(STAMP)
-	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch experiment --seeds 0 1 2 3 --lr-scales 0.5 1 2
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --seeds 0 1 2 3 --lr-scales 0.5 1 2
 	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate --out service/risk_model.json
 
 serve: $(STAMP)
@@ -37,21 +37,21 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A fresh venv with the newest allowed releases, frozen into the lock, then the tests on it.
+# torch is upgraded on purpose only (TORCH=torch==X.Y.Z): a plain `torch` pulls a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 upgrade-lock:
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch is upgraded on purpose only (TORCH=torch==X.Y.Z): a plain `torch` pulls a multi-GB CUDA build.
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q --upgrade -e ".[dev]"
+	$(PY) -m pip install -q --upgrade -e ".[dev]" -e "./client[hf]"
 	{ echo "# Exact versions every 'make' install uses (pip -c). Regenerate with 'make upgrade-lock'."; \
 	  $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK)
 	touch $(STAMP)
 	$(MAKE) test
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check drift service tests bench
+	$(VENV)/bin/ruff check drift service client experiment tests bench
 
 clean:
 	rm -rf $(VENV)

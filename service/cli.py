@@ -169,16 +169,6 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     print(f"forgetwatch: model written to {out}; use it with FORGETWATCH_RISK_MODEL_PATH={out}")
 
 
-def cmd_experiment(settings: Settings, args: argparse.Namespace) -> None:
-    from service.demo import Plan, run
-
-    token = args.token or os.environ.get("FORGETWATCH_TOKEN")
-    if args.url and not token:
-        raise SystemExit("forgetwatch experiment: --url needs --token (or FORGETWATCH_TOKEN)")
-    run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
-                       lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep))
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetwatch", description="Forgetting and drift monitoring "
                                      "for continual post-training of language models.")
@@ -210,18 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--no-spectral", action="store_true", help="skip the top-k SVD measures")
     diff.add_argument("-k", type=int, default=64, help="top-k singular values for spectral drift")
     diff.set_defaults(func=cmd_diff)
-
-    experiment = sub.add_parser("experiment", help="continual post-training of a tiny model (SFT, GRPO, "
-                                "self-distillation) reported to forgetwatch; prints what it measured")
-    experiment.add_argument("--arms", nargs="+", default=["sft", "grpo", "self_distillation"])
-    experiment.add_argument("--steps", type=int, help="training steps per arm (default: the demo budget)")
-    experiment.add_argument("--seeds", type=int, nargs="+", default=[0])
-    experiment.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
-    experiment.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")
-    experiment.add_argument("--url", help="an existing forgetwatch service (default: start the embedded one)")
-    experiment.add_argument("--token", help="write token for --url")
-    experiment.add_argument("--keep", action="store_true", help="keep the started service running afterwards")
-    experiment.set_defaults(func=cmd_experiment)
 
     calibrate = sub.add_parser("calibrate", help="refit the risk model on finished runs with forgetting labels")
     calibrate.add_argument("--label", default="ood_accuracy", help="run label holding the ood ground truth")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from service.experiment import (
+from experiment import (
     ARITHMETIC,
     IN_DOMAIN_ACCURACY,
     LETTERS,
@@ -37,9 +37,9 @@ from service.experiment import (
     train_sft,
     write_probe_sets,
 )
-from service.experiment.model import Codec, sample_ids
-from service.experiment.pretrain import lm_loss, pretrain_batch
-from service.experiment.tasks import PROBESET_DIR, split
+from experiment.model import Codec, sample_ids
+from experiment.pretrain import lm_loss, pretrain_batch
+from experiment.tasks import PROBESET_DIR, split
 
 TINY = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32)
 TINY_BASE = BaseConfig(model=TINY, max_steps=20, batch_size=32, warmup_steps=5, eval_every=10_000)
@@ -273,7 +273,7 @@ def test_unknown_arm_is_rejected_before_any_training(tmp_path):
 
 def test_the_package_imports_no_web_database_or_queue_code():
     code = (
-        "import sys, service.experiment; "
+        "import sys, experiment; "
         "print(sorted({'fastapi', 'sqlalchemy', 'procrastinate', 'prometheus_client', 'httpx'} & set(sys.modules)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from forgetwatch_client import ForgetwatchClient, ForgetwatchError
 from service.auth import create_token
-from service.client import ForgetwatchClient, ForgetwatchError
 from service.db.session import make_engine, make_sessionmaker
 from service.settings import Settings
 from tests.conftest import create_database, drop_database, worker_env
@@ -291,7 +291,7 @@ def test_blocking_mode_raises_with_the_services_detail(service: Service, tmp_pat
 
 def test_importing_the_client_pulls_no_server_or_model_code() -> None:
     code = (
-        "import sys, service.client; "
+        "import sys, forgetwatch_client; "
         "print(sorted(m for m in ('fastapi', 'sqlalchemy', 'torch', 'procrastinate', 'pydantic') "
         "if m in sys.modules))"
     )

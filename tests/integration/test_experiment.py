@@ -14,13 +14,13 @@ from urllib.parse import urljoin, urlparse
 import httpx
 import pytest
 
+from experiment.demo import print_table, run_summary
+from experiment.pretrain import BaseConfig
+from experiment.report import ServiceReporter, register_probe_sets
+from experiment.train import run_experiment
+from forgetwatch_client import ForgetwatchClient
 from service.auth import create_token
-from service.client import ForgetwatchClient
 from service.db.session import make_engine, make_sessionmaker
-from service.demo import print_table, run_summary
-from service.experiment.pretrain import BaseConfig
-from service.experiment.report import ServiceReporter, register_probe_sets
-from service.experiment.train import run_experiment
 from service.settings import Settings
 from tests.conftest import create_database, drop_database, worker_env
 from tests.integration.helpers import free_port, start, stop, wait_for

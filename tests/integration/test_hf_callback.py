@@ -14,7 +14,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from service.integrations.hf import ForgetwatchCallback, generate_responses
+from forgetwatch_client.hf import ForgetwatchCallback, generate_responses
 from service.settings import Settings
 from tests.conftest import worker_env
 from tests.integration.helpers import start, stop, wait_for

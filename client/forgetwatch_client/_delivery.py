@@ -19,8 +19,8 @@ from typing import Any
 
 import httpx
 
-from service.client._journal import Journal
-from service.client._transport import Outcome, backoff_seconds, deliver
+from forgetwatch_client._journal import Journal
+from forgetwatch_client._transport import Outcome, backoff_seconds, deliver
 
 log = logging.getLogger("forgetwatch.client")
 

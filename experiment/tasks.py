@@ -44,7 +44,7 @@ PROBE_SETS = {
 }
 """task -> (probe set name, domain)."""
 
-PROBESET_DIR = Path(__file__).resolve().parent.parent / "probesets"
+PROBESET_DIR = Path(__file__).resolve().parent / "probesets"
 
 
 @dataclass(frozen=True)

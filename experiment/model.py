@@ -25,7 +25,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from service.experiment.tasks import LETTER_ALPHABET, is_correct
+from experiment.tasks import LETTER_ALPHABET, is_correct
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 VOCAB = (PAD, EOS, UNK, *"0123456789+=", *"B:>;", *LETTER_ALPHABET)

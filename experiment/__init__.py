@@ -7,7 +7,7 @@ with ground-truth accuracy on both tasks. Only torch, transformers, tokenizers, 
 and tqdm are imported here: no web, database or queue code.
 """
 
-from service.experiment.arms import (
+from experiment.arms import (
     ARMS,
     IN_DOMAIN_ACCURACY,
     OOD_ACCURACY,
@@ -20,15 +20,15 @@ from service.experiment.arms import (
     train_self_distillation,
     train_sft,
 )
-from service.experiment.model import (
+from experiment.model import (
     ModelConfig,
     build_model,
     build_tokenizer,
     load_checkpoint,
     save_checkpoint,
 )
-from service.experiment.pretrain import BaseConfig, BaseResult, pretrain, pretrained_base
-from service.experiment.tasks import (
+from experiment.pretrain import BaseConfig, BaseResult, pretrain, pretrained_base
+from experiment.tasks import (
     ARITHMETIC,
     LETTERS,
     PROBE_SETS,
@@ -38,7 +38,7 @@ from service.experiment.tasks import (
     probe_items,
     write_probe_sets,
 )
-from service.experiment.train import (
+from experiment.train import (
     DEFAULT_ARMS,
     DEMO_CONFIGS,
     ExperimentResult,

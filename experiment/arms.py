@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from service.experiment.model import (
+from experiment.model import (
     Codec,
     accuracy,
     generate,
@@ -32,8 +32,8 @@ from service.experiment.model import (
     save_checkpoint,
     sequence_logits,
 )
-from service.experiment.pretrain import lm_loss, pack
-from service.experiment.tasks import (
+from experiment.pretrain import lm_loss, pack
+from experiment.tasks import (
     ARITHMETIC,
     LETTERS,
     PROBE_SETS,

@@ -1,4 +1,4 @@
-"""`forgetwatch experiment` / `make demo`: the continual post-training experiment, reported to a
+"""`python -m experiment` / `make demo`: the continual post-training experiment, reported to a
 forgetwatch service (started here on the embedded default unless --url is given), then a table
 per run of what forgetwatch measured next to the ground truth."""
 
@@ -154,9 +154,9 @@ def print_table(summaries: list[dict[str, Any]], threshold: float) -> None:
 
 
 def run(settings: Settings, plan: Plan) -> None:
-    from service.client import ForgetwatchClient
-    from service.experiment.report import ServiceReporter, register_probe_sets
-    from service.experiment.train import arm_config, run_experiment
+    from experiment.report import ServiceReporter, register_probe_sets
+    from experiment.train import arm_config, run_experiment
+    from forgetwatch_client import ForgetwatchClient
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     service = None

@@ -28,7 +28,7 @@ from transformers import (
 )
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from service.client import ForgetwatchClient
+from forgetwatch_client import ForgetwatchClient
 
 log = logging.getLogger("forgetwatch.client")
 

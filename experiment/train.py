@@ -7,7 +7,7 @@ Layout written under ``out_dir``::
 
 The base itself lives in ``cache_dir/base-<key>`` (see `pretrained_base`).
 
-Run ``python -m service.experiment.train OUT_DIR`` to run the demo budget and print the table.
+Run ``python -m experiment.train OUT_DIR`` to run the demo budget and print the table.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import TypeVar
 
 import torch
 
-from service.experiment.arms import (
+from experiment.arms import (
     IN_DOMAIN_ACCURACY,
     OOD_ACCURACY,
     ArmConfig,
@@ -32,7 +32,7 @@ from service.experiment.arms import (
     Reporter,
     resolve_arm,
 )
-from service.experiment.pretrain import BaseConfig, BaseResult, pretrained_base
+from experiment.pretrain import BaseConfig, BaseResult, pretrained_base
 
 DEFAULT_ARMS = ("sft", "grpo", "self_distillation")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "forgetwatch" / "experiment"

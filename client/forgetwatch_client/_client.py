@@ -18,9 +18,9 @@ from urllib.parse import quote
 
 import httpx
 
-from service.client._delivery import Delivery
-from service.client._journal import default_journal_path
-from service.client._transport import ForgetwatchError, Outcome, backoff_seconds, classify, deliver
+from forgetwatch_client._delivery import Delivery
+from forgetwatch_client._journal import default_journal_path
+from forgetwatch_client._transport import ForgetwatchError, Outcome, backoff_seconds, classify, deliver
 
 log = logging.getLogger("forgetwatch.client")
 

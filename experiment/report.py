@@ -6,14 +6,14 @@ from collections import defaultdict
 from pathlib import Path
 
 from drift.probes import load_probe_set
-from service.client import ForgetwatchClient
+from experiment.tasks import PROBESET_DIR
+from forgetwatch_client import ForgetwatchClient
 
-PROBE_SET_DIR = Path(__file__).resolve().parents[1] / "probesets"
 METHODS = {"sft": "sft", "grpo": "grpo"}
 
 
 def probe_set_files() -> list[Path]:
-    return sorted(PROBE_SET_DIR.glob("*.jsonl"))
+    return sorted(PROBESET_DIR.glob("*.jsonl"))
 
 
 def register_probe_sets(client: ForgetwatchClient) -> list[str]:

@@ -8,8 +8,8 @@ sampled responses to forgetwatch from a training loop without ever stalling or c
     client.close()
 """
 
-from service.client._client import ForgetwatchClient, Risk, RunStatus
-from service.client._journal import default_journal_path
-from service.client._transport import ForgetwatchError
+from forgetwatch_client._client import ForgetwatchClient, Risk, RunStatus
+from forgetwatch_client._journal import default_journal_path
+from forgetwatch_client._transport import ForgetwatchError
 
 __all__ = ["ForgetwatchClient", "ForgetwatchError", "Risk", "RunStatus", "default_journal_path"]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from service.experiment.model import (
+from experiment.model import (
     Codec,
     ModelConfig,
     accuracy,
@@ -34,7 +34,7 @@ from service.experiment.model import (
     load_checkpoint,
     save_checkpoint,
 )
-from service.experiment.tasks import (
+from experiment.tasks import (
     ARITHMETIC,
     LETTER_ALPHABET,
     LETTERS,
