@@ -10,7 +10,12 @@ from sqlalchemy.orm import Session
 
 from service.db.models import ApiToken
 
-SCOPES = ("read", "write")
+# Each scope includes the ones before it: admin can also write, write can also read.
+SCOPES = ("read", "write", "admin")
+
+
+def allows(scope: str, needed: str) -> bool:
+    return scope in SCOPES and SCOPES.index(scope) >= SCOPES.index(needed)
 
 
 def hash_token(token: str) -> str:

@@ -4,48 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 
+from service import run_commands
+from service.auth import SCOPES
+from service.database import database_url, ensure_schema
 from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
-
-
-@contextlib.contextmanager
-def database_url(settings: Settings) -> Iterator[tuple[str, bool]]:
-    """Yield (SQLAlchemy URL, embedded?). Without FORGETWATCH_DATABASE_URL, run the embedded server."""
-    if settings.database_url:
-        yield settings.database_url, False
-        return
-    from service.embedded import embedded_database
-
-    with embedded_database(settings.data_dir) as url:
-        yield url, True
-
-
-def ensure_schema(url: str, *, embedded: bool, migrate: bool) -> None:
-    from service.db import migrate as migrations
-    from service.db.session import make_engine
-
-    if embedded or migrate:
-        migrations.upgrade(url)
-        return
-    engine = make_engine(url, pool_size=1)
-    try:
-        current = migrations.current_revision(engine)
-    finally:
-        engine.dispose()
-    head = migrations.head_revision()
-    if current != head:
-        raise SystemExit(
-            f"forgetwatch: the database schema is at {current or 'nothing'}, this version needs {head}.\n"
-            "Run `forgetwatch migrate` (back up first), or start with `forgetwatch serve --migrate`."
-        )
 
 
 def ensure_local_token(settings: Settings, sessions) -> Path:
@@ -172,6 +142,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forgetwatch", description="Forgetting and drift monitoring "
                                      "for continual post-training of language models.")
+    parser.add_argument("--version", action="version", version=f"forgetwatch {version('forgetwatch')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a worker)")
@@ -208,11 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", help="where to write the model (default: <data dir>/risk_model.json)")
     calibrate.set_defaults(func=cmd_calibrate)
 
+    run_commands.add_parser(sub)
+
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token and print it once")
     create.add_argument("--name", required=True)
-    create.add_argument("--scope", choices=["read", "write"], default="read")
+    create.add_argument("--scope", choices=list(SCOPES), default="read",
+                        help="read: GET calls; write: also push runs and data; admin: also delete runs")
     create.set_defaults(func=cmd_token)
     return parser
 

@@ -23,6 +23,7 @@ _ACTIVE_RUNS = text(
     SELECT r.id, r.name, r.method, max(c.step) AS last_step,
            count(*) FILTER (WHERE c.status = 'failed') AS failures
       FROM runs r JOIN checkpoints c ON c.run_id = r.id
+     WHERE r.archived_at IS NULL
      GROUP BY r.id
     HAVING max(c.received_at) > now() - make_interval(secs => :ttl)
     """

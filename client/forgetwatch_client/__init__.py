@@ -6,10 +6,17 @@ sampled responses to forgetwatch from a training loop without ever stalling or c
     client.checkpoint(200, "/ckpts/step-200")
     client.samples(200, [{"prompt": "12+34=", "response": "46"}], probe_set="arith")
     client.close()
+
+Reading back (runs, checkpoints, drift, labels, status; every page followed):
+
+    with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
+        runs = list(fw.runs(method="grpo"))
 """
 
 from forgetwatch_client._client import ForgetwatchClient, Risk, RunStatus
 from forgetwatch_client._journal import default_journal_path
+from forgetwatch_client._reader import ForgetwatchReader, to_pandas
 from forgetwatch_client._transport import ForgetwatchError
 
-__all__ = ["ForgetwatchClient", "ForgetwatchError", "Risk", "RunStatus", "default_journal_path"]
+__all__ = ["ForgetwatchClient", "ForgetwatchError", "ForgetwatchReader", "Risk", "RunStatus", "default_journal_path",
+           "to_pandas"]

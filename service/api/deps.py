@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from service.auth import find_token
+from service.auth import allows, find_token
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
@@ -52,18 +52,26 @@ def require_read(session: Annotated[Session, Depends(get_session)],
     return authenticate(session, authorization)
 
 
-def require_write(session: Annotated[Session, Depends(get_session)],
-                  authorization: Annotated[str | None, Header()] = None) -> Principal:
-    principal = authenticate(session, authorization)
-    if principal.scope != "write":
-        raise Forbidden(f"token {principal.name!r} has scope 'read'; this call needs a 'write' token")
-    return principal
+def _require(needed: str) -> Callable[..., Principal]:
+    def require(session: Annotated[Session, Depends(get_session)],
+                authorization: Annotated[str | None, Header()] = None) -> Principal:
+        principal = authenticate(session, authorization)
+        if not allows(principal.scope, needed):
+            raise Forbidden(f"token {principal.name!r} has scope {principal.scope!r}; this call needs a "
+                            f"{needed!r} token (`forgetwatch token create --scope {needed}`)")
+        return principal
+    return require
+
+
+require_write = _require("write")
+require_admin = _require("admin")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 Reader = Annotated[Principal, Depends(require_read)]
 Writer = Annotated[Principal, Depends(require_write)]
+Admin = Annotated[Principal, Depends(require_admin)]
 IdempotencyKey = Annotated[
     str | None,
     Header(

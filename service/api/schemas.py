@@ -54,6 +54,7 @@ class RunOut(BaseModel):
     probe_sets: list[str]
     last_step: int | None
     created_at: datetime
+    archived_at: datetime | None = None
 
 
 class JobOut(BaseModel):

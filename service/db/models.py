@@ -44,6 +44,7 @@ class Run(Base):
     method: Mapped[str] = mapped_column(Text)
     tags: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     created_at: Mapped[datetime] = _now()
+    archived_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class ProbeSet(Base):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, update
@@ -25,8 +25,34 @@ def get_run(session: Session, *, ref: str) -> Run:
     return run
 
 
-def list_runs(session: Session) -> Sequence[Run]:
-    return session.scalars(select(Run).order_by(Run.id)).all()
+def list_runs(session: Session, *, after: int | None = None, limit: int | None = None, method: str | None = None,
+              tags: Mapping[str, str] | None = None, archived: bool = False) -> Sequence[Run]:
+    """Runs in id order: those after the cursor `after` (an id), at most `limit`, filtered by method and
+    tags (values compared as text); archived runs only with `archived=True`, and then only those."""
+    query = select(Run).where(Run.archived_at.is_not(None) if archived else Run.archived_at.is_(None))
+    if after is not None:
+        query = query.where(Run.id > after)
+    if method is not None:
+        query = query.where(Run.method == method)
+    for key, value in (tags or {}).items():
+        query = query.where(Run.tags[key].astext == value)
+    return session.scalars(query.order_by(Run.id).limit(limit)).all()
+
+
+def set_archived(session: Session, *, run: Run, archived: bool) -> Run:
+    """Archive (hide from lists, pages and /metrics; keep everything) or bring back a run. Idempotent."""
+    if archived and run.archived_at is None:
+        run.archived_at = session.scalar(select(func.now()))
+    elif not archived:
+        run.archived_at = None
+    session.flush()
+    return run
+
+
+def delete_run(session: Session, *, run: Run) -> None:
+    """Delete a run and, through the schema's cascades, every row measured for it."""
+    session.delete(run)
+    session.flush()
 
 
 def run_probe_set_names(session: Session, *, run_id: int) -> list[str]:

@@ -1,5 +1,6 @@
 """`forgetwatch serve` as a user runs it: the embedded default, and an external database."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -64,3 +65,31 @@ def test_migrate_then_token_create_on_external_database(empty_database_url: str,
                           check=True, capture_output=True, text=True, timeout=60)
     token = made.stdout.strip()
     assert token.startswith("fw_") and len(token) > 30
+
+
+def test_runs_commands_list_show_archive_and_delete(database_url: str, engine, tmp_path: Path) -> None:
+    from service.db import queries
+    from service.db.session import make_sessionmaker
+
+    with make_sessionmaker(engine)() as session:
+        for name, method in (("cli-a", "sft"), ("cli-b", "grpo")):
+            queries.create_run(session, name=name, base_model="/m", method=method, tags={}, probe_sets=[])
+        session.commit()
+    env = {**os.environ, "FORGETWATCH_DATABASE_URL": database_url, "FORGETWATCH_DATA_DIR": str(tmp_path / "data")}
+
+    def forgetwatch(*args: str) -> str:
+        done = subprocess.run([FORGETWATCH, *args], env=env, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    listed = forgetwatch("runs", "list")
+    assert "cli-a" in listed and "cli-b" in listed
+    assert json.loads(forgetwatch("runs", "show", "cli-b"))["method"] == "grpo"
+    forgetwatch("runs", "archive", "cli-a")
+    assert "cli-a" not in forgetwatch("runs", "list") and "cli-a" in forgetwatch("runs", "list", "--archived")
+    forgetwatch("runs", "delete", "cli-a", "--yes")
+    assert "cli-a" not in forgetwatch("runs", "list", "--archived")
+    missing = subprocess.run([FORGETWATCH, "runs", "show", "cli-a"], env=env, capture_output=True, text=True,
+                             timeout=60, check=False)
+    assert missing.returncode != 0 and "no run 'cli-a'" in missing.stderr and "Traceback" not in missing.stderr
+    assert forgetwatch("--version").startswith("forgetwatch ")

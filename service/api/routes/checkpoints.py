@@ -20,6 +20,7 @@ from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadO
 from service.db import queries
 from service.db.models import Checkpoint
 from service.errors import Conflict, InsufficientStorage, PayloadTooLarge, Unprocessable
+from service.lifecycle import run_uploads
 from service.paths import directory_size, resolve_checkpoint_uri
 from service.queue import param_tasks, probe_tasks
 from service.settings import Settings
@@ -50,7 +51,7 @@ def enqueue_checkpoint_jobs(session: Session, checkpoint: Checkpoint) -> None:
 
 
 def upload_dir(settings: Settings, run_id: int, step: int) -> Path:
-    return settings.uploads_dir / str(run_id) / str(step)
+    return run_uploads(settings, run_id) / str(step)
 
 
 def _checkpoint_path(settings: Settings, run_id: int, body: CheckpointCreate) -> Path:

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
+from service import lifecycle
+from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.schemas import RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
+from service.errors import Unprocessable
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -17,7 +21,7 @@ def run_out(session: Session, run: Run, last_step: int | None = None) -> RunOut:
     return RunOut(
         id=run.id, name=run.name, base_model=run.base_model, method=run.method, tags=run.tags,
         probe_sets=queries.run_probe_set_names(session, run_id=run.id), last_step=last_step,
-        created_at=run.created_at,
+        created_at=run.created_at, archived_at=run.archived_at,
     )
 
 
@@ -36,10 +40,32 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, principal
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[RunOut])
-def list_runs(session: SessionDep, _: Reader) -> list[RunOut]:
+@router.get("", response_model=list[RunOut], responses={200: {"headers": {"Link": {
+    "description": '`<URL>; rel="next"` when there are more runs: the next page', "schema": {"type": "string"}}}}})
+def list_runs(request: Request, response: Response, session: SessionDep, _: Reader,
+              limit: Annotated[int, Query(ge=1, le=1000, description="runs per page")] = 100,
+              after: Annotated[int | None, Query(ge=0, le=2**53, description=(
+                  "cursor: the id of the last run of the previous page (the Link header carries it)"))] = None,
+              method: Annotated[str | None, Query(max_length=64)] = None,
+              tag: Annotated[list[str] | None, Query(max_length=20, description=(
+                  "KEY=VALUE, repeatable: runs whose tag KEY equals VALUE (compared as text)"))] = None,
+              archived: Annotated[bool, Query(description="list the archived runs instead")] = False,
+              ) -> list[RunOut]:
+    """Runs in creation order, a page at a time; the `Link` header points to the next page."""
+    tags = dict(_tag_filter(t) for t in tag or [])
+    runs = queries.list_runs(session, after=after, limit=limit + 1, method=method, tags=tags, archived=archived)
+    if len(runs) > limit:
+        runs = runs[:limit]
+        response.headers["Link"] = f'<{request.url.include_query_params(after=runs[-1].id)}>; rel="next"'
     last = queries.last_steps(session)
-    return [run_out(session, run, last.get(run.id)) for run in queries.list_runs(session)]
+    return [run_out(session, run, last.get(run.id)) for run in runs]
+
+
+def _tag_filter(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise Unprocessable(f"tag filter {text!r} is not KEY=VALUE (e.g. ?tag=method=grpo)")
+    return key, value
 
 
 @router.get("/{run_ref}", response_model=RunOut)
@@ -47,3 +73,26 @@ def get_run(run_ref: str, session: SessionDep, _: Reader) -> RunOut:
     """A run by id or name."""
     run = queries.get_run(session, ref=run_ref)
     return run_out(session, run, queries.last_steps(session).get(run.id))
+
+
+@router.post("/{run_ref}/archive", response_model=RunOut)
+def archive_run(run_ref: str, session: SessionDep, _: Writer) -> RunOut:
+    """Hide a run from lists, pages and /metrics; everything measured is kept. Idempotent."""
+    run = queries.set_archived(session, run=queries.get_run(session, ref=run_ref), archived=True)
+    session.commit()
+    return run_out(session, run, queries.last_steps(session).get(run.id))
+
+
+@router.delete("/{run_ref}/archive", response_model=RunOut)
+def unarchive_run(run_ref: str, session: SessionDep, _: Writer) -> RunOut:
+    """Bring an archived run back into lists, pages and /metrics. Idempotent."""
+    run = queries.set_archived(session, run=queries.get_run(session, ref=run_ref), archived=False)
+    session.commit()
+    return run_out(session, run, queries.last_steps(session).get(run.id))
+
+
+@router.delete("/{run_ref}", status_code=204, response_class=Response)
+def delete_run(run_ref: str, request: Request, session: SessionDep, _: Admin) -> Response:
+    """Delete a run with everything measured for it and its uploaded files. Needs an admin token."""
+    lifecycle.delete_run(session, request.app.state.settings, queries.get_run(session, ref=run_ref))
+    return Response(status_code=204)

@@ -1,0 +1,99 @@
+"""ForgetwatchReader: what the service measured, for notebooks, scripts and dashboards of your own.
+Synchronous GETs; a refusal raises ForgetwatchError with the service's `detail`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+
+from forgetwatch_client._client import RunStatus
+from forgetwatch_client._transport import ForgetwatchError, classify
+
+
+class ForgetwatchReader:
+    """Read runs, checkpoints, drift, labels and status.
+
+        with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
+            for run in fw.runs(method="grpo"):
+                drift = fw.param_drift(run["name"])
+            frame = to_pandas(fw.checkpoints("qwen-grpo-stage2"))
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0, page_size: int = 100) -> None:
+        self.page_size = page_size
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
+                                  timeout=timeout)
+
+    def runs(self, *, method: str | None = None, tags: Mapping[str, Any] | None = None,
+             archived: bool = False) -> Iterator[dict[str, Any]]:
+        """Every run (archived ones only with `archived=True`), following the service's pages."""
+        params: list[tuple[str, str | int]] = [("limit", self.page_size)]
+        params += [("method", method)] if method else []
+        params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
+        params += [("archived", "true")] if archived else []
+        response = self._get_response("/v1/runs", params=params)
+        while True:
+            yield from response.json()
+            following = response.links.get("next", {}).get("url")
+            if not following:
+                return
+            response = self._get_response(following)
+
+    def run(self, run: str) -> dict[str, Any]:
+        return self._get(f"/v1/runs/{_segment(run)}")
+
+    def checkpoints(self, run: str) -> list[dict[str, Any]]:
+        return self._get(f"/v1/runs/{_segment(run)}/checkpoints")
+
+    def param_drift(self, run: str) -> dict[str, Any]:
+        """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base."""
+        return self._get(f"/v1/runs/{_segment(run)}/param-drift")
+
+    def response_drift(self, run: str) -> dict[str, Any]:
+        """{"probe_sets": {name: {"domain", "series"}}, "samples": [...]}: probe and sample drift."""
+        return self._get(f"/v1/runs/{_segment(run)}/response-drift")
+
+    def labels(self, run: str) -> list[dict[str, Any]]:
+        return self._get(f"/v1/runs/{_segment(run)}/labels")["labels"]
+
+    def status(self, run: str) -> RunStatus:
+        return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _get(self, path: str) -> Any:
+        return self._get_response(path).json()
+
+    def _get_response(self, path: str, params: Sequence[tuple[str, str | int]] | None = None) -> httpx.Response:
+        try:
+            response = self._http.get(path, params=params)
+        except httpx.HTTPError as error:
+            raise ForgetwatchError(f"GET {path}: {error}") from error
+        outcome = classify(response)
+        if outcome.kind != "ok":
+            raise ForgetwatchError(f"GET {path}: {outcome.describe()}", status_code=outcome.status_code,
+                                   detail=outcome.detail)
+        return response
+
+
+def to_pandas(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """A pandas DataFrame of `rows` (e.g. `fw.checkpoints(run)` or `fw.param_drift(run)["global"]`)."""
+    try:
+        import pandas
+    except ImportError as error:
+        raise ImportError("to_pandas needs pandas: pip install pandas") from error
+    return pandas.DataFrame.from_records(list(rows))
+
+
+def _segment(name: str) -> str:
+    return quote(name, safe="")

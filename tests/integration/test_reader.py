@@ -1,0 +1,30 @@
+"""The client reads back what the service stored, following every page, against a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from forgetwatch_client import ForgetwatchError, ForgetwatchReader, to_pandas
+from tests.integration.test_client import Service, module_service, service  # noqa: F401 - fixtures
+
+
+def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:  # noqa: F811
+    with service.client(blocking=True) as writer:
+        for i in range(7):
+            writer.run(f"read-{i}", base_model="/base", method="grpo" if i % 2 else "sft", tags={"seed": i})
+        writer.labels(5, {"ood_accuracy": 0.75})
+    with ForgetwatchReader(service.url, service.token, page_size=3) as fw:
+        names = [r["name"] for r in fw.runs() if r["name"].startswith("read-")]
+        assert names == [f"read-{i}" for i in range(7)]
+        assert [r["name"] for r in fw.runs(method="grpo", tags={"seed": 3})] == ["read-3"]
+        assert fw.run("read-6")["method"] == "sft"
+        assert fw.labels("read-6") == [{"step": 5, "ood_accuracy": 0.75}]
+        assert fw.checkpoints("read-6") == []
+        assert fw.param_drift("read-6")["global"] == []
+        assert fw.response_drift("read-6")["probe_sets"] == {}
+        assert fw.status("read-6").run == "read-6"
+        with pytest.raises(ForgetwatchError) as missing:
+            fw.run("no-such-run")
+        assert missing.value.status_code == 404 and "no run" in str(missing.value.detail)
+    frame = to_pandas([{"step": 1, "kl": 0.5}, {"step": 2, "kl": 0.7}])
+    assert list(frame["kl"]) == [0.5, 0.7]
