@@ -4,6 +4,10 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
+
+from service.auth import create_token
+from service.db.session import make_sessionmaker
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/", "/runs/{name}"}
 
@@ -22,15 +26,25 @@ def test_every_data_route_is_covered(client: TestClient) -> None:
     assert {"GET", "POST", "PUT"} <= methods and len(_routes(client)) >= 15
 
 
-@pytest.mark.parametrize("who", ["nobody", "reader", "writer"])
-def test_scopes_are_enforced_on_every_route(client: TestClient, tokens: dict[str, str], who: str) -> None:
+ADMIN_ONLY = {("DELETE", "/v1/runs/1")}
+
+
+@pytest.mark.parametrize("who", ["nobody", "reader", "writer", "admin"])
+def test_scopes_are_enforced_on_every_route(client: TestClient, engine: Engine, tokens: dict[str, str],
+                                            who: str) -> None:
+    with make_sessionmaker(engine)() as session:
+        tokens = {**tokens, "admin": create_token(session, name="admin", scope="admin")}
+        session.commit()
     headers = {"nobody": {"Authorization": ""}, "reader": {"Authorization": f"Bearer {tokens['read']}"},
-               "writer": {"Authorization": f"Bearer {tokens['write']}"}}[who]
-    for method, path in _routes(client):
+               "writer": {"Authorization": f"Bearer {tokens['write']}"},
+               "admin": {"Authorization": f"Bearer {tokens['admin']}"}}[who]
+    routes = _routes(client)
+    assert ADMIN_ONLY <= set(routes)
+    for method, path in routes:
         status = client.request(method, path, json={}, headers=headers).status_code
         if who == "nobody":
             assert status == 401, (method, path, status)
-        elif who == "reader" and method != "GET":
+        elif (who == "reader" and method != "GET") or (who == "writer" and (method, path) in ADMIN_ONLY):
             assert status == 403, (method, path, status)
         else:
             assert status not in (401, 403, 500), (method, path, status)
