@@ -46,18 +46,23 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     return Principal(token_id=row.id, name=row.name, scope=row.scope)
 
 
-# The lookup uses the request's own session (FastAPI resolves `get_session` once per request).
-def require_read(session: Annotated[Session, Depends(get_session)],
-                 authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(session, authorization)
-
-
-def require_write(session: Annotated[Session, Depends(get_session)],
-                  authorization: Annotated[str | None, Header()] = None) -> Principal:
-    principal = authenticate(session, authorization)
+def check_write(principal: Principal) -> Principal:
+    """The principal itself when it may write; Forbidden otherwise."""
     if principal.scope != "write":
-        raise Forbidden(f"token {principal.name!r} has scope 'read'; this call needs a 'write' token")
+        raise Forbidden(f"token {principal.name!r} has scope {principal.scope!r}; this call needs a 'write' token")
     return principal
+
+
+# The lookup uses the request's own session (FastAPI resolves `get_session` once per request). A
+# request with a body was already authenticated by the request guard, before its body was read.
+def require_read(request: Request, session: Annotated[Session, Depends(get_session)],
+                 authorization: Annotated[str | None, Header()] = None) -> Principal:
+    known = getattr(request.state, "principal", None)
+    return known if known is not None else authenticate(session, authorization)
+
+
+def require_write(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+    return check_write(principal)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

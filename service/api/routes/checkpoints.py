@@ -13,13 +13,14 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import remember, replay, request_fingerprint, run_idempotent
 from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadOut
 from service.db import queries
 from service.db.models import Checkpoint
-from service.errors import Conflict, InsufficientStorage, PayloadTooLarge, Unprocessable
+from service.errors import Conflict, InsufficientStorage, Unprocessable
 from service.paths import directory_size, resolve_checkpoint_uri
 from service.queue import param_tasks, probe_tasks
 from service.settings import Settings
@@ -143,10 +144,7 @@ async def upload_file(run_ref: str, step: StepParam, filename: str, request: Req
             f"filename {filename!r} is not allowed: use a plain file name (letters, digits, '.', '_', '-'), "
             "no folders; sharded checkpoints upload each shard under its own name"
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {settings.max_upload_bytes} "
-                              "(FORGETWATCH_MAX_UPLOAD_BYTES)")
+    declared = request.headers.get("content-length")  # the request guard holds the body to its limit
     fingerprint = request_fingerprint("PUT", request.url.path, declared or "")
     run_id, stored = await run_in_threadpool(_prepare_upload, request, principal, run_ref, step,
                                              idempotency_key, fingerprint)
@@ -161,11 +159,10 @@ async def upload_file(run_ref: str, step: StepParam, filename: str, request: Req
         async with await anyio.open_file(partial, "wb") as out:
             async for chunk in request.stream():
                 written += len(chunk)
-                if written > settings.max_upload_bytes:
-                    raise PayloadTooLarge(f"upload exceeds {settings.max_upload_bytes} bytes "
-                                          "(FORGETWATCH_MAX_UPLOAD_BYTES)")
                 await out.write(chunk)
         os.replace(partial, target)
+    except ClientDisconnect:
+        raise Unprocessable("the upload ended before its last byte; nothing was kept, send the file again") from None
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage(
