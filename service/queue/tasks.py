@@ -53,11 +53,17 @@ def fail_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str, me
     log.warning("action=analysis_%s kind=%s checkpoint=%s reason=%s", status, kind, checkpoint_id, message)
 
 
-def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
-    """The run's base model on this worker's disk, inside the allowed roots."""
+def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str, uri: str, what: str) -> Path:
+    """`uri` on this worker's disk, re-checked against the allowed roots now (what was inside at
+    registration may since have become a symlink elsewhere); the analysis fails otherwise."""
     try:
-        return resolve_checkpoint_uri(base_uri, services.settings.allowed_roots)
+        return resolve_checkpoint_uri(uri, services.settings.allowed_roots)
     except ForgetwatchError as error:
-        message = f"base model: {error.detail}"
+        message = f"{what}: {error.detail}"
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
         raise AnalysisFailed(message) from error
+
+
+def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
+    """The run's base model on this worker's disk, inside the allowed roots."""
+    return resolve_confined(services, checkpoint_id=checkpoint_id, kind=kind, uri=base_uri, what="base model")
