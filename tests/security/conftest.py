@@ -15,7 +15,6 @@ from service.queue.app import create_queue_app
 from service.queue.tasks import WorkerServices
 from service.settings import Settings
 
-
 _APPS: list[procrastinate.App] = []
 
 
