@@ -145,7 +145,7 @@ def _safetensors_header(path: Path, roots: Roots = None) -> tuple[dict[str, tupl
         raise CheckpointError(f"{path}: header is not valid JSON; the file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt")
-    if len(header) > MAX_TENSORS + 1:
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
         raise CheckpointError(f"{path}: header lists over {MAX_TENSORS} tensors; not a checkpoint forgetwatch reads")
     entries, ranges = {}, set()
     for name, meta in header.items():
