@@ -25,10 +25,9 @@ from service.queue import risk_tasks
 from service.queue.defer import defer_job
 from service.queue.tasks import (
     TRANSIENT,
-    TRANSIENT_ERRORS,
-    AnalysisFailed,
     blueprint,
     fail_analysis,
+    failing_analysis,
     resolve_base,
     resolve_confined,
     services_of,
@@ -119,19 +118,13 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
                   "response drift needs transformers model folders (config.json) for the base and the checkpoint")
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=reason, status="skipped")
         return
-    try:
+    with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
         base_model, base_tokenizer = _base_model(str(base), settings.probe_device, roots)
         caches = [(probe_set_id, _base_cache(services, str(base), probe_set_id, probe_set, base_model, base_tokenizer))
                   for probe_set_id, probe_set in probe_sets]
         model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device, roots)
         results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
                    for probe_set_id, cache in caches]
-    except TRANSIENT_ERRORS:
-        raise  # the database went away: procrastinate retries the job
-    except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=message)
-        raise AnalysisFailed(message) from error
     with services.sessions.begin() as session:
         for probe_set_id, evaluation in results:
             store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,

@@ -3,7 +3,9 @@ Tasks live in one module per analysis (param_tasks, ...); each is thin and idemp
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import procrastinate
 from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from drift.confined import CheckpointError
 from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
 from service.settings import Settings
@@ -51,6 +54,49 @@ def fail_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str, me
         set_analysis(session, checkpoint_id=checkpoint_id, kind=kind, status=status, error=message)
         risk_tasks.enqueue(session, checkpoint_id)
     log.warning("action=analysis_%s kind=%s checkpoint=%s reason=%s", status, kind, checkpoint_id, message)
+
+
+REASON_LIMIT = 500
+
+
+def reason_of(error: BaseException) -> str:
+    """What users are told about an error: ours say what to do; anything else is named by its type
+    (with a short message), never with a traceback."""
+    if isinstance(error, CheckpointError):
+        return str(error)[:REASON_LIMIT]
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:REASON_LIMIT] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def failing_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str) -> Iterator[None]:
+    """The task boundary: any error but a transient one fails the analysis with its reason, so no
+    parser error (overflow, recursion, type, memory) leaves it `processing`. Transient errors
+    propagate for procrastinate to retry."""
+    try:
+        yield
+    except (AnalysisFailed, *TRANSIENT_ERRORS):
+        raise
+    except Exception as error:
+        message = reason_of(error)
+        log.exception("action=analysis_error kind=%s checkpoint=%s", kind, checkpoint_id)
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
+        raise AnalysisFailed(message) from error
+
+
+def sweep_orphaned_analyses(services: WorkerServices) -> list[int]:
+    """Fail analyses whose jobs all ended without a result (the task boundary could not run: the
+    process died); their checkpoints' risk is reassessed."""
+    from service.db.param_drift import fail_orphaned_analyses
+    from service.queue import risk_tasks
+
+    with services.sessions.begin() as session:
+        touched = fail_orphaned_analyses(session)
+        for checkpoint_id in touched:
+            risk_tasks.enqueue(session, checkpoint_id)
+    for checkpoint_id in touched:
+        log.warning("action=orphaned_analysis_failed checkpoint=%s", checkpoint_id)
+    return touched
 
 
 def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str, uri: str, what: str) -> Path:
