@@ -35,6 +35,12 @@ def row_from_json(data: dict[str, Any]) -> TensorDrift:
 
 def set_analysis(session: Session, *, checkpoint_id: int, kind: str, status: str, error: str | None = None,
                  details: dict[str, Any] | None = None) -> None:
+    """Record one analysis' status and refresh its checkpoint's, serialized per checkpoint.
+
+    The checkpoint row is locked first: two analyses finishing at once then refresh one after the
+    other, and the second's refresh (a new statement, a new snapshot) sees the first's result.
+    Without the lock each saw the other still running and the checkpoint stayed `processing`."""
+    session.execute(text("SELECT 1 FROM checkpoints WHERE id = :c FOR UPDATE"), {"c": checkpoint_id})
     session.execute(
         text(
             """
