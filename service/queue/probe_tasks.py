@@ -64,13 +64,15 @@ _LOADING = threading.Lock()
 def load(model_folder: Path, tokenizer_folder: Path, device: str, roots: tuple[Path, ...]):
     """A model and tokenizer, after checking that every file transformers may open in their
     folders lies inside `roots` (transformers opens files by name: no symlink escapes, no index
-    entries pointing elsewhere, bounded JSON)."""
+    entries pointing elsewhere, bounded JSON) and that config.json describes the stored weights
+    (a hostile config must not make transformers allocate what it describes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift.models import resolve_device
+    from drift.models import check_config_fits_weights, resolve_device
 
     for folder in dict.fromkeys((model_folder, tokenizer_folder)):
         check_model_folder(folder, roots)
+    check_config_fits_weights(model_folder, roots=roots)
     target = resolve_device(device)
     with _LOADING:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
