@@ -20,8 +20,8 @@ safetensors file, or the same torch storage, offset, shape and stride), or when 
 
 from __future__ import annotations
 
-import itertools
 import json
+import math
 import mmap
 import os
 import re
@@ -31,11 +31,9 @@ from typing import Self
 
 import numpy as np
 
+from drift.confined import CheckpointError, Roots, member, open_confined, read_json
+
 __all__ = ["Checkpoint", "CheckpointError", "TensorInfo", "list_tensors", "open_checkpoint", "to_float64"]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be read safely; the message names the file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +71,11 @@ _ST_DTYPES = {
     "BOOL": ("bool", np.bool_),
 }
 _STORAGE = {name: np_dtype for name, np_dtype in _ST_DTYPES.values()}
-_MAX_HEADER = 100 * 2**20
+# Caps on what a safetensors header may claim: real checkpoints stay far below all of them (a shard
+# of a 671 B-parameter MoE holds ~1k tensors and a header of ~100 kB).
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_TENSORS = 131_072
+MAX_NDIM = 16
 _HEAD_NAMES = ("lm_head.weight", "embed_out.weight", "output.weight")
 _EMBED_RE = re.compile(r"(^|\.)(wte|embed_tokens|embed_in|word_embeddings|tok_embeddings)\.weight$")
 
@@ -90,59 +92,83 @@ def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float64)
 
 
-def _safetensors_header(path: Path) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
-    """Parse and validate a safetensors header -> ({name: (dtype, shape, begin, end)}, data start)."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
+def _entry(name: str, meta: object) -> tuple[str, tuple[int, ...], int, int]:
+    """(dtype, shape, begin, end) of one header entry; ValueError when any field is malformed."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("dtype"), str) or meta["dtype"] not in _ST_DTYPES:
+        raise ValueError("dtype")
+    shape, offsets = meta.get("shape"), meta.get("data_offsets")
+    if not isinstance(shape, list) or len(shape) > MAX_NDIM:
+        raise ValueError("shape")
+    if not all(type(d) is int and 0 <= d < 2**63 for d in shape):
+        raise ValueError("shape")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets):
+        raise ValueError("data_offsets")
+    begin, end = offsets
+    if not 0 <= begin <= end:
+        raise ValueError("data_offsets")
+    return _ST_DTYPES[meta["dtype"]][0], tuple(shape), begin, end
+
+
+def _check_overlaps(file: str, ranges: set[tuple[int, int]]) -> None:
+    """Byte ranges either coincide (tied tensors) or are disjoint; empty ranges occupy nothing."""
+    reach = 0
+    for begin, end in sorted(r for r in ranges if r[1] > r[0]):
+        if begin < reach:
+            raise CheckpointError(f"{file}: tensors overlap at bytes {begin}..{min(end, reach)}; the file is corrupt")
+        reach = end
+
+
+def _safetensors_header(path: Path, roots: Roots = None) -> tuple[dict[str, tuple[str, tuple[int, ...], int, int]], int]:
+    """Parse and validate a safetensors header -> ({name: (dtype, shape, begin, end)}, data start).
+
+    Every claim is checked before it is used: header length, tensor count, dtype, shape (ints below
+    2**63, at most MAX_NDIM of them), integer offsets inside the file, size = shape x itemsize, and
+    no two byte ranges overlapping unless identical. Messages never quote the file's bytes."""
+    fd = open_confined(path, roots)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
         head = f.read(8)
         if len(head) < 8:
-            raise CheckpointError(
-                f"{path}: file is shorter than a safetensors header; re-save or re-download it"
-            )
+            raise CheckpointError(f"{path}: file is shorter than a safetensors header; re-save or re-download it")
         n = int.from_bytes(head, "little")
-        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
+        if n <= 0 or 8 + n > size:
             raise CheckpointError(
-                f"{path}: header length {n} does not fit a file of {size} bytes (truncated or not a "
-                "safetensors file); re-save or re-download it"
+                f"{path}: the header length does not fit the file ({size} bytes): truncated or not a "
+                "safetensors file; re-save or re-download it"
             )
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path}: header is not valid JSON ({exc}); the file is corrupt") from None
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: header over {MAX_HEADER_BYTES} bytes; not a checkpoint forgetwatch reads")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path}: header is not valid JSON; the file is corrupt") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: header is not a JSON object; the file is corrupt")
-    entries, ranges = {}, {}
+    if len(header) - ("__metadata__" in header) > MAX_TENSORS:
+        raise CheckpointError(f"{path}: header lists over {MAX_TENSORS} tensors; not a checkpoint forgetwatch reads")
+    entries, ranges = {}, set()
     for name, meta in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype, shape, (begin, end) = (
-                _ST_DTYPES[meta["dtype"]][0],
-                tuple(meta["shape"]),
-                meta["data_offsets"],
-            )
-            np_dtype = _STORAGE[dtype]
-            if not all(isinstance(d, int) and d >= 0 for d in shape) or not 0 <= begin <= end:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: bad header entry for tensor {name!r}: {meta!r}") from None
-        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(np_dtype).itemsize
+            dtype, shape, begin, end = _entry(name, meta)
+        except ValueError as bad:
+            raise CheckpointError(f"{path}: tensor {name[:200]!r} has a malformed {bad}; the file is corrupt") from None
+        nbytes = math.prod(shape) * np.dtype(_STORAGE[dtype]).itemsize
         if end - begin != nbytes:
             raise CheckpointError(
-                f"{path}: header says tensor {name!r} {meta['dtype']}{list(shape)} spans {end - begin} bytes, "
+                f"{path}: header says tensor {name[:200]!r} {dtype}{list(shape)} spans {end - begin} bytes, "
                 f"but that shape needs {nbytes}; the file is corrupt, re-save it"
             )
         if 8 + n + end > size:
             raise CheckpointError(
-                f"{path}: tensor {name!r} ends at byte {8 + n + end} but the file has {size} bytes "
+                f"{path}: tensor {name[:200]!r} ends at byte {8 + n + end} but the file has {size} bytes "
                 "(truncated); re-download or re-save it"
             )
         entries[name] = (dtype, shape, begin, end)
-        ranges.setdefault((begin, end), name)
-    spans = sorted(ranges)  # identical ranges are aliases; partial overlaps are corruption
-    for (_, e0), (b1, e1) in itertools.pairwise(spans):
-        if b1 < e0 and b1 != e1:
-            raise CheckpointError(f"{path}: tensors overlap at bytes {b1}..{e0}; the file is corrupt")
+        ranges.add((begin, end))
+    _check_overlaps(str(path), ranges)
     return entries, 8 + n
 
 
@@ -152,17 +178,19 @@ class Checkpoint:
     Use as a context manager or call ``close()``; arrays handed out stay valid while referenced.
     """
 
-    def __init__(self, path: str | os.PathLike, kind: str, config: dict | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, kind: str, config: dict | None = None, *,
+                 roots: Roots = None) -> None:
         self.path = Path(path)
         self.kind = kind  # "safetensors" | "torch" | "lora"
         self.config = config or {}
+        self.roots = roots  # every file is opened confined to these folders (None: anywhere)
         self.infos: dict[str, TensorInfo] = {}
         self._loc: dict[str, tuple] = {}
         self._maps: dict[str, mmap.mmap] = {}
 
     # -- loading ---------------------------------------------------------------------------------
     def _add_safetensors(self, file: Path, keep: set[str] | None = None) -> None:
-        entries, start = _safetensors_header(file)
+        entries, start = _safetensors_header(file, self.roots)
         first_at: dict[tuple[int, int], str] = {}
         for name, (dtype, shape, begin, end) in entries.items():
             if keep is not None and name not in keep:
@@ -178,18 +206,23 @@ class Checkpoint:
 
         import torch
 
+        fd = open_confined(file, self.roots)
         try:
-            obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            # Loaded through the confined descriptor itself where /proc is there (no second lookup by name).
+            source = f"/proc/self/fd/{fd}" if os.path.exists(f"/proc/self/fd/{fd}") else file
+            obj = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
         except pickle.UnpicklingError as exc:
             raise CheckpointError(
                 f"{file}: refused to unpickle non-tensor objects ({str(exc).splitlines()[0]}); "
                 "export the weights with safetensors (model.save_pretrained(dir)) and point forgetwatch at that"
             ) from None
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        except (RuntimeError, OSError, EOFError, ValueError):
             raise CheckpointError(
-                f"{file}: not a readable torch checkpoint ({str(exc).splitlines()[0]}); re-save it with "
+                f"{file}: not a readable torch checkpoint; re-save it with "
                 "torch.save (zip format) or, better, as safetensors"
             ) from None
+        finally:
+            os.close(fd)
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             nested = [v for v in obj.values() if isinstance(v, dict)]
             obj = nested[0] if len(nested) == 1 else obj
@@ -229,7 +262,7 @@ class Checkpoint:
             _, file, offset, nbytes = loc
             mm = self._maps.get(file)
             if mm is None:
-                with open(file, "rb") as f:
+                with os.fdopen(open_confined(Path(file), self.roots), "rb") as f:
                     mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             np_dtype = np.dtype(_STORAGE[info.dtype])
             flat = np.frombuffer(mm, dtype=np_dtype, count=nbytes // np_dtype.itemsize, offset=offset)
@@ -257,30 +290,30 @@ class Checkpoint:
         self.close()
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON ({exc}); re-save or re-download it") from None
-
-
-def _index(folder: Path, index: Path) -> dict[Path, set[str]]:
-    """Shard file -> tensor names, from a ``*.index.json`` weight map."""
-    weight_map = _read_json(index).get("weight_map")
+def _index(folder: Path, index: Path, roots: Roots) -> dict[Path, set[str]]:
+    """Shard file -> tensor names, from a ``*.index.json`` weight map (shard names confined to ``folder``)."""
+    weight_map = read_json(index, roots).get("weight_map")
     if not isinstance(weight_map, dict):
         raise CheckpointError(f"{index}: no 'weight_map' object; the index is corrupt")
     shards: dict[Path, set[str]] = {}
     for name, f in weight_map.items():
-        shards.setdefault(folder / f, set()).add(name)
-    for f in shards:
-        if not f.is_file():
-            raise CheckpointError(f"{index}: lists shard {f.name} but {f} is missing; download all shards")
+        shards.setdefault(member(folder, f, listed_in=str(index)), set()).add(name)
     return dict(sorted(shards.items()))
 
 
-def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint folder or file (see the module docstring); raises CheckpointError."""
+def _inside_roots(path: Path, roots: Roots) -> bool:
+    real = Path(os.path.realpath(path))
+    return roots is None or any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def open_checkpoint(path: str | os.PathLike, *, roots: Roots = None) -> Checkpoint:
+    """Open a checkpoint folder or file (see the module docstring); raises CheckpointError.
+
+    With ``roots`` (resolved folders), the checkpoint and every file read from it, shards named by
+    an index included, must lie inside them (``drift.confined``)."""
     path = Path(path)
+    if not _inside_roots(path, roots):
+        raise CheckpointError(f"{path}: lies outside the allowed checkpoint roots")
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     config: dict = {}
@@ -288,15 +321,15 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         if (path / "adapter_config.json").is_file():
             from drift.lora import open_adapter
 
-            return open_adapter(path)
+            return open_adapter(path, roots=roots)
         if (path / "config.json").is_file():
-            config = _read_json(path / "config.json")
+            config = read_json(path / "config.json", roots)
         if (path / "model.safetensors.index.json").is_file():
-            kind, files = "safetensors", _index(path, path / "model.safetensors.index.json")
+            kind, files = "safetensors", _index(path, path / "model.safetensors.index.json", roots)
         elif sorted(path.glob("*.safetensors")):
             kind, files = "safetensors", dict.fromkeys(sorted(path.glob("*.safetensors")))
         elif (path / "pytorch_model.bin.index.json").is_file():
-            kind, files = "torch", _index(path, path / "pytorch_model.bin.index.json")
+            kind, files = "torch", _index(path, path / "pytorch_model.bin.index.json", roots)
         elif torch_files := sorted(p for ext in ("bin", "pt", "pth") for p in path.glob(f"*.{ext}")):
             kind, files = "torch", dict.fromkeys(torch_files)
         else:
@@ -309,7 +342,7 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(
             f"{path}: unknown checkpoint type; expected .safetensors, .bin, .pt or a model folder"
         )
-    ckpt = Checkpoint(path, kind, config)
+    ckpt = Checkpoint(path, kind, config, roots=roots)
     for file, keep in files.items():
         ckpt._add_safetensors(file, keep) if kind == "safetensors" else ckpt._add_torch(file, keep)
         absent = sorted((keep or set()) - ckpt.infos.keys())
@@ -322,9 +355,9 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return ckpt
 
 
-def list_tensors(source: str | os.PathLike | Checkpoint) -> list[TensorInfo]:
+def list_tensors(source: str | os.PathLike | Checkpoint, *, roots: Roots = None) -> list[TensorInfo]:
     """All tensors of a checkpoint (aliases included, with ``alias_of`` set), in storage order."""
     if isinstance(source, Checkpoint):
         return list(source.infos.values())
-    with open_checkpoint(source) as ckpt:
+    with open_checkpoint(source, roots=roots) as ckpt:
         return list(ckpt.infos.values())

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from drift.checkpoint_io import Checkpoint, CheckpointError, _read_json, to_float64
+from drift.checkpoint_io import Checkpoint, CheckpointError, to_float64
+from drift.confined import Roots, read_json
 
 __all__ = ["LoraAdapter", "LowRankDelta", "lowrank_inner", "open_adapter"]
 
@@ -135,10 +136,11 @@ def _match(name: str, base_names: set[str]) -> str | None:
     return _match(rest, base_names) if rest and "." in rest else None
 
 
-def open_adapter(path: str | os.PathLike) -> LoraAdapter:
-    """Open a PEFT LoRA adapter folder; refuses adapter types whose delta is not ``s·B·A``."""
+def open_adapter(path: str | os.PathLike, *, roots: Roots = None) -> LoraAdapter:
+    """Open a PEFT LoRA adapter folder; refuses adapter types whose delta is not ``s·B·A``.
+    With ``roots``, its files are opened confined to them (``drift.confined``)."""
     path = Path(path)
-    config = _read_json(path / "adapter_config.json")
+    config = read_json(path / "adapter_config.json", roots)
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA" or config.get("use_dora") or config.get("lora_bias"):
         what = "DoRA" if config.get("use_dora") else "lora_bias" if config.get("lora_bias") else peft_type
@@ -146,7 +148,7 @@ def open_adapter(path: str | os.PathLike) -> LoraAdapter:
             f"{path}: {what} adapters are not supported (only plain LoRA, ΔW = s·B·A); merge the adapter "
             "(peft merge_and_unload + save_pretrained) and compare the merged model instead"
         )
-    adapter = LoraAdapter(path, "lora", config)
+    adapter = LoraAdapter(path, "lora", config, roots=roots)
     if (path / "adapter_model.safetensors").is_file():
         adapter._add_safetensors(path / "adapter_model.safetensors")
     elif (path / "adapter_model.bin").is_file():

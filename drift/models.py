@@ -51,6 +51,45 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: s
     return model, tokenizer
 
 
+MAX_LAYERS = 1024  # above any released model; a hostile config could ask for millions of modules
+
+
+def check_config_fits_weights(folder: str | Path, *, roots: Sequence[Path] | None = None) -> None:
+    """Refuse a model folder whose ``config.json`` describes a model far larger than its weights.
+
+    transformers allocates what the config describes before reading any weight, so a config with
+    ``vocab_size = 10**11`` and a 1 kB weights file would allocate hundreds of GB. The model is
+    built on the meta device (no memory) and its parameter and buffer counts are compared with the
+    tensors the folder actually stores. Raises ``CheckpointError``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from drift.checkpoint_io import CheckpointError, list_tensors
+    from drift.confined import read_json
+
+    folder = Path(folder)
+    raw = read_json(folder / "config.json", roots)
+    layers = [raw.get(k) for k in ("num_hidden_layers", "n_layer", "num_layers") if k in raw]
+    if not all(type(n) is int and 0 < n <= MAX_LAYERS for n in layers):
+        raise CheckpointError(f"{folder}/config.json: layer count is not an integer in 1..{MAX_LAYERS}; "
+                              "not a config forgetwatch loads")
+    stored = sum(t.numel for t in list_tensors(folder, roots=roots) if t.alias_of is None)
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, KeyError, OSError, OverflowError, RuntimeError) as exc:
+        raise CheckpointError(f"{folder}/config.json: does not describe a loadable causal LM "
+                              f"({type(exc).__name__}); re-save the model with save_pretrained") from None
+    params = sum(p.numel() for p in model.parameters())
+    buffers = sum(b.numel() for b in model.buffers())
+    if params > 2 * stored + 2**20 or buffers > stored + 2**28:
+        raise CheckpointError(
+            f"{folder}/config.json: describes {params} parameters and {buffers} buffer elements but the "
+            f"folder stores {stored}; the config does not belong to these weights"
+        )
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from drift import _kernels as K
 from drift.aggregate import DriftSummary, aggregate
 from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo, list_tensors, open_checkpoint
+from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
 from drift.spectral import SpectralDrift, SpectralOptions, cache_path, spectral_drift
 from drift.streams import DenseStream, LowRankStream, fast_sums, float64_sums, lora_sums
@@ -119,10 +120,10 @@ class _View:
         return DenseStream(self.ckpt.array(key), self.ckpt.infos[key].dtype)
 
 
-def _open(source: Source | None, opened: list[Checkpoint]) -> Checkpoint | None:
+def _open(source: Source | None, opened: list[Checkpoint], roots: Roots = None) -> Checkpoint | None:
     if source is None or isinstance(source, Checkpoint):
         return source
-    ckpt = open_checkpoint(source)
+    ckpt = open_checkpoint(source, roots=roots)
     opened.append(ckpt)
     return ckpt
 
@@ -251,6 +252,7 @@ def tensor_rows(
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     threads: int | None = None,
+    roots: Roots = None,
 ) -> list[TensorDrift]:
     """One TensorDrift per tensor name of ``base`` ∪ ``ckpt`` (or of ``names``), in storage order.
 
@@ -258,20 +260,21 @@ def tensor_rows(
     LoRA adapters of ``base``. ``names`` restricts the rows (unknown names raise ValueError), so a
     worker per shard can compute its part; ``aggregate`` then pools any mix of rows. ``spectral``
     adds top-k spectral drift for 2-D tensors (``spectral_options``; base results cached in
-    ``cache_dir``). ``progress(done, total, name)`` is called after each tensor.
+    ``cache_dir``). ``progress(done, total, name)`` is called after each tensor. ``roots`` confines
+    every file opened to those folders (``drift.confined``).
     Raises CheckpointError for unreadable files; mismatches become rows, not errors.
     """
     options = spectral_options or SpectralOptions()
     threads = threads or _default_threads()
     opened: list[Checkpoint] = []
     try:
-        b, c = _open(base, opened), _open(ckpt, opened)
+        b, c = _open(base, opened, roots), _open(ckpt, opened, roots)
         if b.kind == "lora":
             raise ValueError(f"base must be a full model, got the LoRA adapter {b.path}")
         view = _View(c, b)
         prev = [
             _View(p, b) if p is not None else None
-            for p in (_open(previous, opened), _open(before_previous, opened))
+            for p in (_open(previous, opened, roots), _open(before_previous, opened, roots))
         ]
         if prev[0] is None:
             prev = []
@@ -335,12 +338,12 @@ def compare(
     return DriftReport(rows=tuple(rows), summary=summary)
 
 
-def shard_groups(base: Source, ckpt: Source) -> list[list[str]]:
+def shard_groups(base: Source, ckpt: Source, *, roots: Roots = None) -> list[list[str]]:
     """Row names grouped by the base file holding them (one job per shard); names only in the
     checkpoint form a last group. Together the groups cover every row of ``tensor_rows`` once."""
     opened: list[Checkpoint] = []
     try:
-        b, c = _open(base, opened), _open(ckpt, opened)
+        b, c = _open(base, opened, roots), _open(ckpt, opened, roots)
         groups: dict[str, list[str]] = {}
         for name in _row_names(b, _View(c, b)):
             info = b.infos.get(name)

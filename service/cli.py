@@ -91,18 +91,33 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
-    from service.auth import create_token
+    """`token create|list|revoke`: tokens are shown once at creation; only their hashes are stored."""
+    from service import auth
     from service.db.session import make_engine, make_sessionmaker
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
         engine = make_engine(url, pool_size=1)
-        with make_sessionmaker(engine)() as session:
-            token = create_token(session, name=args.name, scope=args.scope)
-            session.commit()
-        engine.dispose()
-    print(f"Token {args.name!r} (scope {args.scope}); shown once, store it now:", file=sys.stderr)
-    print(token)
+        try:
+            with make_sessionmaker(engine)() as session:
+                if args.token_command == "create":
+                    token = auth.create_token(session, name=args.name, scope=args.scope)
+                    print(f"Token {args.name!r} (scope {args.scope}); shown once, store it now:", file=sys.stderr)
+                    print(token)
+                elif args.token_command == "revoke":
+                    row = auth.revoke_token(session, ref=args.ref)
+                    print(f"token {row.id} {row.name!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}")
+                else:
+                    print(f"{'id':>4}  {'name':<24} {'scope':<6} {'created':<20} revoked")
+                    for row in auth.list_tokens(session):
+                        revoked = f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "-"
+                        print(f"{row.id:>4}  {row.name[:24]:<24} {row.scope:<6} "
+                              f"{row.created_at:%Y-%m-%d %H:%M:%S}  {revoked}")
+                session.commit()
+        except ValueError as error:
+            raise SystemExit(f"forgetwatch: {error}") from None
+        finally:
+            engine.dispose()
 
 
 def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
@@ -188,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scope", choices=list(SCOPES), default="read",
                         help="read: GET calls; write: also push runs and data; admin: also delete runs")
     create.set_defaults(func=cmd_token)
+    token_sub.add_parser("list", help="every token: id, name, scope, created, revoked (never the token)"
+                         ).set_defaults(func=cmd_token)
+    revoke = token_sub.add_parser("revoke", help="refuse a token from its next request on")
+    revoke.add_argument("ref", help="the token's id, or its name when unique")
+    revoke.set_defaults(func=cmd_token)
     return parser
 
 

@@ -30,8 +30,9 @@ def resolve_checkpoint_uri(uri: str, roots: list[Path]) -> Path:
         raise Unprocessable(f"checkpoint path {raw!r} is relative; give an absolute path")
     real = Path(os.path.realpath(raw))
     if not any(real == root or real.is_relative_to(root) for root in roots):
+        # Never say where it resolved to: that would map the service's disk for any caller.
         raise Forbidden(
-            f"{uri!r} resolves to {str(real)!r}, outside the allowed checkpoint roots; "
+            f"{uri[:300]!r} is outside the allowed checkpoint roots (after following symlinks); "
             "add its folder to FORGETWATCH_CHECKPOINT_ROOTS on the service"
         )
     return real

@@ -38,10 +38,10 @@ class Settings(BaseSettings):
     """Port `forgetwatch serve` listens on."""
 
     max_upload_bytes: int = 64 * 2**30
-    """Largest single checkpoint file accepted by the upload endpoint."""
+    """Largest single checkpoint file accepted by the upload endpoint (`PUT .../files/{filename}` only)."""
 
     max_request_bytes: int = 16 * 2**20
-    """Largest JSON request body; larger ones get 413."""
+    """Largest request body on every other route; larger ones get 413, checked before the body is read."""
 
     max_samples_per_request: int = 2000
     """Most sample items one `POST /v1/runs/{run}/samples` may carry."""

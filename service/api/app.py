@@ -15,7 +15,8 @@ from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalErr
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.middleware import BodySizeLimitMiddleware, RequestMetricsMiddleware
+from service.api.guard import RequestGuard
+from service.api.middleware import RequestMetricsMiddleware
 from service.api.routes import (
     checkpoints,
     health,
@@ -86,7 +87,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestGuard)  # inside the metrics: refusals are counted too
     app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)
     return app
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -46,25 +46,32 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     return Principal(token_id=row.id, name=row.name, scope=row.scope)
 
 
-# The lookup uses the request's own session (FastAPI resolves `get_session` once per request).
-def require_read(session: Annotated[Session, Depends(get_session)],
+def check_scope(principal: Principal, needed: str) -> Principal:
+    """The principal itself when its scope includes `needed`; Forbidden otherwise."""
+    if not allows(principal.scope, needed):
+        raise Forbidden(f"token {principal.name!r} has scope {principal.scope!r}; this call needs scope "
+                        f"{needed!r} (`forgetwatch token create --scope {needed}`)")
+    return principal
+
+
+def check_write(principal: Principal) -> Principal:
+    return check_scope(principal, "write")
+
+
+# The lookup uses the request's own session (FastAPI resolves `get_session` once per request). A
+# request with a body was already authenticated by the request guard, before its body was read.
+def require_read(request: Request, session: Annotated[Session, Depends(get_session)],
                  authorization: Annotated[str | None, Header()] = None) -> Principal:
-    return authenticate(session, authorization)
+    known = getattr(request.state, "principal", None)
+    return known if known is not None else authenticate(session, authorization)
 
 
-def _require(needed: str) -> Callable[..., Principal]:
-    def require(session: Annotated[Session, Depends(get_session)],
-                authorization: Annotated[str | None, Header()] = None) -> Principal:
-        principal = authenticate(session, authorization)
-        if not allows(principal.scope, needed):
-            raise Forbidden(f"token {principal.name!r} has scope {principal.scope!r}; this call needs a "
-                            f"{needed!r} token (`forgetwatch token create --scope {needed}`)")
-        return principal
-    return require
+def require_write(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+    return check_scope(principal, "write")
 
 
-require_write = _require("write")
-require_admin = _require("admin")
+def require_admin(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+    return check_scope(principal, "admin")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -35,6 +35,12 @@ def row_from_json(data: dict[str, Any]) -> TensorDrift:
 
 def set_analysis(session: Session, *, checkpoint_id: int, kind: str, status: str, error: str | None = None,
                  details: dict[str, Any] | None = None) -> None:
+    """Record one analysis' status and refresh its checkpoint's, serialized per checkpoint.
+
+    The checkpoint row is locked first: two analyses finishing at once then refresh one after the
+    other, and the second's refresh (a new statement, a new snapshot) sees the first's result.
+    Without the lock each saw the other still running and the checkpoint stayed `processing`."""
+    session.execute(text("SELECT 1 FROM checkpoints WHERE id = :c FOR UPDATE"), {"c": checkpoint_id})
     session.execute(
         text(
             """
@@ -70,6 +76,46 @@ def refresh_checkpoint_status(session: Session, *, checkpoint_id: int) -> None:
         ),
         {"c": checkpoint_id},
     )
+
+
+# Jobs that can still move an analysis; every other procrastinate status is final.
+_LIVE_JOBS = "('todo', 'doing', 'aborting')"
+_QUEUE_OF_KIND = {"params": "params", "responses": "probes"}
+
+
+def fail_orphaned_analyses(session: Session) -> list[int]:
+    """Fail the pending/processing analyses none of whose jobs can still run (a job ended without
+    recording a result: a crash the task could not catch). Returns the checkpoints touched.
+
+    Tasks record an analysis' progress in the same transaction that queues its next job, so an
+    unfinished analysis always has a live job unless something went wrong."""
+    rows = session.execute(
+        text(
+            f"""
+            SELECT a.checkpoint_id, a.kind FROM checkpoint_analyses a
+             WHERE a.status IN ('pending', 'processing')
+               AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                                WHERE (j.args->>'checkpoint_id')::bigint = a.checkpoint_id
+                                  AND j.queue_name = CASE a.kind {" ".join(
+                                      f"WHEN '{k}' THEN '{q}'" for k, q in _QUEUE_OF_KIND.items())} END
+                                  AND j.status IN {_LIVE_JOBS})
+             ORDER BY a.checkpoint_id
+            """
+        )
+    ).all()
+    touched = []
+    for checkpoint_id, kind in rows:
+        # Re-checked under the checkpoint's lock: a job may have finished it since the scan.
+        session.execute(text("SELECT 1 FROM checkpoints WHERE id = :c FOR UPDATE"), {"c": checkpoint_id})
+        current = session.execute(
+            text("SELECT status FROM checkpoint_analyses WHERE checkpoint_id = :c AND kind = :k"),
+            {"c": checkpoint_id, "k": kind}).scalar()
+        if current in ("pending", "processing"):
+            set_analysis(session, checkpoint_id=checkpoint_id, kind=kind, status="failed",
+                         error="its jobs ended without a result (the worker log has the details); "
+                               "register the checkpoint again under a new step to retry")
+            touched.append(checkpoint_id)
+    return touched
 
 
 def analysis_details(session: Session, *, checkpoint_id: int, kind: str) -> dict[str, Any]:

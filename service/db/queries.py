@@ -138,6 +138,11 @@ def list_checkpoints(session: Session, *, run_id: int) -> Sequence[Checkpoint]:
     return session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)).all()
 
 
+def lock_step(session: Session, *, run_id: int, step: int) -> None:
+    """Serialize, until the transaction ends, everything that registers a step or adds files to it."""
+    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"step:{run_id}:{step}"})
+
+
 def insert_checkpoint(session: Session, *, run_id: int, step: int, uri: str, size_bytes: int) -> Checkpoint | None:
     """Insert a checkpoint row; None when that step already exists (a concurrent registration)."""
     checkpoint = Checkpoint(run_id=run_id, step=step, uri=uri, size_bytes=size_bytes)

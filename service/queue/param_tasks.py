@@ -14,14 +14,21 @@ import logging
 import procrastinate
 from sqlalchemy import text
 
-from drift.checkpoint_io import CheckpointError, list_tensors
+from drift.checkpoint_io import list_tensors
 from drift.params import aggregate, shard_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
-from service.queue.tasks import TRANSIENT, AnalysisFailed, blueprint, fail_analysis, resolve_base, services_of
+from service.queue.tasks import (
+    TRANSIENT,
+    blueprint,
+    failing_analysis,
+    resolve_base,
+    resolve_confined,
+    services_of,
+)
 
 log = logging.getLogger("forgetwatch")
 KIND = "params"
@@ -64,16 +71,16 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
             text("SELECT uri FROM checkpoints WHERE run_id = :r AND step < :s AND status <> 'failed' "
                  "ORDER BY step DESC LIMIT 2"), {"r": row.run_id, "s": row.step}).scalars().all()
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
-    base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
-    try:
-        sizes = {t.name: t.numel for t in list_tensors(row.uri)}
-        parts = split_by_size(shard_groups(base, row.uri), sizes, settings.param_part_elements)
-    except (CheckpointError, ValueError, OSError) as error:
-        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=str(error))
-        raise AnalysisFailed(str(error)) from error
+    with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
+        base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
+        checkpoint = resolve_confined(services, checkpoint_id=checkpoint_id, kind=KIND, uri=row.uri,
+                                      what="checkpoint")
+        roots = settings.allowed_roots
+        sizes = {t.name: t.numel for t in list_tensors(checkpoint, roots=roots)}
+        parts = split_by_size(shard_groups(base, checkpoint, roots=roots), sizes, settings.param_part_elements)
     # The base is step "zero" of the history: the first checkpoint's update is measured against it.
     history = [*previous, str(base)][:2]
-    details = {"base": str(base), "checkpoint": row.uri, "previous": history, "parts": len(parts)}
+    details = {"base": str(base), "checkpoint": str(checkpoint), "previous": history, "parts": len(parts)}
     with services.sessions.begin() as session:
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing", details=details)
         store.replace_parts(session, checkpoint_id=checkpoint_id, groups=parts)
@@ -93,16 +100,13 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
     if names is None:
         return  # re-planned or deleted since
     previous = details["previous"] + [None, None]
-    try:
+    with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
         rows = tensor_rows(
             details["base"], details["checkpoint"], names=names, previous=previous[0], before_previous=previous[1],
             spectral=settings.spectral, spectral_options=SpectralOptions(k=settings.spectral_k,
                                                                          max_elements=settings.spectral_max_elements),
-            cache_dir=settings.cache_dir / "spectral",
+            cache_dir=settings.cache_dir / "spectral", roots=settings.allowed_roots,
         )
-    except (CheckpointError, ValueError, OSError) as error:
-        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=str(error))
-        raise AnalysisFailed(str(error)) from error
     with services.sessions.begin() as session:
         remaining = store.store_part(session, checkpoint_id=checkpoint_id, part=part, rows=rows)
         if remaining == 0:
@@ -114,7 +118,7 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
 @blueprint.task(name=AGGREGATE, queue="params", pass_context=True, retry=TRANSIENT)
 def aggregate_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
-    with services.sessions.begin() as session:
+    with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND), services.sessions.begin() as session:
         rows = store.load_rows(session, checkpoint_id=checkpoint_id)
         summary = aggregate(rows)
         store.replace_summaries(session, checkpoint_id=checkpoint_id, summary=summary)

@@ -16,6 +16,7 @@ import procrastinate
 from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache, build_base_cache
+from drift.confined import check_model_folder
 from drift.forgetting import evaluate_checkpoint
 from service.db import param_drift as analyses
 from service.db import queries
@@ -24,11 +25,11 @@ from service.queue import risk_tasks
 from service.queue.defer import defer_job
 from service.queue.tasks import (
     TRANSIENT,
-    TRANSIENT_ERRORS,
-    AnalysisFailed,
     blueprint,
     fail_analysis,
+    failing_analysis,
     resolve_base,
+    resolve_confined,
     services_of,
 )
 
@@ -60,11 +61,18 @@ def _tokenizer_folder(checkpoint: Path, base: Path) -> Path:
 _LOADING = threading.Lock()
 
 
-def load(model_folder: Path, tokenizer_folder: Path, device: str):
+def load(model_folder: Path, tokenizer_folder: Path, device: str, roots: tuple[Path, ...]):
+    """A model and tokenizer, after checking that every file transformers may open in their
+    folders lies inside `roots` (transformers opens files by name: no symlink escapes, no index
+    entries pointing elsewhere, bounded JSON) and that config.json describes the stored weights
+    (a hostile config must not make transformers allocate what it describes)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from drift.models import resolve_device
+    from drift.models import check_config_fits_weights, resolve_device
 
+    for folder in dict.fromkeys((model_folder, tokenizer_folder)):
+        check_model_folder(folder, roots)
+    check_config_fits_weights(model_folder, roots=roots)
     target = resolve_device(device)
     with _LOADING:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
@@ -89,9 +97,9 @@ def max_new_tokens(model, tokenizer, texts: list[str]) -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _base_model(path: str, device: str):
+def _base_model(path: str, device: str, roots: tuple[Path, ...]):
     """The base stays loaded between checkpoints of the same run (one base per worker process)."""
-    return load(Path(path), Path(path), device)
+    return load(Path(path), Path(path), device, roots)
 
 
 @blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)
@@ -104,26 +112,21 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
             return
         probe_sets = store.run_probe_sets(session, run_id=row.run_id)
         analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
-    checkpoint = Path(row.uri)
+    checkpoint = resolve_confined(services, checkpoint_id=checkpoint_id, kind=KIND, uri=row.uri, what="checkpoint")
     base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
+    roots = tuple(settings.allowed_roots)
     if not probe_sets or not is_model_folder(checkpoint) or not is_model_folder(base):
         reason = ("the run has no probe sets" if not probe_sets else
                   "response drift needs transformers model folders (config.json) for the base and the checkpoint")
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=reason, status="skipped")
         return
-    try:
-        base_model, base_tokenizer = _base_model(str(base), settings.probe_device)
+    with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
+        base_model, base_tokenizer = _base_model(str(base), settings.probe_device, roots)
         caches = [(probe_set_id, _base_cache(services, str(base), probe_set_id, probe_set, base_model, base_tokenizer))
                   for probe_set_id, probe_set in probe_sets]
-        model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device)
+        model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device, roots)
         results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
                    for probe_set_id, cache in caches]
-    except TRANSIENT_ERRORS:
-        raise  # the database went away: procrastinate retries the job
-    except Exception as error:
-        message = f"{type(error).__name__}: {error}"
-        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=message)
-        raise AnalysisFailed(message) from error
     with services.sessions.begin() as session:
         for probe_set_id, evaluation in results:
             store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from pathlib import Path
 
 import procrastinate
 from sqlalchemy import text
@@ -41,14 +42,14 @@ def enqueue(session: Session, *, run_id: int, step: int, probe_set: str | None) 
 
 
 @functools.lru_cache(maxsize=1)
-def _embedder(base: str, device: str):
-    model, tokenizer = _base_model(base, device)
+def _embedder(base: str, device: str, roots: tuple[Path, ...]):
+    model, tokenizer = _base_model(base, device, roots)
     return load_embedder(fallback_model=model, fallback_tokenizer=tokenizer, device="cpu")
 
 
 @functools.lru_cache(maxsize=20_000)
-def _base_response(base: str, device: str, prompt: str) -> str:
-    model, tokenizer = _base_model(base, device)
+def _base_response(base: str, device: str, roots: tuple[Path, ...], prompt: str) -> str:
+    model, tokenizer = _base_model(base, device, roots)
     limit = max_new_tokens(model, tokenizer, [prompt])
     return sample_responses(model, tokenizer, [prompt], do_sample=False, max_new_tokens=limit).texts[0]
 
@@ -75,9 +76,10 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
     tokenize = None
     if base is not None and is_model_folder(base):
         # n-gram diversity in the model's own tokens: whitespace words say nothing about short answers
-        tokenize = _base_model(str(base), settings.probe_device)[1].tokenize
-        embedder = _embedder(str(base), settings.probe_device)
-        base_responses = [_base_response(str(base), settings.probe_device, r.prompt) for r in rows]
+        roots = tuple(settings.allowed_roots)
+        tokenize = _base_model(str(base), settings.probe_device, roots)[1].tokenize
+        embedder = _embedder(str(base), settings.probe_device, roots)
+        base_responses = [_base_response(str(base), settings.probe_device, roots, r.prompt) for r in rows]
         reference, current = embedder.embed(base_responses), embedder.embed(responses)
         base_signals = collapse_signals(base_responses, embeddings=reference, tokenize=tokenize)
         values["distinct2_base"] = base_signals.distinct_2

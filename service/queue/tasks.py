@@ -3,7 +3,9 @@ Tasks live in one module per analysis (param_tasks, ...); each is thin and idemp
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import procrastinate
 from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
+from drift.confined import CheckpointError
 from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
 from service.settings import Settings
@@ -53,11 +56,60 @@ def fail_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str, me
     log.warning("action=analysis_%s kind=%s checkpoint=%s reason=%s", status, kind, checkpoint_id, message)
 
 
-def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
-    """The run's base model on this worker's disk, inside the allowed roots."""
+REASON_LIMIT = 500
+
+
+def reason_of(error: BaseException) -> str:
+    """What users are told about an error: ours say what to do; anything else is named by its type
+    (with a short message), never with a traceback."""
+    if isinstance(error, CheckpointError):
+        return str(error)[:REASON_LIMIT]
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}"[:REASON_LIMIT] if text else type(error).__name__
+
+
+@contextlib.contextmanager
+def failing_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str) -> Iterator[None]:
+    """The task boundary: any error but a transient one fails the analysis with its reason, so no
+    parser error (overflow, recursion, type, memory) leaves it `processing`. Transient errors
+    propagate for procrastinate to retry."""
     try:
-        return resolve_checkpoint_uri(base_uri, services.settings.allowed_roots)
-    except ForgetwatchError as error:
-        message = f"base model: {error.detail}"
+        yield
+    except (AnalysisFailed, *TRANSIENT_ERRORS):
+        raise
+    except Exception as error:
+        message = reason_of(error)
+        log.exception("action=analysis_error kind=%s checkpoint=%s", kind, checkpoint_id)
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
         raise AnalysisFailed(message) from error
+
+
+def sweep_orphaned_analyses(services: WorkerServices) -> list[int]:
+    """Fail analyses whose jobs all ended without a result (the task boundary could not run: the
+    process died); their checkpoints' risk is reassessed."""
+    from service.db.param_drift import fail_orphaned_analyses
+    from service.queue import risk_tasks
+
+    with services.sessions.begin() as session:
+        touched = fail_orphaned_analyses(session)
+        for checkpoint_id in touched:
+            risk_tasks.enqueue(session, checkpoint_id)
+    for checkpoint_id in touched:
+        log.warning("action=orphaned_analysis_failed checkpoint=%s", checkpoint_id)
+    return touched
+
+
+def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str, uri: str, what: str) -> Path:
+    """`uri` on this worker's disk, re-checked against the allowed roots now (what was inside at
+    registration may since have become a symlink elsewhere); the analysis fails otherwise."""
+    try:
+        return resolve_checkpoint_uri(uri, services.settings.allowed_roots)
+    except ForgetwatchError as error:
+        message = f"{what}: {error.detail}"
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
+        raise AnalysisFailed(message) from error
+
+
+def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
+    """The run's base model on this worker's disk, inside the allowed roots."""
+    return resolve_confined(services, checkpoint_id=checkpoint_id, kind=kind, uri=base_uri, what="base model")

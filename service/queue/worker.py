@@ -1,4 +1,5 @@
-"""Running a worker: procrastinate's worker plus recovery of jobs whose worker died."""
+"""Running a worker: procrastinate's worker, recovery of jobs whose worker died, and the sweep of
+analyses whose jobs all ended without a result."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterable
 import procrastinate
 from procrastinate import exceptions as pexc
 
-from service.queue.tasks import WorkerServices
+from service.queue.tasks import WorkerServices, sweep_orphaned_analyses
 
 log = logging.getLogger("forgetwatch")
 
@@ -30,10 +31,12 @@ async def recover_stalled_jobs(app: procrastinate.App, *, stalled_after_seconds:
     return recovered
 
 
-async def _recovery_loop(app: procrastinate.App, *, stalled_after_seconds: float) -> None:
+async def _recovery_loop(app: procrastinate.App, services: WorkerServices, *, stalled_after_seconds: float) -> None:
     while True:
         try:
             await recover_stalled_jobs(app, stalled_after_seconds=stalled_after_seconds)
+            # After recovery: a dead worker's jobs are live again, so only true orphans are swept.
+            await asyncio.to_thread(sweep_orphaned_analyses, services)
         except Exception as error:  # noqa: BLE001 - keep the loop alive through DB outages
             log.warning("action=stalled_job_recovery_failed error=%s", error)
         await asyncio.sleep(max(1.0, stalled_after_seconds / 3))
@@ -51,7 +54,7 @@ async def run_worker(
     settings = services.settings
     async with app.open_async():
         recovery = asyncio.create_task(
-            _recovery_loop(app, stalled_after_seconds=settings.stalled_after_seconds)
+            _recovery_loop(app, services, stalled_after_seconds=settings.stalled_after_seconds)
         )
         try:
             await app.run_worker_async(

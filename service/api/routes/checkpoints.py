@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import uuid
@@ -13,13 +14,14 @@ from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
+from starlette.requests import ClientDisconnect
 
-from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
+from service.api.deps import IdempotencyKey, Principal, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import remember, replay, request_fingerprint, run_idempotent
 from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadOut
 from service.db import queries
 from service.db.models import Checkpoint
-from service.errors import Conflict, InsufficientStorage, PayloadTooLarge, Unprocessable
+from service.errors import Conflict, InsufficientStorage, Unprocessable
 from service.lifecycle import run_uploads
 from service.paths import directory_size, resolve_checkpoint_uri
 from service.queue import param_tasks, probe_tasks
@@ -78,6 +80,7 @@ def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, 
 
     def action() -> tuple[int, CheckpointOut]:
         run = queries.get_run(session, ref=run_ref)
+        queries.lock_step(session, run_id=run.id, step=body.step)  # no upload lands while it registers
         path = _checkpoint_path(settings, run.id, body)
         existing = queries.find_checkpoint(session, run_id=run.id, step=body.step)
         if existing is None:
@@ -111,25 +114,44 @@ def get_checkpoint(run_ref: str, step: StepParam, session: SessionDep, _: Reader
     return checkpoint_out(session, queries.get_checkpoint(session, run_id=run.id, step=step))
 
 
-def _prepare_upload(request: Request, principal, run_ref: str, step: int, key: str | None,
-                    fingerprint: str) -> tuple[int, JSONResponse | None]:
+def _open_step(request: Request, run_ref: str, step: int) -> int:
+    """The run's id, when `step` still takes uploads (409 once it is registered)."""
     with request.app.state.sessions() as session:
         run = queries.get_run(session, ref=run_ref)
+        if queries.find_checkpoint(session, run_id=run.id, step=step) is not None:
+            raise Conflict(f"step {step} of run {run.name!r} is already registered; its files are immutable")
+        return run.id
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _keep_upload(request: Request, principal: Principal, *, run_id: int, step: int, key: str | None,
+                 fingerprint: str, partial: Path, target: Path, body: dict) -> JSONResponse:
+    """Move a fully written (and fsynced) upload into place, once per key and never into a
+    registered step: the step's lock is the one registration takes, so a PUT that began before
+    registration cannot replace a file of the registered checkpoint."""
+    with request.app.state.sessions() as session:
         if key is not None:
             stored = replay(session, principal=principal, key=key, fingerprint=fingerprint)
             if stored is not None:
-                return run.id, stored
-        if queries.find_checkpoint(session, run_id=run.id, step=step) is not None:
-            raise Conflict(f"step {step} of run {run.name!r} is already registered; its files are immutable")
-        return run.id, None
-
-
-def _remember_upload(request: Request, principal, key: str, fingerprint: str, body: dict) -> None:
-    with request.app.state.sessions() as session:
-        if replay(session, principal=principal, key=key, fingerprint=fingerprint) is None:
+                return stored  # the same bytes were kept by the first request; this copy is dropped
+        queries.lock_step(session, run_id=run_id, step=step)
+        if queries.find_checkpoint(session, run_id=run_id, step=step) is not None:
+            raise Conflict(f"step {step} was registered while this file was uploading; its files are "
+                           "immutable, nothing was kept of this upload")
+        os.replace(partial, target)
+        _fsync_dir(target.parent)
+        if key is not None:
             remember(session, principal=principal, key=key, fingerprint=fingerprint, method="PUT",
                      path=request.url.path, status_code=201, body=body)
         session.commit()
+    return JSONResponse(body, status_code=201)
 
 
 @router.put("/{step}/files/{filename:path}", status_code=201, response_model=UploadOut,
@@ -138,35 +160,37 @@ def _remember_upload(request: Request, principal, key: str, fingerprint: str, bo
 async def upload_file(run_ref: str, step: StepParam, filename: str, request: Request, settings: SettingsDep,
                       principal: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Stream one checkpoint file to the service (for trainers that share no disk with it).
-    Then register the checkpoint with POST .../checkpoints {"step": N} and no uri."""
+    Then register the checkpoint with POST .../checkpoints {"step": N} and no uri.
+
+    The file is hashed while it streams and fsynced (file and folder) before the 201; an
+    Idempotency-Key is bound to the content, so a retry with other bytes under the same key is 409."""
     if not SAFE_FILENAME.match(filename) or filename in (".", ".."):
         raise Unprocessable(
             f"filename {filename!r} is not allowed: use a plain file name (letters, digits, '.', '_', '-'), "
             "no folders; sharded checkpoints upload each shard under its own name"
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > settings.max_upload_bytes:
-        raise PayloadTooLarge(f"file is {declared} bytes; the limit is {settings.max_upload_bytes} "
-                              "(FORGETWATCH_MAX_UPLOAD_BYTES)")
-    fingerprint = request_fingerprint("PUT", request.url.path, declared or "")
-    run_id, stored = await run_in_threadpool(_prepare_upload, request, principal, run_ref, step,
-                                             idempotency_key, fingerprint)
-    if stored is not None:
-        return stored
+    run_id = await run_in_threadpool(_open_step, request, run_ref, step)
     target_dir = upload_dir(settings, run_id, step)
     target = target_dir / filename
     partial = target_dir / f".{filename}.{uuid.uuid4().hex}.part"
+    digest = hashlib.sha256()
     written = 0
     try:
         await anyio.to_thread.run_sync(lambda: target_dir.mkdir(parents=True, exist_ok=True))
         async with await anyio.open_file(partial, "wb") as out:
-            async for chunk in request.stream():
+            async for chunk in request.stream():  # the request guard holds the body to its limit
                 written += len(chunk)
-                if written > settings.max_upload_bytes:
-                    raise PayloadTooLarge(f"upload exceeds {settings.max_upload_bytes} bytes "
-                                          "(FORGETWATCH_MAX_UPLOAD_BYTES)")
+                digest.update(chunk)
                 await out.write(chunk)
-        os.replace(partial, target)
+            await out.flush()
+            await anyio.to_thread.run_sync(os.fsync, out.wrapped.fileno())
+        body = UploadOut(run_id=run_id, step=step, filename=filename, size_bytes=written).model_dump()
+        fingerprint = request_fingerprint("PUT", request.url.path, digest.hexdigest())
+        return await run_in_threadpool(
+            lambda: _keep_upload(request, principal, run_id=run_id, step=step, key=idempotency_key,
+                                 fingerprint=fingerprint, partial=partial, target=target, body=body))
+    except ClientDisconnect:
+        raise Unprocessable("the upload ended before its last byte; nothing was kept, send the file again") from None
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             raise InsufficientStorage(
@@ -177,7 +201,3 @@ async def upload_file(run_ref: str, step: StepParam, filename: str, request: Req
     finally:
         if partial.exists():
             partial.unlink()
-    body = UploadOut(run_id=run_id, step=step, filename=filename, size_bytes=written).model_dump()
-    if idempotency_key is not None:
-        await run_in_threadpool(_remember_upload, request, principal, idempotency_key, fingerprint, body)
-    return JSONResponse(body, status_code=201)

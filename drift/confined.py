@@ -1,0 +1,130 @@
+"""Opening the files of a checkpoint, confined to a set of root folders.
+
+A checkpoint folder is untrusted input: its ``*.index.json`` may name shards anywhere and any file in
+it may be a symlink. Every file read from a checkpoint goes through ``open_confined``, which, when
+given ``roots``:
+
+* resolves the path (symlinks, ``..``) and refuses it unless it lies inside one of ``roots``;
+* opens the resolved path with ``O_NOFOLLOW`` (a symlink swapped in after the check fails to open);
+* checks the opened descriptor's own path (``/proc/self/fd``) against ``roots`` again, which also
+  catches a parent folder swapped for a symlink between the check and the open;
+* refuses anything but a regular file (devices, FIFOs, sockets).
+
+Names a checkpoint gives for its own files (shards in an index) must be relative and free of ``..``
+(``member``). Messages name files as the checkpoint names them and never say where a path resolved
+to, nor quote a file's bytes. ``roots=None`` means "no confinement" (the offline ``forgetwatch diff``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+__all__ = ["CheckpointError", "Roots", "check_model_folder", "member", "open_confined", "read_json"]
+
+Roots = Sequence[Path] | None
+
+MAX_JSON_BYTES = 16 * 2**20  # config.json, *.index.json, adapter_config.json, tokenizer_config.json
+_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read safely; the message names the file and what to do."""
+
+
+def _inside(path: str, roots: Sequence[Path]) -> bool:
+    real = Path(path)
+    return any(real == root or real.is_relative_to(root) for root in roots)
+
+
+def _fd_path(fd: int) -> str | None:
+    """Where an open descriptor really points (Linux); None where /proc is not available."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+def member(folder: Path, name: object, *, listed_in: str) -> Path:
+    """``folder / name`` for a file name taken from the checkpoint's own metadata (``listed_in``)."""
+    if not isinstance(name, str) or not name or "\x00" in name or "\\" in name:
+        raise CheckpointError(f"{listed_in}: a file name in it is not a plain relative path; the index is corrupt")
+    parts = PurePosixPath(name)
+    if parts.is_absolute() or ".." in parts.parts:
+        raise CheckpointError(
+            f"{listed_in}: names a file that is not inside the checkpoint folder (an absolute path or "
+            "'..'); shard names must be relative to the folder"
+        )
+    return folder / parts
+
+
+def open_confined(path: Path, roots: Roots) -> int:
+    """A read-only descriptor of the regular file ``path``, which must lie inside ``roots``."""
+    label = path.name
+    if roots is None:
+        real = str(path)
+        flags = _FLAGS
+    else:
+        real = os.path.realpath(path)
+        if not _inside(real, roots):
+            raise CheckpointError(
+                f"{label}: lies outside the allowed checkpoint roots (a symlink or index entry pointing "
+                "elsewhere); copy the file itself into the checkpoint folder"
+            )
+        flags = _FLAGS | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(real, flags)
+    except FileNotFoundError:
+        raise CheckpointError(f"{label}: missing; download or copy every file of the checkpoint") from None
+    except OSError as error:
+        raise CheckpointError(f"{label}: cannot be opened ({error.strerror}); check the file") from None
+    try:
+        opened = _fd_path(fd) if roots is not None else None
+        if opened is not None and not _inside(opened, roots):
+            raise CheckpointError(f"{label}: changed to point outside the allowed checkpoint roots while opening")
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{label}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def read_json(path: Path, roots: Roots, *, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from a checkpoint's metadata file, at most ``max_bytes`` long."""
+    fd = open_confined(path, roots)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise CheckpointError(f"{path.name}: larger than {max_bytes} bytes; not a model metadata file")
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path.name}: not valid JSON; re-save or re-download it") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path.name}: not a JSON object; re-save or re-download it")
+    return value
+
+
+def check_model_folder(folder: Path, roots: Roots) -> None:
+    """Before a library that opens files by name (transformers) reads ``folder``: every file in it,
+    and every shard its indexes list, lies inside ``roots`` and is a regular file; JSON metadata is
+    valid and within ``MAX_JSON_BYTES``."""
+    if roots is None:
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():
+            continue  # transformers reads the files at the top level only
+        os.close(open_confined(Path(entry.path), roots))
+        if entry.name.endswith(".json"):
+            data = read_json(Path(entry.path), roots)
+            if entry.name.endswith(".index.json"):
+                weight_map = data.get("weight_map")
+                if not isinstance(weight_map, dict):
+                    raise CheckpointError(f"{entry.name}: no 'weight_map' object; the index is corrupt")
+                shards = {member(folder, shard, listed_in=entry.name) for shard in weight_map.values()}
+                for shard in sorted(shards):
+                    os.close(open_confined(shard, roots))
