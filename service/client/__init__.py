@@ -8,8 +8,8 @@ sampled responses to forgetwatch from a training loop without ever stalling or c
     client.close()
 """
 
-from service.client._client import ForgetwatchClient, Risk, RunStatus
+from service.client._client import Detection, Forecast, ForgetwatchClient, RunStatus
 from service.client._journal import default_journal_path
 from service.client._transport import ForgetwatchError
 
-__all__ = ["ForgetwatchClient", "ForgetwatchError", "Risk", "RunStatus", "default_journal_path"]
+__all__ = ["Detection", "Forecast", "ForgetwatchClient", "ForgetwatchError", "RunStatus", "default_journal_path"]

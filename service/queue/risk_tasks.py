@@ -7,7 +7,7 @@ import logging
 
 import procrastinate
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.encoding import json_safe
 from service.db.features import ood_history, run_history
@@ -15,6 +15,7 @@ from service.db.status import store_assessment
 from service.queue.defer import defer_job
 from service.queue.tasks import TRANSIENT, blueprint, services_of
 from service.risk import assess
+from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
 NAME = "compute_risk"
@@ -31,8 +32,12 @@ def enqueue(session: Session, checkpoint_id: int) -> None:
 @blueprint.task(name=NAME, queue="maintenance", pass_context=True, retry=TRANSIENT)
 def compute_risk(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
-    settings = services.settings
-    with services.sessions.begin() as session:
+    assess_checkpoint(services.sessions, services.settings, checkpoint_id)
+
+
+def assess_checkpoint(sessions: sessionmaker, settings: Settings, checkpoint_id: int) -> None:
+    """Assess one checkpoint from what is stored up to its step, and replace its stored assessment."""
+    with sessions.begin() as session:
         row = session.execute(text("SELECT run_id, step FROM checkpoints WHERE id = :c"), {"c": checkpoint_id}).first()
         if row is None:
             return
@@ -44,7 +49,7 @@ def compute_risk(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     forecast = result.forecast
     forecasts = {**result.forecasts, "acceleration_ratio": result.acceleration_ratio,
                  "forgetting": dataclasses.asdict(forecast)}
-    with services.sessions.begin() as session:
+    with sessions.begin() as session:
         store_assessment(session, checkpoint_id=checkpoint_id, applicable=forecast.applicable,
                          value=forecast.probability, model=forecast.model, reason=forecast.reason,
                          reason_code=forecast.reason_code, changepoint=result.changepoint,
