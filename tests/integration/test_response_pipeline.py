@@ -61,4 +61,9 @@ def test_probe_and_sample_drift_reach_the_api(client: TestClient, settings, chec
     per_step = client.get("/v1/runs/probe-run/checkpoints/2/response-drift").json()
     assert per_step["status"] == "ready" and per_step["probe_sets"][0]["kl_forward"] == perturbed["kl_forward"]
     status = client.get("/v1/runs/probe-run/status").json()
-    assert status["risk"]["step"] == 2 and status["risk"]["applicable"]
+    # Noise of 0.5 on every weight: the reference log-likelihood (the untrained base answers nothing right,
+    # so accuracy cannot anchor a relative drop) is measurably worse, and that is detected, not predicted.
+    detection = status["detection"]
+    assert detection["step"] == 2 and detection["detected"] and detection["metric"] == "loglik"
+    assert detection["drop_low"] >= 0.1 and status["first_detected_step"] == 2
+    assert status["forecast"]["reason_code"] == "detected" and status["forecast"]["probability"] is None
