@@ -30,9 +30,10 @@ def test_relative_drop_turns_a_change_and_its_interval_into_a_share_of_the_base(
     assert_allclose([ll.drop, ll.low, ll.high], [0.25, 0.2, 0.3])
 
 
-@pytest.mark.parametrize("kwargs", [dict(base=0.0), dict(change=math.nan), dict(ci_low=0.1, ci_high=-0.1)])
+@pytest.mark.parametrize("kwargs", [{"base": 0.0}, {"change": math.nan}, {"ci_low": 0.1, "ci_high": -0.1}])
 def test_relative_drop_rejects_a_zero_base_nan_and_a_reversed_interval(kwargs):
-    args = dict(probe_set="p", metric="accuracy", base=0.8, change=-0.1, ci_low=-0.2, ci_high=0.0, n_items=64)
+    args = {"probe_set": "p", "metric": "accuracy", "base": 0.8, "change": -0.1, "ci_low": -0.2, "ci_high": 0.0,
+            "n_items": 64}
     with pytest.raises(ValueError):
         relative_drop(**{**args, **kwargs})
 

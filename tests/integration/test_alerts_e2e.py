@@ -79,11 +79,11 @@ def _runs(root: Path) -> dict[str, list[Path]]:
     tokenizer = char_tokenizer()
     model = tiny_gpt2(tokenizer, n_positions=32)
     runs: dict[str, list[Path]] = {"drifting": [], "stable": []}
-    for name in runs:
+    for name, paths in runs.items():
         folder = root / name / "base"
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
-        runs[name].append(folder)
+        paths.append(folder)
     for step in (1, 2):
         for name in ("stable", "drifting"):
             if name == "drifting":
