@@ -37,5 +37,24 @@ CHECKPOINT_INDEX = Feature(
     "training progress as (step − latest step) / median step spacing of the run so far: the forecast's "
     "clock is the run's own checkpoint cadence, not steps, tokens or learning rate of any one trainer.")
 
-#: The registry: the only inputs `drift.alarms` reads.
-FEATURES: tuple[Feature, ...] = (OOD_DROP, OOD_DROP_LOW, OOD_DROP_HIGH, CHECKPOINT_INDEX)
+OOD_KL_ENTROPY_SHARE = Feature(
+    "ood_kl_entropy_share", "share of the base's per-token entropy",
+    "mean forward KL(base ‖ checkpoint) on the ood probes divided by the base's own mean per-token entropy on "
+    "the same probes (floored at ENTROPY_FLOOR_NATS): how far the checkpoint moved relative to how uncertain the "
+    "base already was, so a 150k-token vocabulary and a 28-token one are on one scale. Reported, not yet an "
+    "input of the forecast.")
+
+#: A base entropy below this (nats/token) is treated as this: a near-deterministic base must not turn
+#: rounding noise into a huge share.
+ENTROPY_FLOOR_NATS = 0.05
+
+#: The registry: the inputs `drift.alarms` reads (the first four) and the scale-free features reported
+#: beside them.
+FEATURES: tuple[Feature, ...] = (OOD_DROP, OOD_DROP_LOW, OOD_DROP_HIGH, CHECKPOINT_INDEX, OOD_KL_ENTROPY_SHARE)
+
+
+def kl_entropy_share(kl_nats: float, base_entropy_nats: float) -> float:
+    """`OOD_KL_ENTROPY_SHARE`: KL / max(base entropy, `ENTROPY_FLOOR_NATS`)."""
+    if kl_nats < 0 or base_entropy_nats < 0:
+        raise ValueError(f"KL and entropy must be non-negative, got {kl_nats}, {base_entropy_nats}")
+    return kl_nats / max(base_entropy_nats, ENTROPY_FLOOR_NATS)

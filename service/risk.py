@@ -28,7 +28,7 @@ from drift.alarms import (
     measured_drop,
     worst_drop,
 )
-from drift.features import OOD_DROP, OOD_DROP_HIGH, OOD_DROP_LOW
+from drift.features import OOD_DROP, OOD_DROP_HIGH, OOD_DROP_LOW, OOD_KL_ENTROPY_SHARE, kl_entropy_share
 from drift.findings import findings
 from drift.forecast import feature_rows, page_hinkley, theil_sen_forecast
 from drift.risk import RiskEstimate, heuristic_risk
@@ -113,7 +113,7 @@ def _abstained(forecast: CrossingForecast, code: str, ood: OodHistory) -> Crossi
 
 
 def assess(history: RunHistory, ood: OodHistory, *, relative_drop: float, horizon: int, ood_kl_nats: float,
-           param_rel_l2: float) -> Assessment:
+           param_rel_l2: float, base_entropy_ood: float | None = None) -> Assessment:
     """Detection and forecast of ood forgetting at the last checkpoint of ``history``, the labelled
     probe-free parameter heuristic, trend forecasts of the raw series, and findings."""
     if ood.steps != history.steps:
@@ -142,6 +142,9 @@ def assess(history: RunHistory, ood: OodHistory, *, relative_drop: float, horizo
     found = findings(history.rows, history.steps, nonfinite_names=history.nonfinite_names)
     features = {} if latest is None else {OOD_DROP.name: latest.drop, OOD_DROP_LOW.name: latest.low,
                                           OOD_DROP_HIGH.name: latest.high}
+    kl_now = history.rows[-1].get("kl_fwd_ood") if history.rows else None
+    if kl_now is not None and math.isfinite(kl_now) and kl_now >= 0 and base_entropy_ood is not None:
+        features[OOD_KL_ENTROPY_SHARE.name] = kl_entropy_share(kl_now, base_entropy_ood)
     return Assessment(
         forecast=forecast,
         detection=detection,

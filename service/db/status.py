@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from service.db.models import Run
+from service.db.response_drift import run_base_scores
 
 PARAMETER_HEURISTIC_LABEL = "probe-free parameter heuristic (not a forecast, never an alarm)"
 
@@ -43,7 +44,7 @@ def store_assessment(session: Session, *, checkpoint_id: int, applicable: bool, 
 
 _SERIES = text(
     "SELECT c.step, r.applicable, r.value, r.model, r.reason, r.reason_code, r.changepoint, r.forecasts, "
-    "r.findings, r.detected, r.detection, r.heuristic FROM checkpoints c JOIN risk_estimates r "
+    "r.findings, r.detected, r.detection, r.heuristic, r.features FROM checkpoints c JOIN risk_estimates r "
     "ON r.checkpoint_id = c.id WHERE c.run_id = :r ORDER BY c.step"
 )
 
@@ -53,8 +54,9 @@ def _predicted(row: dict[str, Any], threshold: float) -> bool:
 
 
 def run_status(session: Session, *, run: Run, threshold: float, horizon: int) -> dict[str, Any]:
-    """The latest checkpoint's detection and forecast, the first alarm of each kind, and the last
-    checkpoint before any alarm (where to roll back)."""
+    """The base's own scores (measured by the service), the latest checkpoint's scale-free features,
+    detection and forecast, the first alarm of each kind, and the last checkpoint before any alarm
+    (where to roll back)."""
     counts: dict[str, int] = {}
     last_step = None
     for step, state in session.execute(text("SELECT step, status FROM checkpoints WHERE run_id = :r ORDER BY step"),
@@ -84,6 +86,8 @@ def run_status(session: Session, *, run: Run, threshold: float, horizon: int) ->
         "method": run.method,
         "last_step": last_step,
         "checkpoints": counts,
+        "base": [{k: v for k, v in b.items() if k != "measured_at"} for b in run_base_scores(session, run_id=run.id)],
+        "features": None if latest is None else latest["features"],
         "detection": None if latest is None else {"step": latest["step"], **(latest["detection"] or {})},
         "forecast": forecast,
         "parameter_heuristic": heuristic,

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.encoding import json_safe
 from service.db.features import ood_history, run_history
+from service.db.response_drift import run_base_scores
 from service.db.status import store_assessment
 from service.queue.defer import defer_job
 from service.queue.tasks import TRANSIENT, blueprint, services_of
@@ -43,9 +44,12 @@ def assess_checkpoint(sessions: sessionmaker, settings: Settings, checkpoint_id:
             return
         history = run_history(session, run_id=row.run_id, up_to_step=row.step)
         ood = ood_history(session, run_id=row.run_id, up_to_step=row.step)
+        base = [b["entropy"] for b in run_base_scores(session, run_id=row.run_id)
+                if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
     result = assess(history, ood, relative_drop=settings.forgetting_relative_drop,
                     horizon=settings.forecast_horizon_checkpoints, ood_kl_nats=settings.forecast_ood_kl_nats,
-                    param_rel_l2=settings.forecast_param_rel_l2)
+                    param_rel_l2=settings.forecast_param_rel_l2,
+                    base_entropy_ood=sum(base) / len(base) if base else None)
     forecast = result.forecast
     forecasts = {**result.forecasts, "acceleration_ratio": result.acceleration_ratio,
                  "forgetting": dataclasses.asdict(forecast)}
