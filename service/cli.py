@@ -176,7 +176,8 @@ def cmd_experiment(settings: Settings, args: argparse.Namespace) -> None:
     if args.url and not token:
         raise SystemExit("forgetwatch experiment: --url needs --token (or FORGETWATCH_TOKEN)")
     run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
-                       lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep))
+                       lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep,
+                       checkpoint_every=args.checkpoint_every))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "self-distillation) reported to forgetwatch; prints what it measured")
     experiment.add_argument("--arms", nargs="+", default=["sft", "grpo", "self_distillation"])
     experiment.add_argument("--steps", type=int, help="training steps per arm (default: the demo budget)")
+    experiment.add_argument("--checkpoint-every", type=int,
+                            help="save a checkpoint every N steps (default: the demo's 50)")
     experiment.add_argument("--seeds", type=int, nargs="+", default=[0])
     experiment.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
     experiment.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")

@@ -29,6 +29,11 @@ class Plan:
     url: str | None
     token: str | None
     keep: bool
+    checkpoint_every: int | None = None
+
+
+#: The experiment's model family (a tag on every run; held-out evaluations split on it).
+MODEL_FAMILY = "tiny-gpt2-char"
 
 
 def _start_service(settings: Settings) -> tuple[subprocess.Popen, str, str]:
@@ -182,12 +187,13 @@ def run(settings: Settings, plan: Plan) -> None:
             clients.append(client)
             runs.append(run_name)
             return ServiceReporter(client, arm=arm, run_name=run_name, base_dir=base_dir, probe_sets=probe_sets,
-                                   tags={"experiment": prefix.rstrip("-")})
+                                   tags={"experiment": prefix.rstrip("-"), "family": MODEL_FAMILY})
 
         for seed in plan.seeds:
             for scale in plan.lr_scales:
                 lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
+                               checkpoint_every=plan.checkpoint_every,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
         for client in clients:
             client.close(timeout=60)
