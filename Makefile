@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint bench calibrate clean
+.PHONY: install demo serve test lint bench corpus calibrate clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,11 +19,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/forgetwatch experiment
 
-# Refit the shipped risk model from the project's own experiment (recipe: docs/risk_model.md).
+# A labelled corpus from the project's own experiment, the alarm threshold and its held-out record
+# (recipe: docs/risk_model.md).
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
+corpus: $(STAMP)
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch experiment --seeds 0 1 --lr-scales 0.1 0.3 1 --checkpoint-every 20
+
 calibrate: $(STAMP)
-	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch experiment --seeds 0 1 2 3 --lr-scales 0.5 1 2
-	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate --out service/risk_model.json
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m bench.risk_heldout
 
 serve: $(STAMP)
 	$(VENV)/bin/forgetwatch serve

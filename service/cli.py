@@ -148,25 +148,34 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
-    from service.calibrate import build_dataset, calibrate, report, save
+    from service.calibrate import calibrate, report, save, traces
     from service.db.session import make_engine, make_sessionmaker
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
         engine = make_engine(url, pool_size=1)
         with make_sessionmaker(engine)() as session:
-            data = build_dataset(session, label=args.label, horizon=args.horizon,
-                                 relative_drop=settings.forgetting_relative_drop, runs=args.runs or None)
+            runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
+                          horizon=settings.forecast_horizon_checkpoints, runs=args.runs or None)
         engine.dispose()
     try:
-        model, evaluation = calibrate(data, horizon=args.horizon, threshold=settings.risk_threshold)
+        threshold, record = calibrate(runs, alpha=args.alpha, horizon=settings.forecast_horizon_checkpoints)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
-    out = Path(args.out or settings.data_dir / "risk_model.json")
-    save(model, evaluation, out, recipe={"label": args.label, "horizon": args.horizon, "runs": data.runs,
-                                         "relative_drop": settings.forgetting_relative_drop})
-    print(f"calibrate {report(evaluation)}")
-    print(f"forgetwatch: model written to {out}; use it with FORGETWATCH_RISK_MODEL_PATH={out}")
+    for result in record:
+        print(f"calibrate {report(result)}")
+    out = Path(args.out or settings.data_dir / "alarm_threshold.json")
+    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record,
+         recipe={"label": args.label, "horizon": settings.forecast_horizon_checkpoints,
+                 "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
+    quiet = sum(t.onset is None for t in runs)
+    if threshold is None:
+        print(f"forgetwatch: {quiet} labelled runs never forgot; at least {round(1 / args.alpha) - 1} are needed "
+              f"to bound false alarms at {args.alpha:.0%}. No threshold written; record in {out}")
+    else:
+        print(f"forgetwatch: alarm threshold {threshold:.4g} from {quiet} runs that never forgot (at most "
+              f"{args.alpha:.0%} of such runs alarm); use it with FORGETWATCH_FORECAST_ALARM_PROBABILITY={threshold:.4g}"
+              f" (record in {out})")
 
 
 def cmd_experiment(settings: Settings, args: argparse.Namespace) -> None:
@@ -226,11 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--keep", action="store_true", help="keep the started service running afterwards")
     experiment.set_defaults(func=cmd_experiment)
 
-    calibrate = sub.add_parser("calibrate", help="refit the risk model on finished runs with forgetting labels")
+    calibrate = sub.add_parser("calibrate", help="set the forecast's alarm threshold from finished runs with "
+                               "forgetting labels, and print its held-out record")
     calibrate.add_argument("--label", default="ood_accuracy", help="run label holding the ood ground truth")
-    calibrate.add_argument("--horizon", type=int, default=3, help="checkpoints ahead the risk looks")
+    calibrate.add_argument("--alpha", type=float, default=0.10,
+                           help="largest share of non-forgetting runs allowed to alarm")
     calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
-    calibrate.add_argument("--out", help="where to write the model (default: <data dir>/risk_model.json)")
+    calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json)")
     calibrate.set_defaults(func=cmd_calibrate)
 
     token = sub.add_parser("token", help="manage API tokens")

@@ -89,9 +89,6 @@ class Settings(BaseSettings):
     forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
     """The forecast is the probability that forgetting is detected within this many checkpoints."""
 
-    risk_model_path: Path | None = None
-    """A risk model fitted by `forgetwatch calibrate` (JSON); unset: the one shipped with forgetwatch."""
-
     forgetting_relative_drop: float = 0.10
     """What counts as forgetting: this relative drop of ood accuracy (or reference log-likelihood)."""
 
