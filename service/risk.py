@@ -119,7 +119,15 @@ def assess(history: RunHistory, ood: OodHistory, *, relative_drop: float, horizo
     if ood.steps != history.steps:
         raise ValueError("run history and ood history cover different checkpoints")
     drops, code = ood_drops(ood)
-    forecast = forecast_detection(ood.steps, drops, threshold=relative_drop, horizon=horizon)
+    # A checkpoint at step 0 is the base measured against itself: the forecast sees the same series
+    # whether or not the trainer posts it (the service measures the base on its own).
+    trained = [i for i, s in enumerate(ood.steps) if s > 0]
+    if not trained or trained[-1] != len(ood.steps) - 1:
+        forecast = CrossingForecast(False, None, horizon, reason_code="base_checkpoint",
+                                    reason=REASONS["base_checkpoint"])
+    else:
+        forecast = forecast_detection([ood.steps[i] for i in trained], [drops[i] for i in trained],
+                                      threshold=relative_drop, horizon=horizon)
     if code is not None and drops[-1] is None:
         forecast = _abstained(forecast, code, ood)
     first = first_detection(drops, threshold=relative_drop)

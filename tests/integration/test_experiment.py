@@ -54,7 +54,7 @@ def test_every_arm_reports_and_the_service_analyses_it(settings, tokens, checkpo
         stop(service)
     assert {s["method"] for s in summaries} == {"sft", "grpo", "self_distillation"}
     assert all(s["kl_ood"] is not None and s["param_rel_l2"] is not None for s in summaries)
-    print_table(summaries, threshold=0.5)
+    print_table(summaries)
     assert "in_gain" in capsys.readouterr().out
 
 

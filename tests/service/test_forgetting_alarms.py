@@ -173,3 +173,21 @@ def test_inputs_it_cannot_judge_give_not_applicable_everywhere_never_a_score(
         (code, 0.0)]
     page = client.get(f"/runs/{case}")
     assert page.status_code == 200 and "not applicable: " in page.text
+
+
+def test_the_forecast_is_the_same_whether_or_not_the_trainer_posts_the_base_as_step_0(
+        client: TestClient, engine: Engine, settings: Settings) -> None:
+    _probe_set(client, "arith", 64)
+    changes = [0.0, -0.01, -0.02, -0.03]
+    for run, with_base in (("plain", False), ("with-base", True)):
+        _run(client, run, ["arith"])
+        if with_base:
+            cid = _checkpoint(engine, run, 0)
+            _probe_result(engine, cid, "arith", accuracy_base=0.8, change=0.0, half_width=0.0)
+            _assess(engine, settings, cid)
+        _series(engine, settings, run, "arith", changes)
+    plain = client.get("/v1/runs/plain/status").json()["forecast"]
+    with_base = client.get("/v1/runs/with-base/status").json()
+    assert plain["applicable"] and plain["probability"] == with_base["forecast"]["probability"]
+    step0 = client.get("/v1/runs/with-base/risk").json()["series"][0]
+    assert step0["step"] == 0 and step0["reason_code"] == "base_checkpoint" and step0["value"] is None
