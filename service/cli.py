@@ -135,6 +135,32 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     print(token)
 
 
+def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
+    from service.db import queries
+    from service.db.session import make_engine, make_sessionmaker
+    from service.errors import NotFound
+    from service.queue import probe_tasks, risk_tasks
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine).begin() as session:
+            try:
+                runs = [queries.get_run(session, ref=args.run)] if args.run else list(queries.list_runs(session))
+            except NotFound as error:
+                raise SystemExit(f"forgetwatch reanalyze: {error.detail}") from None
+            count = 0
+            for run in runs:
+                if queries.run_probe_set_names(session, run_id=run.id):
+                    probe_tasks.enqueue_base(session, run.id)
+                for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
+                    risk_tasks.enqueue(session, checkpoint_id)
+                    count += 1
+        engine.dispose()
+    print(f"forgetwatch: {count} checkpoint assessments of {len(runs)} run(s) queued; a worker recomputes them "
+          "(a checkpoint already waiting is queued once)")
+
+
 def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
     from drift.checkpoint_io import CheckpointError
     from service.diff import run_diff
@@ -243,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
     calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json)")
     calibrate.set_defaults(func=cmd_calibrate)
+
+    reanalyze = sub.add_parser("reanalyze", help="recompute the base row, detection and forecast of existing "
+                               "runs (after an upgrade of the alarms)")
+    reanalyze.add_argument("--run", help="one run (name or id; default: every run)")
+    reanalyze.set_defaults(func=cmd_reanalyze)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

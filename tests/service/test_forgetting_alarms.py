@@ -191,3 +191,31 @@ def test_the_forecast_is_the_same_whether_or_not_the_trainer_posts_the_base_as_s
     assert plain["applicable"] and plain["probability"] == with_base["forecast"]["probability"]
     step0 = client.get("/v1/runs/with-base/risk").json()["series"][0]
     assert step0["step"] == 0 and step0["reason_code"] == "base_checkpoint" and step0["value"] is None
+
+
+def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: TestClient, engine: Engine,
+                                                                       settings: Settings) -> None:
+    import subprocess
+
+    from tests.conftest import worker_env
+    from tests.integration.helpers import FORGETWATCH
+
+    _probe_set(client, "arith", 64)
+    _run(client, "again", ["arith"])
+    for step in STEPS[:3]:
+        _checkpoint(engine, "again", step)
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM procrastinate_jobs"))  # what registering the run queued
+    for _ in range(2):
+        done = subprocess.run([FORGETWATCH, "reanalyze", "--run", "again"], env=worker_env(settings),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert "3 checkpoint assessments of 1 run(s) queued" in done.stdout
+    with engine.begin() as conn:
+        jobs = conn.execute(text("SELECT task_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' "
+                                 "GROUP BY task_name ORDER BY task_name")).all()
+    assert [(name.rsplit(":", 1)[1], n) for name, n in jobs] == [("compute_risk", 3), ("measure_base", 1)]
+    missing = subprocess.run([FORGETWATCH, "reanalyze", "--run", "nope"], env=worker_env(settings),
+                             capture_output=True, text=True, timeout=120, check=False)
+    assert missing.returncode == 1 and "forgetwatch reanalyze: no run 'nope'" in missing.stderr
+    assert "Traceback" not in missing.stderr
