@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint bench calibrate clean upgrade-lock
+.PHONY: install demo serve test lint bench corpus calibrate clean upgrade-lock
 
 # Every install takes the exact versions in constraints.txt, the set the tests passed with.
 # `make upgrade-lock` re-resolves to the newest releases pyproject allows and runs the tests on them.
@@ -23,11 +23,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m experiment $(ARGS)
 
-# Refit the shipped risk model from the project's own experiment (recipe: docs/risk_model.md).
+# A labelled corpus from the project's own experiment, the alarm threshold and its held-out record
+# (recipe: docs/risk_model.md).
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
+corpus: $(STAMP)
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --seeds 0 1 --lr-scales 0.1 0.3 1 --checkpoint-every 20
+
 calibrate: $(STAMP)
-	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --seeds 0 1 2 3 --lr-scales 0.5 1 2
-	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate --out service/risk_model.json
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m bench.risk_heldout
 
 serve: $(STAMP)
 	$(VENV)/bin/forgetwatch serve

@@ -22,8 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from drift.divergence import token_entropy
-from drift.models import completion_logprob_batches, greedy_generate_ids, model_device
+from drift.models import completion_logprob_batches, greedy_generate_ids, model_device, token_entropy
 from drift.probes import ProbeSet
 
 CACHE_FORMAT = "forgetwatch.base_topk.v1"

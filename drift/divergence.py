@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from drift.models import completion_logprob_batches
+from drift.models import completion_logprob_batches, token_entropy
 
 if TYPE_CHECKING:
     from drift.base_cache import BaseTopKCache
@@ -71,16 +71,6 @@ class TokenDivergences(NamedTuple):
     total_variation: torch.Tensor
     entropy: torch.Tensor
     top1_agreement: torch.Tensor
-
-
-def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
-    """Entropy (nats, float64) of each row of a (positions, vocab) log-softmax tensor."""
-    ent = -(logprobs.exp() * logprobs).sum(-1)  # (positions,)
-    bad = ent.isnan()
-    if bad.any():  # -inf log-probs give 0 * -inf; recompute those rows with the 0 log 0 = 0 rule
-        rows = logprobs[bad]
-        ent[bad] = -torch.where(rows.isneginf(), torch.zeros_like(rows), rows.exp() * rows).sum(-1)
-    return ent.double()
 
 
 def exact_token_divergences(base_logprobs: torch.Tensor, logprobs: torch.Tensor) -> TokenDivergences:

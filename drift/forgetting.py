@@ -63,6 +63,43 @@ class CheckpointEvaluation:
     forgetting: ForgettingResult
 
 
+@dataclass(frozen=True)
+class BaseScores:
+    """The base's own scores on a probe set (the "step 0" row), from its cache: greedy ``accuracy``
+    over items with answers (None without), pooled reference ``loglik`` in nats/token over items
+    scored on a reference completion (None without), mean per-token ``entropy`` in nats over every
+    completion position, and ``entropy_split_half``: |mean entropy of even items − odd items|, the
+    probe set's own variability at this size."""
+
+    probe_set: str
+    n_items: int
+    accuracy: float | None
+    loglik: float | None
+    entropy: float
+    entropy_split_half: float | None
+
+
+def base_scores(cache: BaseTopKCache, *, checker: Checker | None = None) -> BaseScores:
+    """Score the base on its own cache: no forward pass, the cache already holds what it answered."""
+    check = checker or exact_match
+    answered = [i for i, a in enumerate(cache.answers) if a is not None]
+    accuracy = (sum(bool(check(cache.base_completions[i] or "", cache.answers[i])) for i in answered) / len(answered)
+                if answered else None)
+    lengths = cache.completion_lengths.tolist()
+    starts = np.concatenate([[0], np.cumsum(lengths)]).astype(int)  # (P + 1,) offsets into the positions
+    token_lp = cache.token_logprobs.double().numpy()
+    entropy = cache.entropy.double().numpy()
+    refs = [i for i in range(cache.n_probes) if bool(cache.from_reference[i])]
+    n_ref_tokens = sum(lengths[i] for i in refs)
+    loglik = (float(sum(token_lp[starts[i]:starts[i + 1]].sum() for i in refs)) / n_ref_tokens
+              if n_ref_tokens else None)
+    per_item = [float(entropy[starts[i]:starts[i + 1]].mean()) for i in range(cache.n_probes) if lengths[i]]
+    halves = (per_item[0::2], per_item[1::2])
+    split = abs(float(np.mean(halves[0])) - float(np.mean(halves[1]))) if all(halves) else None
+    return BaseScores(cache.probe_set, cache.n_probes, accuracy, loglik,
+                      float(entropy.mean()) if entropy.size else 0.0, split)
+
+
 def exact_match(completion: str, answer: str) -> bool:
     """The stripped completion equals the answer, or one of its '|'-separated alternatives
     (for tasks with several correct answers, e.g. "de|df|ef")."""

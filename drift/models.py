@@ -265,3 +265,13 @@ def completion_logprob_batches(
         offset = lo if keep_supported else 0  # logits: (batch, kept positions, vocab)
         picked = torch.cat([logits[r, s - offset : e - offset] for r, (s, e) in enumerate(spans)])
         yield chunk, picked.float().log_softmax(-1)
+
+
+def token_entropy(logprobs: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats, float64) of each row of a (positions, vocab) log-softmax tensor."""
+    ent = -(logprobs.exp() * logprobs).sum(-1)  # (positions,)
+    bad = ent.isnan()
+    if bad.any():  # -inf log-probs give 0 * -inf; recompute those rows with the 0 log 0 = 0 rule
+        rows = logprobs[bad]
+        ent[bad] = -torch.where(rows.isneginf(), torch.zeros_like(rows), rows.exp() * rows).sum(-1)
+    return ent.double()

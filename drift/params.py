@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from drift import _kernels as K
-from drift.aggregate import DriftSummary, aggregate
+from drift.aggregate import DriftSummary, TensorDrift, aggregate
 from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo, list_tensors, open_checkpoint
 from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
@@ -47,42 +47,6 @@ __all__ = [
 ]
 
 Source = str | os.PathLike | Checkpoint
-
-
-@dataclass(frozen=True)
-class TensorDrift:
-    """Drift of one tensor. ``status``: "ok" | "missing" (in base only) | "extra" (in checkpoint only) |
-    "shape_mismatch" | "alias" (tied to ``alias_of``; counted there). Sums are exact building blocks
-    for ``aggregate``; derived fields are None where undefined (zero norms, no previous checkpoints).
-    ``spectral_status``: "ok" | "off" | "not_matrix" | "skipped_size" | "nonfinite" | "not_compared"."""
-
-    name: str
-    status: str
-    shape: tuple[int, ...]
-    base_shape: tuple[int, ...]
-    dtype: str
-    base_dtype: str
-    numel: int = 0
-    alias_of: str | None = None
-    lora: bool = False
-    sum_sq_delta: float = 0.0
-    sum_sq_base: float = 0.0
-    sum_sq: float = 0.0
-    dot_base: float = 0.0
-    changed: int = 0
-    nan_count: int = 0
-    inf_count: int = 0
-    sum_sq_step: float | None = None
-    sum_sq_prev_step: float | None = None
-    dot_steps: float | None = None
-    changed_step: int | None = None
-    l2_distance: float = 0.0
-    relative_l2_distance: float | None = None
-    cosine_similarity: float | None = None
-    step_l2_distance: float | None = None
-    update_cosine_similarity: float | None = None
-    spectral_status: str = "not_compared"
-    spectral: SpectralDrift | None = None
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from experiment.tasks import (
     correct_answers,
     grade,
     is_correct,
+    label_items,
     probe_items,
     write_probe_sets,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "format_table",
     "grade",
     "is_correct",
+    "label_items",
     "load_checkpoint",
     "pretrain",
     "pretrained_base",

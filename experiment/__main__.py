@@ -15,6 +15,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m experiment", description=__doc__)
     parser.add_argument("--arms", nargs="+", default=["sft", "grpo", "self_distillation"])
     parser.add_argument("--steps", type=int, help="training steps per arm (default: the demo budget)")
+    parser.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (default: the demo's 50)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")
@@ -34,7 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.url and not token:
         raise SystemExit("python -m experiment: --url needs --token (or FORGETWATCH_TOKEN)")
     run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
-                       lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep))
+                       lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep,
+                       checkpoint_every=args.checkpoint_every))
 
 
 if __name__ == "__main__":

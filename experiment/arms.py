@@ -41,6 +41,7 @@ from experiment.tasks import (
     correct_answers,
     demonstration_prompt,
     is_correct,
+    label_items,
     probe_items,
     sample_prompts,
 )
@@ -145,8 +146,8 @@ class _State:
 
 def _labels(model: torch.nn.Module, codec: Codec, n_eval: int) -> dict[str, float]:
     return {
-        OOD_ACCURACY: accuracy(model, codec, [it["prompt"] for it in probe_items(ARITHMETIC, n_eval)]),
-        IN_DOMAIN_ACCURACY: accuracy(model, codec, [it["prompt"] for it in probe_items(LETTERS, n_eval)]),
+        OOD_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(ARITHMETIC, n_eval)]),
+        IN_DOMAIN_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(LETTERS, n_eval)]),
     }
 
 

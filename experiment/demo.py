@@ -29,6 +29,11 @@ class Plan:
     url: str | None
     token: str | None
     keep: bool
+    checkpoint_every: int | None = None
+
+
+#: The experiment's model family (a tag on every run; held-out evaluations split on it).
+MODEL_FAMILY = "tiny-gpt2-char"
 
 
 def _start_service(settings: Settings) -> tuple[subprocess.Popen, str, str]:
@@ -91,13 +96,14 @@ def run_summary(http: httpx.Client, run: str) -> dict[str, Any]:
     kl = {"in_domain": None, "ood": None}
     for entry in responses["probe_sets"].values():
         kl[entry["domain"]] = _latest(entry["series"], "kl_forward")
-    risk = status["risk"] or {}
-    risk_series = http.get(f"/v1/runs/{run}/risk").json()["series"]
+    forecast = status["forecast"] or {}
+    detection = status["detection"] or {}
     base_ood = first.get("ood_accuracy")
     return {
-        "first_alarm": next((r["step"] for r in risk_series if r["value"] is not None and r["value"] >= 0.5), None),
-        "first_forgot": next((row["step"] for row in labels if base_ood and
-                              row.get("ood_accuracy", base_ood) <= 0.9 * base_ood), None),
+        "first_predicted": status["first_predicted_step"],
+        "first_detected": status["first_detected_step"],
+        "onset": next((row["step"] for row in labels if base_ood and
+                       row.get("ood_accuracy", base_ood) <= 0.9 * base_ood), None),
         "run": run, "method": status["method"], "last_step": status["last_step"],
         "in_gain": (last.get("in_domain_accuracy", 0) - first.get("in_domain_accuracy", 0)) if labels else None,
         "ood_loss": (first.get("ood_accuracy", 0) - last.get("ood_accuracy", 0)) if labels else None,
@@ -105,24 +111,24 @@ def run_summary(http: httpx.Client, run: str) -> dict[str, Any]:
         "param_rel_l2": _latest(params["global"], "relative_l2_distance"),
         "kl_in": kl["in_domain"], "kl_ood": kl["ood"],
         "mmd2": _latest(responses["samples"], "mmd2"), "shift_p": _latest(responses["samples"], "shift_pvalue"),
-        "risk": risk.get("value"), "risk_model": risk.get("model"), "last_safe_step": status["last_safe_step"],
-        "forecasts": risk.get("forecasts") or {}, "findings": status["findings"],
+        "forecast": forecast.get("probability"), "forecast_reason": forecast.get("reason_code"),
+        "predicted": bool(forecast.get("predicted")), "detected": bool(detection.get("detected")),
+        "last_safe_step": status["last_safe_step"], "trends": status["trends"] or {}, "findings": status["findings"],
     }
 
 
-def firing_alerts(summary: dict[str, Any], threshold: float) -> list[str]:
+def firing_alerts(summary: dict[str, Any]) -> list[str]:
     """The shipped per-run alert conditions (prometheus/rules) evaluated on the latest values, without
     their `for:` durations (the demo has no Prometheus)."""
     alerts = []
-    if summary["risk"] is not None and summary["risk"] > threshold:
-        alerts.append("CollapseRiskHigh")
-    if any(isinstance(f, dict) and f.get("steps_to_threshold") is not None and f["steps_to_threshold"] < 500
-           for f in summary["forecasts"].values()):
-        alerts.append("CollapsePredicted")
+    if summary["detected"]:
+        alerts.append("OODForgettingDetected")
+    elif summary["predicted"]:
+        alerts.append("ForgettingPredicted")
     if (summary["ood_loss"] is not None and summary["ood_base"] and summary["ood_loss"] / summary["ood_base"] > 0.1
             and summary["in_gain"] is not None and summary["in_gain"] > 0):
         alerts.append("OODForgettingWhileSpecializing")
-    accel = summary["forecasts"].get("acceleration_ratio")
+    accel = summary["trends"].get("acceleration_ratio")
     if accel is not None and accel > 2:
         alerts.append("ParameterDriftAccelerating")
     return alerts
@@ -132,23 +138,27 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(summaries: list[dict[str, Any]], threshold: float) -> None:
+def print_table(summaries: list[dict[str, Any]]) -> None:
     header = (f"{'run':<42} {'method':<17} {'in_gain':>7} {'ood_loss':>8} {'param_L2':>9} {'KL_in':>7} "
-              f"{'KL_ood':>7} {'MMD2':>7} {'risk':>5} {'alarm@':>6} {'forgot@':>7}  alerts")
+              f"{'KL_ood':>7} {'MMD2':>7} {'P(fcst)':>7} {'pred@':>6} {'det@':>6} {'onset@':>6}  alerts")
     print("\n" + header)
     print("-" * len(header))
     for s in summaries:
-        alerts = firing_alerts(s, threshold)
+        alerts = firing_alerts(s)
         print(f"{s['run']:<42} {s['method']:<17} {_fmt(s['in_gain'], '+.2f'):>7} {_fmt(s['ood_loss'], '+.2f'):>8} "
               f"{_fmt(s['param_rel_l2'], '.4f'):>9} {_fmt(s['kl_in'], '.3f'):>7} {_fmt(s['kl_ood'], '.3f'):>7} "
-              f"{_fmt(s['mmd2'], '.3f'):>7} {_fmt(s['risk'], '.2f'):>5} {_fmt(s['first_alarm'], 'd'):>6} "
-              f"{_fmt(s['first_forgot'], 'd'):>7}  {', '.join(alerts) or '-'}")
+              f"{_fmt(s['mmd2'], '.3f'):>7} {_fmt(s['forecast'], '.2f'):>7} {_fmt(s['first_predicted'], 'd'):>6} "
+              f"{_fmt(s['first_detected'], 'd'):>6} {_fmt(s['onset'], 'd'):>6}  {', '.join(alerts) or '-'}")
     print("\nin_gain / ood_loss: ground-truth accuracy change on task B (new) / drop on task A (old) since the base."
           "\nparam_L2: global relative L2 to the base; KL: forward KL(base||checkpoint) on the probe sets, nats/token;"
-          "\nMMD2: embedding shift of greedy samples vs the base's; risk: forgetwatch's collapse risk (latest checkpoint);"
-          "\nalarm@: first step with risk >= 0.5; forgot@: first step whose ood accuracy was 10% below the base's.")
+          "\nMMD2: embedding shift of greedy samples vs the base's; P(fcst): forgetwatch's forecast that ood forgetting"
+          "\nis detected within the horizon (latest checkpoint; '-' once detected or when it abstains);"
+          "\npred@: first step with the forecast at or above the alarm threshold; det@: first step where forgetting"
+          "\nwas detected on the probes; onset@: first step whose ground-truth ood accuracy was 10% below the base's.")
     for s in summaries:
         top = [f["message"] for f in s["findings"][:2] if isinstance(f, dict)]
+        if s["forecast"] is None and s["forecast_reason"] and not s["detected"]:
+            top.insert(0, f"forecast not applicable ({s['forecast_reason']})")
         if top:
             print(f"  {s['run']}: " + "; ".join(top))
 
@@ -177,18 +187,19 @@ def run(settings: Settings, plan: Plan) -> None:
             clients.append(client)
             runs.append(run_name)
             return ServiceReporter(client, arm=arm, run_name=run_name, base_dir=base_dir, probe_sets=probe_sets,
-                                   tags={"experiment": prefix.rstrip("-")})
+                                   tags={"experiment": prefix.rstrip("-"), "family": MODEL_FAMILY})
 
         for seed in plan.seeds:
             for scale in plan.lr_scales:
                 lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
+                               checkpoint_every=plan.checkpoint_every,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
         for client in clients:
             client.close(timeout=60)
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         _wait_for_analyses(http, runs, timeout=600)
-        print_table([run_summary(http, r) for r in runs], settings.risk_threshold)
+        print_table([run_summary(http, r) for r in runs])
         print(f"\nfinished in {time.monotonic() - started:.0f} s")
         print(f"API: {url}/docs   run pages: {url}/   metrics: {url}/metrics   alert rules: {RULES}")
         if service is not None and plan.keep:

@@ -147,8 +147,25 @@ def probe_items(task: str, n: int, seed: int = PROBE_SEED) -> list[dict[str, str
     ]
 
 
+#: The committed probe sets hold the first this-many items of the held-out order (`write_probe_sets`).
+PROBE_SET_SIZE = 64
+
+
+def label_items(task: str, n: int, seed: int = PROBE_SEED) -> list[dict[str, str]]:
+    """``n`` held-out items disjoint from every probe set item: the ground truth that labels a
+    checkpoint is never measured on the probes the service sees (positions `PROBE_SET_SIZE` onward of
+    the same seeded order `probe_items` uses)."""
+    task = _resolve_task(task)
+    pool = split(task).held_out
+    if not 1 <= n <= len(pool) - PROBE_SET_SIZE:
+        raise ValueError(f"n must be between 1 and {len(pool) - PROBE_SET_SIZE} for task {task!r}, got {n}")
+    order = np.random.default_rng(seed).permutation(len(pool))[PROBE_SET_SIZE:PROBE_SET_SIZE + n]
+    return [{"prompt": pool[i], "reference": canonical_answer(pool[i]),
+             "answer": ANSWER_SEPARATOR.join(correct_answers(pool[i]))} for i in order]
+
+
 def write_probe_sets(
-    directory: Path = PROBESET_DIR, *, n: int = 64, seed: int = PROBE_SEED, tasks: Sequence[str] = TASKS
+    directory: Path = PROBESET_DIR, *, n: int = PROBE_SET_SIZE, seed: int = PROBE_SEED, tasks: Sequence[str] = TASKS
 ) -> list[Path]:
     """(Re)generate the committed probe set files ``<probe set name>.jsonl`` in ``directory``.
 

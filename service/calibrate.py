@@ -1,89 +1,112 @@
-"""`forgetwatch calibrate`: fit the risk model on finished runs that carry forgetting labels.
+"""`forgetwatch calibrate`: the forecast's alarm threshold from labelled runs, and its held-out record.
 
 A run is usable when the trainer posted its ood ground truth (`POST /v1/runs/{run}/labels`, e.g.
-`ood_accuracy`) for the base (step 0) and for its checkpoints. Target per checkpoint: the ood
-metric falls at least `relative_drop` below the base within the next `horizon` checkpoints.
+`ood_accuracy`, measured on items that are not probe items) for the base (step 0) and for its
+checkpoints. Each run is replayed checkpoint by checkpoint with the service's own functions
+(`service.risk.ood_drops`, `drift.alarms.forecast_detection`), each forecast from the checkpoints up
+to it only, so the result does not depend on what the service stored at the time. The forecast has
+no fitted parameters; what is fitted here is the alarm threshold, conformally from the runs that
+never forgot (`drift.evaluation.conformal_threshold`).
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from drift.forecast import feature_rows
-from drift.risk import Evaluation, RiskModel, evaluate_leave_one_run_out, label_future_forgetting
-from service.db.features import run_history
+from drift.alarms import forecast_detection
+from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out
+from drift.features import kl_entropy_share
+from drift.risk import forgetting_onset
+from service.db.features import ood_history, run_history
+from service.db.response_drift import run_base_scores
+from service.risk import ood_drops
+
+FORMAT = "forgetwatch.alarm_threshold/1"
 
 
-@dataclass(frozen=True)
-class Dataset:
-    rows: list[dict[str, float]]
-    labels: list[int]
-    dropped: list[int]
-    groups: list[str]
-    steps: list[int]
-    runs: list[str]
+def labelled_runs(session: Session, *, label: str) -> list[tuple[int, str, str, str]]:
+    """(id, name, method, family tag) of runs with ground truth ``label`` at step 0."""
+    rows = session.execute(
+        text("SELECT r.id, r.name, r.method, coalesce(r.tags->>'family', 'unknown') FROM runs r "
+             "JOIN run_labels l ON l.run_id = r.id AND l.name = :l AND l.step = 0 ORDER BY r.name"), {"l": label})
+    return [tuple(r) for r in rows]
 
 
-def build_dataset(session: Session, *, label: str, horizon: int, relative_drop: float,
-                  runs: list[str] | None = None) -> Dataset:
-    names = runs or list(session.execute(
-        text("SELECT DISTINCT r.name FROM runs r JOIN run_labels l ON l.run_id = r.id AND l.name = :l "
-             "ORDER BY r.name"), {"l": label}).scalars())
-    data = Dataset([], [], [], [], [], [])
-    for name in names:
-        run_id = session.execute(text("SELECT id FROM runs WHERE name = :n"), {"n": name}).scalar()
-        values = dict(session.execute(text("SELECT step, value FROM run_labels WHERE run_id = :r AND name = :l"),
-                                      {"r": run_id, "l": label}).all())
-        history = run_history(session, run_id=run_id)
-        if 0 not in values or len(history.steps) < 2:
-            continue  # no base value, or too short to learn from
-        series = [values.get(step) for step in history.steps]
-        base = values[0]
-        rows = feature_rows(history.rows, history.steps)
-        labels = label_future_forgetting(series, base=base, horizon=horizon, relative_drop=relative_drop)
-        dropped = label_future_forgetting(series, base=base, horizon=0, relative_drop=relative_drop)
-        # A checkpoint at step 0 is the base itself (no drift by construction): not a prediction.
-        keep = [i for i, step in enumerate(history.steps) if step > 0]
-        data.rows.extend(rows[i] for i in keep)
-        data.labels.extend(labels[i] for i in keep)
-        data.dropped.extend(dropped[i] for i in keep)
-        data.groups.extend([name] * len(keep))
-        data.steps.extend(history.steps[i] for i in keep)
-        data.runs.append(name)
-    return data
+def run_trace(session: Session, *, run_id: int, name: str, method: str, family: str, label: str,
+              relative_drop: float, horizon: int) -> RunTrace | None:
+    """The run replayed through the alarms; None when it has no checkpoint after the base."""
+    values = dict(session.execute(text("SELECT step, value FROM run_labels WHERE run_id = :r AND name = :l"),
+                                  {"r": run_id, "l": label}).all())
+    last = session.execute(text("SELECT max(step) FROM checkpoints WHERE run_id = :r"), {"r": run_id}).scalar()
+    if last is None:
+        return None
+    ood = ood_history(session, run_id=run_id, up_to_step=last)
+    history = run_history(session, run_id=run_id)
+    keep = [i for i, s in enumerate(ood.steps) if s > 0]  # a step-0 checkpoint is the base itself
+    if not keep:
+        return None
+    drops, _ = ood_drops(ood)
+    steps = [ood.steps[i] for i in keep]
+    drops = [drops[i] for i in keep]
+    entropy = [b["entropy"] for b in run_base_scores(session, run_id=run_id)
+               if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
+    kl = [history.rows[i].get("kl_fwd_ood") for i in keep]
+    forecast = [forecast_detection(steps[:i + 1], drops[:i + 1], threshold=relative_drop, horizon=horizon).probability
+                for i in range(len(steps))]
+    return RunTrace(
+        run=name, family=family, method=method, forecast=tuple(forecast),
+        detected=tuple(d is not None and d.low >= relative_drop for d in drops),
+        drop=tuple(None if d is None else d.drop for d in drops),
+        kl_share=tuple(None if k is None or not entropy or k < 0 else kl_entropy_share(k, sum(entropy) / len(entropy))
+                       for k in kl),
+        onset=forgetting_onset([values.get(s) for s in steps], base=values[0], relative_drop=relative_drop),
+    )
 
 
-def calibrate(data: Dataset, *, horizon: int, threshold: float) -> tuple[RiskModel, Evaluation]:
-    if len(data.runs) < 3 or len(set(data.labels)) < 2:
-        raise ValueError(
-            f"calibration needs at least 3 labelled runs with both outcomes; got {len(data.runs)} runs, "
-            f"labels {sorted(set(data.labels))}. Post ground truth with POST /v1/runs/{{run}}/labels "
-            "(including step 0 for the base)"
-        )
-    evaluation = evaluate_leave_one_run_out(data.rows, data.labels, data.groups, data.steps, dropped=data.dropped,
-                                            horizon=horizon, threshold=threshold)
-    model = RiskModel().fit(data.rows, data.labels, data.groups)
-    return model, evaluation
+def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
+           runs: list[str] | None = None) -> list[RunTrace]:
+    out = []
+    for run_id, name, method, family in labelled_runs(session, label=label):
+        if runs and name not in runs:
+            continue
+        trace = run_trace(session, run_id=run_id, name=name, method=method, family=family, label=label,
+                          relative_drop=relative_drop, horizon=horizon)
+        if trace is not None:
+            out.append(trace)
+    return out
 
 
-def report(evaluation: Evaluation) -> str:
-    def fmt(value: Any) -> str:
-        return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
+def calibrate(runs: list[RunTrace], *, alpha: float, horizon: int) -> tuple[float | None, list[HeldOut]]:
+    """The alarm threshold from every non-forgetting run, and the held-out record (leave one method
+    out, leave one family out) of thresholds calibrated without the judged runs."""
+    if len(runs) < 3:
+        raise ValueError(f"calibration needs at least 3 labelled runs, got {len(runs)}. Post ground truth with "
+                         "POST /v1/runs/{run}/labels (including step 0 for the base)")
+    quiet = [max((p for p in t.forecast if p is not None), default=0.0) for t in runs if t.onset is None]
+    threshold = conformal_threshold(quiet, alpha=alpha)
+    return threshold, [held_out(runs, by=by, alpha=alpha, horizon=horizon) for by in ("method", "family")]
 
-    e = asdict(evaluation)
-    return (f"runs={e['n_runs']} checkpoints={e['n_checkpoints']} positive_rate={fmt(e['positive_rate'])} "
-            f"loro_roc_auc={fmt(e['roc_auc'])} forgetting_runs={e['n_forgetting_runs']} "
-            f"detected={e['n_detected_runs']} median_lead_checkpoints={fmt(e['median_lead_time_checkpoints'])} "
-            f"median_lead_steps={fmt(e['median_lead_time_steps'])}")
+
+def report(result: HeldOut) -> str:
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return (f"{result.split}: runs={result.n_runs} forgetting={result.n_forgetting} auc_h3={fmt(result.auc_h3)} "
+            f"persistence_auc={fmt(result.persistence_auc)} kl_auc={fmt(result.kl_auc)} "
+            f"risk_set={result.risk_set_size} forecast_coverage={fmt(result.forecast_coverage)} "
+            f"early2_share={fmt(result.early2_share)} median_lead_ckpts={fmt(result.median_lead_ckpts)} "
+            f"false_alarm_runs={fmt(result.false_alarm_runs)} detect_rate={fmt(result.detect_rate)}")
 
 
-def save(model: RiskModel, evaluation: Evaluation, path: Path, *, recipe: dict[str, Any]) -> None:
-    document = {"model": model.to_dict(), "evaluation": asdict(evaluation), "recipe": recipe}
+def save(path: Path, *, threshold: float | None, alpha: float, runs: list[RunTrace], record: list[HeldOut],
+         recipe: dict[str, Any]) -> None:
+    document = {"format": FORMAT, "alarm_probability": threshold, "alpha": alpha,
+                "n_non_forgetting_runs": sum(t.onset is None for t in runs), "n_runs": len(runs),
+                "held_out": [asdict(r) for r in record], "recipe": recipe}
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

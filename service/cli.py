@@ -120,6 +120,32 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
             engine.dispose()
 
 
+def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
+    from service.db import queries
+    from service.db.session import make_engine, make_sessionmaker
+    from service.errors import NotFound
+    from service.queue import probe_tasks, risk_tasks
+
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine).begin() as session:
+            try:
+                runs = [queries.get_run(session, ref=args.run)] if args.run else list(queries.list_runs(session))
+            except NotFound as error:
+                raise SystemExit(f"forgetwatch reanalyze: {error.detail}") from None
+            count = 0
+            for run in runs:
+                if queries.run_probe_set_names(session, run_id=run.id):
+                    probe_tasks.enqueue_base(session, run.id)
+                for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
+                    risk_tasks.enqueue(session, checkpoint_id)
+                    count += 1
+        engine.dispose()
+    print(f"forgetwatch: {count} checkpoint assessments of {len(runs)} run(s) queued; a worker recomputes them "
+          "(a checkpoint already waiting is queued once)")
+
+
 def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
     from drift.checkpoint_io import CheckpointError
     from service.diff import run_diff
@@ -133,25 +159,34 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
-    from service.calibrate import build_dataset, calibrate, report, save
+    from service.calibrate import calibrate, report, save, traces
     from service.db.session import make_engine, make_sessionmaker
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
         engine = make_engine(url, pool_size=1)
         with make_sessionmaker(engine)() as session:
-            data = build_dataset(session, label=args.label, horizon=args.horizon,
-                                 relative_drop=settings.forgetting_relative_drop, runs=args.runs or None)
+            runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
+                          horizon=settings.forecast_horizon_checkpoints, runs=args.runs or None)
         engine.dispose()
     try:
-        model, evaluation = calibrate(data, horizon=args.horizon, threshold=settings.risk_threshold)
+        threshold, record = calibrate(runs, alpha=args.alpha, horizon=settings.forecast_horizon_checkpoints)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
-    out = Path(args.out or settings.data_dir / "risk_model.json")
-    save(model, evaluation, out, recipe={"label": args.label, "horizon": args.horizon, "runs": data.runs,
-                                         "relative_drop": settings.forgetting_relative_drop})
-    print(f"calibrate {report(evaluation)}")
-    print(f"forgetwatch: model written to {out}; use it with FORGETWATCH_RISK_MODEL_PATH={out}")
+    for result in record:
+        print(f"calibrate {report(result)}")
+    out = Path(args.out or settings.data_dir / "alarm_threshold.json")
+    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record,
+         recipe={"label": args.label, "horizon": settings.forecast_horizon_checkpoints,
+                 "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
+    quiet = sum(t.onset is None for t in runs)
+    if threshold is None:
+        print(f"forgetwatch: {quiet} labelled runs never forgot; at least {round(1 / args.alpha) - 1} are needed "
+              f"to bound false alarms at {args.alpha:.0%}. No threshold written; record in {out}")
+    else:
+        print(f"forgetwatch: alarm threshold {threshold:.4g} from {quiet} runs that never forgot (at most "
+              f"{args.alpha:.0%} of such runs alarm); use it with FORGETWATCH_FORECAST_ALARM_PROBABILITY={threshold:.4g}"
+              f" (record in {out})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,14 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("-k", type=int, default=64, help="top-k singular values for spectral drift")
     diff.set_defaults(func=cmd_diff)
 
-    calibrate = sub.add_parser("calibrate", help="refit the risk model on finished runs with forgetting labels")
+    calibrate = sub.add_parser("calibrate", help="set the forecast's alarm threshold from finished runs with "
+                               "forgetting labels, and print its held-out record")
     calibrate.add_argument("--label", default="ood_accuracy", help="run label holding the ood ground truth")
-    calibrate.add_argument("--horizon", type=int, default=3, help="checkpoints ahead the risk looks")
+    calibrate.add_argument("--alpha", type=float, default=0.10,
+                           help="largest share of non-forgetting runs allowed to alarm")
     calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
-    calibrate.add_argument("--out", help="where to write the model (default: <data dir>/risk_model.json)")
+    calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json)")
     calibrate.set_defaults(func=cmd_calibrate)
 
     run_commands.add_parser(sub)
+
+    reanalyze = sub.add_parser("reanalyze", help="recompute the base row, detection and forecast of existing "
+                               "runs (after an upgrade of the alarms)")
+    reanalyze.add_argument("--run", help="one run (name or id; default: every run)")
+    reanalyze.set_defaults(func=cmd_reanalyze)
 
     token = sub.add_parser("token", help="manage API tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)

@@ -45,7 +45,7 @@ def cmd_runs(settings: Settings, args: argparse.Namespace) -> None:
             body = {"id": run.id, "name": run.name, "base_model": run.base_model, "method": run.method,
                     "tags": run.tags, "created_at": run.created_at.isoformat(),
                     "archived_at": run.archived_at.isoformat() if run.archived_at else None,
-                    "status": status.run_status(session, run=run, threshold=settings.risk_threshold)}
+                    "status": status.current_status(session, run=run, settings=settings)}
             print(json.dumps(body, indent=2, default=str))
         elif args.runs_command in ("archive", "unarchive"):
             queries.set_archived(session, run=run, archived=args.runs_command == "archive")

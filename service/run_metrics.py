@@ -85,7 +85,8 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
 
 _LATEST_RISK = text(
     """
-    SELECT DISTINCT ON (c.run_id) c.run_id, r.applicable, r.value, r.changepoint, r.forecasts
+    SELECT DISTINCT ON (c.run_id) c.run_id, r.applicable, r.value, r.reason_code, r.changepoint, r.forecasts,
+           r.detected, r.detection
       FROM risk_estimates r JOIN checkpoints c ON c.id = r.checkpoint_id
      WHERE c.run_id = ANY(:runs) ORDER BY c.run_id, c.step DESC
     """
@@ -108,25 +109,41 @@ _LATEST_SAMPLES = text(
 
 def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator[Any]:
     ids = {"runs": list(runs)}
-    risk = _family("forgetwatch_collapse_risk", "Calibrated probability that ood forgetting exceeds the "
-                   "threshold within the next checkpoints (absent when no model applies).")
-    steps_to = _family("forgetwatch_steps_to_threshold", "Forecast training steps until a key series "
-                       "crosses its threshold (Theil-Sen trend).", ("series",))
+    forecast = _family("forgetwatch_forgetting_forecast_probability", "Probability that ood forgetting is "
+                       "detected within the next checkpoints (FORGETWATCH_FORECAST_HORIZON_CHECKPOINTS); exported "
+                       "only while the forecast applies: never once forgetting is detected.")
+    applicable = _family("forgetwatch_forecast_applicable", "1 when the forgetting forecast applies at the latest "
+                         "checkpoint, 0 when it abstains; `reason` is the abstention's code (empty when 1).",
+                         ("reason",))
+    detected = _family("forgetwatch_ood_forgetting_detected", "1 when the paired-bootstrap interval of the worst "
+                       "ood probe set's relative drop lies at or above the forgetting threshold, else 0.")
+    drop_low = _family("forgetwatch_ood_forgetting_drop_low_ratio", "Lower bound of the paired-bootstrap interval "
+                       "of the worst ood probe set's relative drop vs base (positive = worse than base).")
+    steps_to = _family("forgetwatch_steps_to_threshold", "Forecast training steps until a raw series crosses its "
+                       "fixed threshold (Theil-Sen trend; informational).", ("series",))
     accel = _family("forgetwatch_param_drift_acceleration_ratio", "Recent slope of parameter drift per step "
                     "divided by the earlier slope.")
     change = _family("forgetwatch_risk_changepoint", "1 when a change point was detected at the latest checkpoint.")
     for row in conn.execute(_LATEST_RISK, ids) if runs else []:
         labels = [runs[row.run_id].name, runs[row.run_id].method]
         if row.applicable and row.value is not None:
-            risk.add_metric(labels, row.value)
+            forecast.add_metric(labels, row.value)
+            applicable.add_metric([*labels, ""], 1.0)
+        else:
+            applicable.add_metric([*labels, row.reason_code or "unknown"], 0.0)
+        detection = row.detection or {}
+        if detection.get("measured"):
+            detected.add_metric(labels, 1.0 if row.detected else 0.0)
+            if detection.get("drop_low") is not None:
+                drop_low.add_metric(labels, detection["drop_low"])
         change.add_metric(labels, 1.0 if row.changepoint else 0.0)
         forecasts = row.forecasts or {}
         if forecasts.get("acceleration_ratio") is not None:
             accel.add_metric(labels, forecasts["acceleration_ratio"])
-        for series, forecast in forecasts.items():
-            if isinstance(forecast, dict) and forecast.get("steps_to_threshold") is not None:
-                steps_to.add_metric([*labels, series], forecast["steps_to_threshold"])
-    yield from (risk, steps_to, accel, change)
+        for series, trend in forecasts.items():
+            if series != "forgetting" and isinstance(trend, dict) and trend.get("steps_to_threshold") is not None:
+                steps_to.add_metric([*labels, series], trend["steps_to_threshold"])
+    yield from (forecast, applicable, detected, drop_low, steps_to, accel, change)
 
     kl = _family("forgetwatch_probe_kl_nats", "Mean per-token KL between base and checkpoint on a probe set.",
                  ("probe_set", "domain", "direction"))

@@ -82,11 +82,12 @@ class Settings(BaseSettings):
     probe_topk: int = 64
     """Base log-probs kept per position in the probe cache (the rest is summarised as tail mass)."""
 
-    risk_threshold: float = 0.5
-    """Collapse risk above this is "high": alerts fire, `last_safe_step` is the checkpoint before it."""
+    forecast_alarm_probability: float = Field(0.5, gt=0, lt=1)
+    """A forgetting forecast at or above this probability is an alarm (`ForgettingPredicted`);
+    `last_safe_step` is the checkpoint before the first alarm, predicted or detected."""
 
-    risk_model_path: Path | None = None
-    """A risk model fitted by `forgetwatch calibrate` (JSON); unset: the one shipped with forgetwatch."""
+    forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
+    """The forecast is the probability that forgetting is detected within this many checkpoints."""
 
     forgetting_relative_drop: float = 0.10
     """What counts as forgetting: this relative drop of ood accuracy (or reference log-likelihood)."""

@@ -29,44 +29,93 @@ MAX_BATCH_BYTES = 4 * 2**20  # estimated; the service refuses JSON bodies over 1
 
 
 @dataclass(frozen=True)
-class Risk:
-    """The latest risk estimate. `value` is None where no risk model applied (see `reason`)."""
+class Forecast:
+    """The forgetting forecast at the latest assessed checkpoint: `probability` that ood forgetting is
+    detected within `horizon_checkpoints`, None when it abstains (`reason_code`, `reason`) or once
+    forgetting is detected. `predicted` is True at or above the service's alarm `threshold`."""
 
-    value: float | None
+    probability: float | None
     threshold: float
+    predicted: bool
     model: str
     step: int | None = None
-    applicable: bool = True
+    horizon_checkpoints: int | None = None
+    reason_code: str | None = None
     reason: str | None = None
 
 
 @dataclass(frozen=True)
+class Detection:
+    """Measured ood forgetting at the latest assessed checkpoint: `detected` when the interval of the
+    relative drop vs base (`drop_low`..`drop_high`) lies at or above `threshold`."""
+
+    detected: bool
+    measured: bool
+    threshold: float | None
+    step: int | None = None
+    drop: float | None = None
+    drop_low: float | None = None
+    drop_high: float | None = None
+    first_detected_step: int | None = None
+    reason: str | None = None
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+@dataclass(frozen=True)
 class RunStatus:
-    """GET /v1/runs/{run}/status: the latest risk estimate and where it is safe to roll back to.
+    """GET /v1/runs/{run}/status: measured and predicted forgetting and where it is safe to roll back to.
     `findings` are the service's (dicts with code, severity, message, ...); `raw` is the whole answer."""
 
     run: str
     last_step: int | None
-    risk: Risk | None
+    forecast: Forecast | None
+    detection: Detection | None
     findings: tuple[Any, ...]
     last_safe_step: int | None
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
+    @property
+    def alarm(self) -> str | None:
+        """"detected", "predicted" or None."""
+        if self.detection is not None and self.detection.detected:
+            return "detected"
+        if self.forecast is not None and self.forecast.predicted:
+            return "predicted"
+        return None
+
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> RunStatus:
-        risk = body.get("risk")
+        f, d = body.get("forecast"), body.get("detection")
         return cls(
             run=str(body.get("run", "")),
             last_step=body.get("last_step"),
-            risk=None
-            if not risk
-            else Risk(
-                value=None if risk.get("value") is None else float(risk["value"]),
-                threshold=float(risk.get("threshold", 0.5)),
-                model=str(risk.get("model") or ""),
-                step=risk.get("step"),
-                applicable=bool(risk.get("applicable", True)),
-                reason=risk.get("reason"),
+            forecast=None
+            if not f
+            else Forecast(
+                probability=_optional_float(f.get("probability")),
+                threshold=float(f.get("threshold", 0.5)),
+                predicted=bool(f.get("predicted", False)),
+                model=str(f.get("model") or ""),
+                step=f.get("step"),
+                horizon_checkpoints=f.get("horizon_checkpoints"),
+                reason_code=f.get("reason_code"),
+                reason=f.get("reason"),
+            ),
+            detection=None
+            if not d
+            else Detection(
+                detected=bool(d.get("detected", False)),
+                measured=bool(d.get("measured", False)),
+                threshold=_optional_float(d.get("threshold")),
+                step=d.get("step"),
+                drop=_optional_float(d.get("drop")),
+                drop_low=_optional_float(d.get("drop_low")),
+                drop_high=_optional_float(d.get("drop_high")),
+                first_detected_step=d.get("first_detected_step"),
+                reason=d.get("reason"),
             ),
             findings=tuple(body.get("findings") or ()),
             last_safe_step=body.get("last_safe_step"),
@@ -246,8 +295,8 @@ class ForgetwatchClient:
         return self._call(build)
 
     def status(self, run: str | None = None) -> RunStatus | None:
-        """The run's risk status (a synchronous read, bounded by `status_timeout` in non-blocking mode).
-        None when it cannot be had: service unreachable, or no status endpoint on this service."""
+        """The run's forgetting status, detection and forecast (a synchronous read, bounded by
+        `status_timeout` in non-blocking mode). None when it cannot be had: service unreachable, or no status endpoint on this service."""
         try:
             name = run or self._require_run("status")
             if self._delivery is not None and self._delivery.down:
@@ -260,7 +309,7 @@ class ForgetwatchClient:
                     "status_missing",
                     logging.WARNING,
                     "action=status_unavailable url=%s (this "
-                    "service has no GET /v1/runs/{run}/status; upgrade it for risk checks)",
+                    "service has no GET /v1/runs/{run}/status; upgrade it for forgetting checks)",
                     self.url,
                 )
                 return None

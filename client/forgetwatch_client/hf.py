@@ -1,14 +1,16 @@
 """A `transformers.TrainerCallback` that reports a training run to forgetwatch: every saved checkpoint,
-greedy samples of the live model on the probe prompts, and (optionally) acting on the service's risk
-estimate. Works with every Trainer subclass (TRL's SFT/GRPO/DPO trainers included).
+greedy samples of the live model on the probe prompts, and (optionally) acting on the service's
+forgetting detection and forecast. Works with every Trainer subclass (TRL's SFT/GRPO/DPO trainers included).
 
     client = ForgetwatchClient(url, token)
     client.run("qwen-sft-stage3", base_model="/ckpts/base", method="sft", probe_sets=["arith"])
     trainer = Trainer(..., callbacks=[ForgetwatchCallback(client, sample_every=50, on_risk="warn")])
 
-Only the world's main process reports. Sampling calls `model.generate` on that process alone, so it
-suits single-device and DDP training, not FSDP or DeepSpeed ZeRO-3 (whose sharded weights need every
-rank in the forward pass): there, leave `sample_every=None` and push samples from your own loop.
+Only the world's main process reports. With `on_risk="stop"` its decision is broadcast, so every rank
+of a distributed job stops at the same step (no rank is left waiting in a collective). Sampling calls
+`model.generate` on the main process alone, so it suits single-device and DDP training, not FSDP or
+DeepSpeed ZeRO-3 (whose sharded weights need every rank in the forward pass): there, leave
+`sample_every=None` and push samples from your own loop.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from forgetwatch_client import ForgetwatchClient
+from forgetwatch_client.distributed import rank_zero_decides
 
 log = logging.getLogger("forgetwatch.client")
 
@@ -85,9 +88,10 @@ class ForgetwatchCallback(TrainerCallback):
 
     probe_prompts: a list of prompts (pushed without a probe set), a {probe set name: prompts} mapping,
     or None for the prompts of the probe sets the client's run was registered with.
-    on_risk: after each save, read the run's status; when its risk exceeds `risk_threshold` (None: the
-    service's own threshold), "warn" logs a warning with the step to roll back to, "stop" also stops
-    training. The client is flushed (up to `flush_timeout` seconds) when training ends.
+    on_risk: after each save, read the run's status; when ood forgetting is detected, or predicted
+    (the service's forecast at or above its alarm threshold, or at or above `risk_threshold` when that
+    is set), "warn" logs a warning with the step to roll back to, "stop" also stops training. A
+    forecast that abstains ("not applicable") never acts. The client is flushed (up to `flush_timeout` seconds) when training ends.
     """
 
     def __init__(
@@ -98,7 +102,7 @@ class ForgetwatchCallback(TrainerCallback):
         probe_prompts: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
         max_new_tokens: int = 32,
         on_risk: Literal["warn", "stop"] | None = None,
-        risk_threshold: float | None = 0.5,
+        risk_threshold: float | None = None,
         upload: bool = False,
         sample_batch_size: int = 16,
         flush_timeout: float = 30.0,
@@ -142,22 +146,25 @@ class ForgetwatchCallback(TrainerCallback):
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if not state.is_world_process_zero:
-            return control
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        if folder.is_dir():
-            self.client.checkpoint(
-                state.global_step, folder, upload=self.upload, skip=TRAINER_STATE_FILES if self.upload else ()
-            )
-        else:
-            log.warning(
-                "action=checkpoint_not_found run=%s step=%s folder=%s",
-                self.client.run_name,
-                state.global_step,
-                folder,
-            )
-        if self.on_risk is not None:
-            self._check_risk(state, control)
+        alarm = False
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                self.client.checkpoint(
+                    state.global_step, folder, upload=self.upload, skip=TRAINER_STATE_FILES if self.upload else ()
+                )
+            else:
+                log.warning(
+                    "action=checkpoint_not_found run=%s step=%s folder=%s",
+                    self.client.run_name,
+                    state.global_step,
+                    folder,
+                )
+            if self.on_risk is not None:
+                alarm = self._check_risk(state)
+        # Every rank reaches on_save at the same step; all follow rank 0's decision together.
+        if self.on_risk == "stop" and rank_zero_decides(alarm):
+            control.should_training_stop = True
         return control
 
     def on_train_end(
@@ -218,29 +225,36 @@ class ForgetwatchCallback(TrainerCallback):
                 step, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)], probe_set=probe_set
             )
 
-    def _check_risk(self, state: TrainerState, control: TrainerControl) -> None:
+    def _check_risk(self, state: TrainerState) -> bool:
+        """True when the run's status shows an alarm (logged with the step to roll back to)."""
         status = self.client.status()
-        if status is None or status.risk is None or status.risk.value is None:
-            return  # unreachable, nothing assessed yet, or no risk model applies
-        threshold = self.risk_threshold if self.risk_threshold is not None else status.risk.threshold
-        if status.risk.value <= threshold:
-            return
+        if status is None:
+            return False  # unreachable: nothing to act on
+        alarm = status.alarm
+        forecast = status.forecast
+        if alarm is None and self.risk_threshold is not None and forecast is not None \
+                and forecast.probability is not None and forecast.probability >= self.risk_threshold:
+            alarm = "predicted"
+        if alarm is None:
+            return False  # nothing detected, no forecast at or above the threshold (or the forecast abstains)
         action = "stopping training" if self.on_risk == "stop" else "training continues"
+        what = (f"ood forgetting detected (drop {status.detection.drop_low:.3g}..{status.detection.drop_high:.3g} "
+                f"of the base)" if alarm == "detected" and status.detection and status.detection.drop_low is not None
+                else f"ood forgetting predicted (probability {forecast.probability:.3f} within "
+                     f"{forecast.horizon_checkpoints} checkpoints)" if forecast and forecast.probability is not None
+                else f"ood forgetting {alarm}")
         log.warning(
-            "action=forgetting_risk run=%s step=%s risk=%.3f threshold=%.3f model=%s last_safe_step=%s "
-            "findings=%s (%s; roll back to checkpoint %s if this is forgetting)",
+            "action=forgetting_%s run=%s step=%s %s last_safe_step=%s findings=%s (%s; roll back to checkpoint %s)",
+            alarm,
             status.run or self.client.run_name,
             state.global_step,
-            status.risk.value,
-            threshold,
-            status.risk.model,
+            what,
             status.last_safe_step,
             status.finding_messages(),
             action,
             status.last_safe_step,
         )
-        if self.on_risk == "stop":
-            control.should_training_stop = True
+        return True
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:

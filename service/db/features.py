@@ -87,3 +87,56 @@ def run_history(session: Session, *, run_id: int, up_to_step: int | None = None)
         rows=[{k: (float(v) if v is not None else None) for k, v in rows[cid].items()} for cid, _ in checkpoints],
         nonfinite_names=list(nonfinite),
     )
+
+
+@dataclass(frozen=True)
+class OodProbeResult:
+    """One ood probe set's paired scores at one checkpoint: (base, change, ci_low, ci_high)."""
+
+    probe_set: str
+    n_items: int
+    accuracy: tuple[float | None, float | None, float | None, float | None]
+    loglik: tuple[float | None, float | None, float | None, float | None]
+
+
+@dataclass(frozen=True)
+class OodHistory:
+    """Per checkpoint (step order, up to the assessed one): its ood probe results, and for the last
+    checkpoint the state of its response analysis (why results may be missing)."""
+
+    steps: list[int]
+    results: list[list[OodProbeResult]]
+    n_ood_probe_sets: int
+    analysis_status: str | None
+    analysis_error: str | None
+
+
+_OOD = text(
+    """
+    SELECT c.step, s.name, (SELECT count(*) FROM probe_items i WHERE i.probe_set_id = s.id) AS n_items,
+           p.accuracy_base, p.accuracy_change, p.accuracy_ci_low, p.accuracy_ci_high,
+           p.loglik_base, p.loglik_change, p.loglik_ci_low, p.loglik_ci_high
+      FROM probe_drift p JOIN checkpoints c ON c.id = p.checkpoint_id JOIN probe_sets s ON s.id = p.probe_set_id
+     WHERE c.run_id = :r AND p.domain = 'ood' AND c.step <= :s
+    """
+)
+
+
+def ood_history(session: Session, *, run_id: int, up_to_step: int) -> OodHistory:
+    steps = list(session.execute(text("SELECT step FROM checkpoints WHERE run_id = :r AND step <= :s ORDER BY step"),
+                                 {"r": run_id, "s": up_to_step}).scalars())
+    by_step: dict[int, list[OodProbeResult]] = {s: [] for s in steps}
+    for r in session.execute(_OOD, {"r": run_id, "s": up_to_step}).mappings():
+        by_step[r["step"]].append(OodProbeResult(
+            r["name"], int(r["n_items"]),
+            (r["accuracy_base"], r["accuracy_change"], r["accuracy_ci_low"], r["accuracy_ci_high"]),
+            (r["loglik_base"], r["loglik_change"], r["loglik_ci_low"], r["loglik_ci_high"])))
+    n_sets = session.execute(
+        text("SELECT count(*) FROM run_probe_sets r JOIN probe_sets p ON p.id = r.probe_set_id "
+             "WHERE r.run_id = :r AND p.domain = 'ood'"), {"r": run_id}).scalar_one()
+    analysis = session.execute(
+        text("SELECT a.status, a.error FROM checkpoint_analyses a JOIN checkpoints c ON c.id = a.checkpoint_id "
+             "WHERE c.run_id = :r AND c.step = :s AND a.kind = 'responses'"), {"r": run_id, "s": up_to_step}).first()
+    return OodHistory(steps=steps, results=[sorted(by_step[s], key=lambda x: x.probe_set) for s in steps],
+                      n_ood_probe_sets=int(n_sets), analysis_status=analysis.status if analysis else None,
+                      analysis_error=analysis.error if analysis else None)

@@ -281,3 +281,8 @@ def checkpoint_for_analysis(session: Session, *, checkpoint_id: int) -> Any:
     return session.execute(
         text("SELECT c.uri, c.step, c.run_id, r.base_model FROM checkpoints c JOIN runs r ON r.id = c.run_id "
              "WHERE c.id = :c"), {"c": checkpoint_id}).first()
+
+
+def run_checkpoint_ids(session: Session, *, run_id: int) -> list[int]:
+    """The run's checkpoint ids in step order."""
+    return list(session.scalars(select(Checkpoint.id).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)))

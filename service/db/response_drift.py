@@ -135,3 +135,30 @@ def store_sample_result(session: Session, *, run_id: int, step: int, probe_set: 
     session.execute(
         text(f"INSERT INTO sample_drift (run_id, step, probe_set, {', '.join(columns)}, data) "
              f"VALUES (:r, :s, :ps, {', '.join(':' + c for c in columns)}, CAST(:data AS jsonb))"), params)
+
+
+BASE_SCORE_COLUMNS = ("n_items", "accuracy", "loglik", "entropy", "entropy_split_half")
+
+
+def store_base_scores(session: Session, *, run_id: int, probe_set_id: int, scores: Any | None,
+                      error: str | None = None) -> None:
+    """Replace the run's base row for one probe set: its scores (`drift.forgetting.BaseScores`), or
+    why the base could not be measured."""
+    values = {c: json_safe(getattr(scores, c)) if scores is not None else None for c in BASE_SCORE_COLUMNS}
+    session.execute(
+        text("INSERT INTO run_base_scores (run_id, probe_set_id, status, n_items, accuracy, loglik, entropy, "
+             "entropy_split_half, error) VALUES (:r, :p, :status, :n_items, :accuracy, :loglik, :entropy, "
+             ":entropy_split_half, :error) ON CONFLICT (run_id, probe_set_id) DO UPDATE SET status = EXCLUDED.status, "
+             "n_items = EXCLUDED.n_items, accuracy = EXCLUDED.accuracy, loglik = EXCLUDED.loglik, "
+             "entropy = EXCLUDED.entropy, entropy_split_half = EXCLUDED.entropy_split_half, error = EXCLUDED.error, "
+             "measured_at = now()"),
+        {"r": run_id, "p": probe_set_id, "status": "failed" if scores is None else "ready", "error": error, **values})
+
+
+def run_base_scores(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+    """The run's base row per probe set (probe sets not measured yet are absent)."""
+    rows = session.execute(
+        text(f"SELECT s.name AS probe_set, s.domain, b.status, b.error, b.measured_at, "
+             f"{', '.join('b.' + c for c in BASE_SCORE_COLUMNS)} FROM run_base_scores b "
+             "JOIN probe_sets s ON s.id = b.probe_set_id WHERE b.run_id = :r ORDER BY s.name"), {"r": run_id}).mappings()
+    return [dict(r) for r in rows]

@@ -17,17 +17,21 @@ from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache, build_base_cache
 from drift.confined import check_model_folder
-from drift.forgetting import evaluate_checkpoint
+from drift.forgetting import base_scores, evaluate_checkpoint
 from service.db import param_drift as analyses
 from service.db import queries
 from service.db import response_drift as store
+from service.db.models import Run
+from service.paths import resolve_checkpoint_uri
 from service.queue import risk_tasks
 from service.queue.defer import defer_job
 from service.queue.tasks import (
     TRANSIENT,
+    TRANSIENT_ERRORS,
     blueprint,
     fail_analysis,
     failing_analysis,
+    reason_of,
     resolve_base,
     resolve_confined,
     services_of,
@@ -36,6 +40,15 @@ from service.queue.tasks import (
 log = logging.getLogger("forgetwatch")
 KIND = "responses"
 NAME = "probe_drift"
+BASE_NAME = "measure_base"
+
+
+def enqueue_base(session: Session, run_id: int) -> None:
+    """Measure the run's base on its probe sets (the "step 0" row); one waiting request per run."""
+    from service.queue.app import task_name
+
+    defer_job(session, task=task_name(BASE_NAME), queue="probes", args={"run_id": run_id},
+              queueing_lock=f"base-{run_id}")
 
 
 def enqueue(session: Session, checkpoint_id: int) -> None:
@@ -128,6 +141,8 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
         results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
                    for probe_set_id, cache in caches]
     with services.sessions.begin() as session:
+        for probe_set_id, cache in caches:
+            store.store_base_scores(session, run_id=row.run_id, probe_set_id=probe_set_id, scores=base_scores(cache))
         for probe_set_id, evaluation in results:
             store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,
                                      evaluation=evaluation)
@@ -151,3 +166,39 @@ def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokeni
                                data=cache.to_bytes())
     log.info("action=probe_base_cache_built base=%s probe_set=%s", base, probe_set.name)
     return cache
+
+
+@blueprint.task(name=BASE_NAME, queue="probes", pass_context=True, retry=TRANSIENT)
+def measure_base(context: procrastinate.JobContext, run_id: int) -> None:
+    """The base's accuracy, reference log-likelihood and entropy on each of the run's probe sets,
+    from its cache (built here if needed): no feature waits for the trainer to post step 0. A base
+    that cannot be loaded is recorded with the reason."""
+    services = services_of(context)
+    settings = services.settings
+    with services.sessions.begin() as session:
+        run = session.get(Run, run_id)
+        base_uri = run.base_model if run is not None else None
+        probe_sets = store.run_probe_sets(session, run_id=run_id) if run is not None else []
+    if not probe_sets:
+        return
+    try:
+        base = resolve_checkpoint_uri(base_uri, settings.allowed_roots)
+        if not is_model_folder(base):
+            raise ValueError("the base is not a transformers model folder (no config.json)")
+        model, tokenizer = _base_model(str(base), settings.probe_device, tuple(settings.allowed_roots))
+        scores = [(probe_set_id, base_scores(_base_cache(services, str(base), probe_set_id, probe_set, model,
+                                                         tokenizer)))
+                  for probe_set_id, probe_set in probe_sets]
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # noqa: BLE001 - any load failure is the base's, recorded for the user
+        message = f"the base cannot be loaded: {reason_of(error)}"
+        with services.sessions.begin() as session:
+            for probe_set_id, _ in probe_sets:
+                store.store_base_scores(session, run_id=run_id, probe_set_id=probe_set_id, scores=None, error=message)
+        log.warning("action=base_unmeasured run=%s reason=%s", run_id, message)
+        return
+    with services.sessions.begin() as session:
+        for probe_set_id, measured in scores:
+            store.store_base_scores(session, run_id=run_id, probe_set_id=probe_set_id, scores=measured)
+    log.info("action=base_measured run=%s probe_sets=%s", run_id, len(scores))

@@ -1,18 +1,22 @@
-"""Risk of a checkpoint, recomputed whenever one of its analyses finishes."""
+"""Forgetting detection and forecast of a checkpoint, recomputed whenever one of its analyses finishes."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 
 import procrastinate
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.features import run_history
+from service.db.encoding import json_safe
+from service.db.features import ood_history, run_history
+from service.db.response_drift import run_base_scores
+from service.db.status import store_assessment
 from service.queue.defer import defer_job
 from service.queue.tasks import TRANSIENT, blueprint, services_of
-from service.risk import DEFAULT_MODEL, assess
+from service.risk import assess
+from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
 NAME = "compute_risk"
@@ -29,35 +33,32 @@ def enqueue(session: Session, checkpoint_id: int) -> None:
 @blueprint.task(name=NAME, queue="maintenance", pass_context=True, retry=TRANSIENT)
 def compute_risk(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
-    settings = services.settings
-    with services.sessions.begin() as session:
+    assess_checkpoint(services.sessions, services.settings, checkpoint_id)
+
+
+def assess_checkpoint(sessions: sessionmaker, settings: Settings, checkpoint_id: int) -> None:
+    """Assess one checkpoint from what is stored up to its step, and replace its stored assessment."""
+    with sessions.begin() as session:
         row = session.execute(text("SELECT run_id, step FROM checkpoints WHERE id = :c"), {"c": checkpoint_id}).first()
         if row is None:
             return
         history = run_history(session, run_id=row.run_id, up_to_step=row.step)
-    result = assess(history, model_path=str(settings.risk_model_path or DEFAULT_MODEL),
-                    ood_kl_nats=settings.forecast_ood_kl_nats, param_rel_l2=settings.forecast_param_rel_l2,
-                    relative_drop=settings.forgetting_relative_drop)
-    estimate = result.estimate
-    forecasts = {**result.forecasts, "acceleration_ratio": result.acceleration_ratio}
-    with services.sessions.begin() as session:
-        session.execute(
-            text(
-                """
-                INSERT INTO risk_estimates (checkpoint_id, applicable, value, model, reason, changepoint, features,
-                                            forecasts, findings, computed_at)
-                VALUES (:c, :applicable, :value, :model, :reason, :cp, CAST(:features AS jsonb),
-                        CAST(:forecasts AS jsonb), CAST(:findings AS jsonb), now())
-                ON CONFLICT (checkpoint_id) DO UPDATE SET applicable = EXCLUDED.applicable, value = EXCLUDED.value,
-                    model = EXCLUDED.model, reason = EXCLUDED.reason, changepoint = EXCLUDED.changepoint,
-                    features = EXCLUDED.features, forecasts = EXCLUDED.forecasts, findings = EXCLUDED.findings,
-                    computed_at = now()
-                """
-            ),
-            {"c": checkpoint_id, "applicable": estimate.applicable, "value": estimate.value,
-             "model": f"{estimate.model}/{estimate.model_version}", "reason": estimate.reason,
-             "cp": result.changepoint, "features": json.dumps(result.features),
-             "forecasts": json.dumps(forecasts), "findings": json.dumps(result.findings)},
-        )
-    log.info("action=risk_computed checkpoint=%s risk=%s findings=%s", checkpoint_id, estimate.value,
-             len(result.findings))
+        ood = ood_history(session, run_id=row.run_id, up_to_step=row.step)
+        base = [b["entropy"] for b in run_base_scores(session, run_id=row.run_id)
+                if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
+    result = assess(history, ood, relative_drop=settings.forgetting_relative_drop,
+                    horizon=settings.forecast_horizon_checkpoints, ood_kl_nats=settings.forecast_ood_kl_nats,
+                    param_rel_l2=settings.forecast_param_rel_l2,
+                    base_entropy_ood=sum(base) / len(base) if base else None)
+    forecast = result.forecast
+    forecasts = {**result.forecasts, "acceleration_ratio": result.acceleration_ratio,
+                 "forgetting": dataclasses.asdict(forecast)}
+    with sessions.begin() as session:
+        store_assessment(session, checkpoint_id=checkpoint_id, applicable=forecast.applicable,
+                         value=forecast.probability, model=forecast.model, reason=forecast.reason,
+                         reason_code=forecast.reason_code, changepoint=result.changepoint,
+                         features=json_safe(result.features), forecasts=json_safe(forecasts),
+                         findings=json_safe(result.findings), detected=bool(result.detection["detected"]),
+                         detection=json_safe(result.detection), heuristic=json_safe(dataclasses.asdict(result.heuristic)))
+    log.info("action=risk_computed checkpoint=%s forecast=%s detected=%s findings=%s", checkpoint_id,
+             forecast.probability, result.detection["detected"], len(result.findings))

@@ -19,8 +19,8 @@ from service.settings import Settings
 
 
 def run_status(session: Session, *, settings: Settings, run_ref: str) -> dict[str, Any]:
-    """Exactly the body of `GET /v1/runs/{run}/status` (latest risk, findings, last safe step)."""
-    return status.run_status(session, run=queries.get_run(session, ref=run_ref), threshold=settings.risk_threshold)
+    """Exactly the body of `GET /v1/runs/{run}/status` (detection, forecast, findings, last safe step)."""
+    return status.current_status(session, run=queries.get_run(session, ref=run_ref), settings=settings)
 
 
 def label_series(session: Session, *, run_id: int) -> dict[str, list[tuple[int, float]]]:

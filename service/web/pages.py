@@ -69,15 +69,15 @@ def index(request: Request, session: SessionDep) -> HTMLResponse:
         body = ("<h1>Runs</h1><p class='muted'>No runs yet. Register one with <code>POST /v1/runs</code> "
                 "(or the trainer callback); it shows up here with its first checkpoint.</p>")
         return page("Runs", body)
-    headers = [("Run", ""), ("Method", ""), ("Last step", "n"), ("Checkpoints", ""), ("Collapse risk", ""),
+    headers = [("Run", ""), ("Method", ""), ("Last step", "n"), ("Checkpoints", ""), ("OOD forgetting", ""),
                ("Last safe step", "n"), ("Top findings", "")]
 
     def runs_table() -> str:
         rows = [_index_row(run, data.run_status(session, settings=settings, run_ref=str(run.id))) for run in runs]
         return table(headers, rows[::-1], css_id="runs")
 
-    body = (f"<h1>Runs</h1><div class='sub'>{len(runs)} run{'s' if len(runs) != 1 else ''} · alert threshold "
-            f"{fmt(settings.risk_threshold)} · newest first</div>" + _drawn("run list", runs_table))
+    body = (f"<h1>Runs</h1><div class='sub'>{len(runs)} run{'s' if len(runs) != 1 else ''} · forecast alarm at "
+            f"{fmt(settings.forecast_alarm_probability)} · newest first</div>" + _drawn("run list", runs_table))
     return page("Runs", body)
 
 
@@ -89,7 +89,7 @@ def _index_row(run: Run, status: dict[str, Any]) -> list[tuple[str, str]]:
         top += f"<div class='muted small'>+{len(findings) - 3} more</div>"
     safe = status["last_safe_step"]
     return [(name, ""), (esc(run.method), ""), (fmt(status["last_step"]), "n"),
-            (_counts(status["checkpoints"]), "nowrap"), (_risk_pill(status), "nowrap"),
+            (_counts(status["checkpoints"]), "nowrap"), (_forgetting_pill(status), "nowrap"),
             (fmt(safe) if safe is not None else "<span class='muted'>—</span>", "n"), (top, "")]
 
 
@@ -103,16 +103,21 @@ def _counts(counts: dict[str, int]) -> str:
     return f"<span class='risk-high'>{text}</span>" if counts.get("failed") else text
 
 
-def _risk_pill(status: dict[str, Any]) -> str:
-    risk = status["risk"]
-    if risk is None:
+def _forgetting_pill(status: dict[str, Any]) -> str:
+    """Detected (a fact) before predicted (a forecast); the forecast's reason when it abstains."""
+    detection, forecast = status["detection"], status["forecast"]
+    if forecast is None:
         return "<span class='pill risk-na'>not assessed yet</span>"
-    if not risk["applicable"] or risk["value"] is None:
-        reason = esc(risk["reason"] or "no risk model applies")
+    step = f"<span class='muted small'>step {fmt(forecast['step'])}</span>"
+    if detection and detection.get("detected"):
+        return f"<span class='pill risk-high'>detected</span> {step}"
+    if not forecast["applicable"] or forecast["probability"] is None:
+        reason = esc(forecast["reason"] or "not applicable")
         return f"<span class='pill risk-na'>n/a</span> <span class='muted small'>{reason}</span>"
-    css = risk_class(risk["value"], applicable=True, threshold=risk["threshold"])
-    return (f"<span class='pill {css}'>{num(risk['value'], metric='risk', digits=2)}</span> "
-            f"<span class='muted small'>step {fmt(risk['step'])}</span>")
+    css = risk_class(forecast["probability"], applicable=True, threshold=forecast["threshold"])
+    label = "predicted " if forecast["predicted"] else "forecast "
+    return (f"<span class='pill {css}'>{label}{num(forecast['probability'], metric='forecast', digits=2)}</span> "
+            f"{step}")
 
 
 # --- one run -----------------------------------------------------------------------------------
@@ -147,8 +152,7 @@ class _RunView:
         self.sample_rows = response_drift.run_sample_series(session, run_id=run.id)
         self.risk_rows = status.risk_series(session, run_id=run.id)
         self.labels = data.label_series(session, run_id=run.id)
-        risk = self.status["risk"] or {}
-        self.forecasts: dict[str, Any] = risk.get("forecasts") or {}
+        self.forecasts: dict[str, Any] = self.status["trends"] or {}
 
     def render(self) -> str:
         parts = (self._header, self._cards, self._findings, self._plots, self._latest, self._footer)
@@ -161,38 +165,67 @@ class _RunView:
         return f"<h1 data-run='{esc(run.name)}'>{esc(run.name)}</h1><div class='sub'>{' · '.join(facts)}</div>"
 
     def _cards(self) -> str:
-        risk = self.status["risk"]
-        threshold = self.settings.risk_threshold
-        if risk is None:
-            css, value, note = "risk-na", "—", "not assessed yet: risk is computed after each checkpoint's analyses"
-            label = "Collapse risk"
-        elif not risk["applicable"] or risk["value"] is None:
-            css, value = "risk-na", "n/a"
-            note = esc(risk["reason"] or "no risk model applies")
-            label = f"Collapse risk · step {fmt(risk['step'])}"
+        cards = (self._detection_card(), self._prediction_card(), self._rollback_card(), self._forecast_card())
+        return f"<div class='cards'>{''.join(cards)}</div>"
+
+    def _detection_card(self) -> str:
+        d = self.status["detection"]
+        label = "OOD forgetting detected?"
+        if d is None:
+            css, value, note = "risk-na", "—", "not assessed yet: computed after each checkpoint's analyses"
+        elif not d.get("measured"):
+            css, value, note = "risk-na", "n/a", esc(d.get("reason") or "not measured")
+            label += f" · step {fmt(d['step'])}"
         else:
-            css = risk_class(risk["value"], applicable=True, threshold=threshold)
-            value = num(risk["value"], metric="risk", digits=2)
-            verdict = "at or above" if risk["value"] >= threshold else "below"
-            note = f"{verdict} the alert threshold {fmt(threshold)} · model <code>{esc(risk['model'])}</code>"
-            if risk["changepoint"]:
-                note += " · <b>change point</b> in ood KL"
-            label = f"Collapse risk · step {fmt(risk['step'])}"
-        risk_card = (f"<div class='card {css}' id='risk-card'><div class='label'>{label}</div>"
-                     f"<div class='big {css}'>{value}</div><div class='note'>{note}</div></div>")
+            css, value = ("risk-high", "detected") if d["detected"] else ("risk-low", "no")
+            note = (f"{esc(d['metric'])} on <code>{esc(d['probe_set'])}</code>: relative drop "
+                    f"{fmt(d['drop'], digits=3)} (95% interval {fmt(d['drop_low'], digits=3)} to "
+                    f"{fmt(d['drop_high'], digits=3)}), threshold {fmt(d['threshold'])}")
+            if d.get("first_detected_step") is not None:
+                note += f" · first detected at step {fmt(d['first_detected_step'])}"
+            label += f" · step {fmt(d['step'])}"
+        return (f"<div class='card {css}' id='detection-card'><div class='label'>{label}</div>"
+                f"<div class='big {css}'>{value}</div><div class='note'>{note}</div></div>")
+
+    def _prediction_card(self) -> str:
+        f = self.status["forecast"]
+        threshold = self.settings.forecast_alarm_probability
+        label = "Forgetting forecast"
+        if f is None:
+            css, value, note = "risk-na", "—", "not assessed yet: computed after each checkpoint's analyses"
+        elif not f["applicable"] or f["probability"] is None:
+            css, value = "risk-na", "n/a"
+            note = f"not applicable: {esc(f['reason'] or 'no reason recorded')}"
+            label += f" · step {fmt(f['step'])}"
+        else:
+            css = risk_class(f["probability"], applicable=True, threshold=threshold)
+            value = num(f["probability"], metric="forecast", digits=2)
+            verdict = "predicted: at or above" if f["predicted"] else "below"
+            note = (f"P(detected within {f['horizon_checkpoints']} checkpoints) · {verdict} the alarm threshold "
+                    f"{fmt(threshold)} · model <code>{esc(f['model'])}</code> on {f['n_points']} checkpoints")
+            if f.get("checkpoints_to_crossing") is not None:
+                note += f" · trend crosses in ~{fmt(f['checkpoints_to_crossing'], digits=2)} checkpoints"
+            label += f" · step {fmt(f['step'])}"
+        heuristic = self.status["parameter_heuristic"] or {}
+        if heuristic.get("value") is not None:
+            note += (f"<div class='muted small'>{esc(heuristic['label'])}: "
+                     f"{num(heuristic['value'], metric='heuristic', digits=2)}</div>")
+        return (f"<div class='card {css}' id='risk-card'><div class='label'>{label}</div>"
+                f"<div class='big {css}'>{value}</div><div class='note'>{note}</div></div>")
+
+    def _rollback_card(self) -> str:
         safe = self.status["last_safe_step"]
         if safe is None:
             safe_big = "none"
-            safe_note = ("no checkpoint assessed yet" if risk is None
-                         else f"no assessed checkpoint has risk below {fmt(threshold)}")
+            safe_note = ("no checkpoint assessed yet" if self.status["forecast"] is None
+                         else "no assessed checkpoint came before the first alarm")
         else:
             safe_big = num(safe, metric="last_safe_step")
             last = self.status["last_step"]
             safe_note = ("the latest checkpoint: nothing to roll back" if safe == last else
-                         f"last checkpoint before risk reached {fmt(threshold)}; roll back here")
-        safe_card = (f"<div class='card' id='rollback-card'><div class='label'>Last safe step (rollback point)"
-                     f"</div><div class='big'>{safe_big}</div><div class='note'>{safe_note}</div></div>")
-        return f"<div class='cards'>{risk_card}{safe_card}{self._forecast_card()}</div>"
+                         "last checkpoint before forgetting was predicted or detected; roll back here")
+        return (f"<div class='card' id='rollback-card'><div class='label'>Last safe step (rollback point)"
+                f"</div><div class='big'>{safe_big}</div><div class='note'>{safe_note}</div></div>")
 
     def _forecast_card(self) -> str:
         lines = []
@@ -211,12 +244,13 @@ class _RunView:
         if isinstance(accel, (int, float)):
             lines.append(f"<div class='muted'>parameter drift acceleration ×{fmt(float(accel), digits=2)}</div>")
         content = "".join(lines) or "<div class='note'>no forecasts yet (need 3+ assessed checkpoints)</div>"
-        return f"<div class='card' id='forecast-card'><div class='label'>Forecasts (Theil–Sen trend)</div>{content}</div>"
+        return (f"<div class='card' id='forecast-card'><div class='label'>Trends of raw series (Theil–Sen, "
+                f"informational)</div>{content}</div>")
 
     def _findings(self) -> str:
         findings = self.status["findings"]
-        risk = self.status["risk"]
-        where = f" at step {fmt(risk['step'])}" if risk else ""
+        forecast = self.status["forecast"]
+        where = f" at step {fmt(forecast['step'])}" if forecast else ""
         if not findings:
             return f"<h2>Findings{where}</h2><p class='muted'>No findings at the latest assessed checkpoint.</p>"
         return f"<h2>Findings{where}</h2>{findings_list(findings)}"
@@ -227,7 +261,6 @@ class _RunView:
             "ood_kl": data.mean_by_step(self.probe_rows, "kl_forward", where={"domain": "ood"}),
             "param_drift": ([s for s, _ in rel], [float(v) for _, v in rel]),
             "diversity": data.mean_by_step(self.sample_rows, "distinct2"),
-            "ood_forgetting": data.mean_by_step(self.probe_rows, "accuracy_change", where={"domain": "ood"}),
         }
 
     def _threshold(self, name: str, default: float) -> float:
@@ -241,8 +274,8 @@ class _RunView:
         run = esc(str(self.run.id))
         wide_forgetting = len(plots.forgetting_panels(self.probe_rows, self.labels)) > 1
         figures = [
-            ("risk", "", lambda: plots.risk(self.risk_rows, threshold=s.risk_threshold),
-             "No risk estimates yet: risk is computed once a checkpoint's analyses finish."),
+            ("risk", "", lambda: plots.risk(self.risk_rows, threshold=s.forecast_alarm_probability),
+             "No assessments yet: detection and forecast are computed once a checkpoint's analyses finish."),
             ("forecasts", "", lambda: plots.forecasts(self.forecasts, observed=self._observed()),
              "No forecasts yet: trends need three or more assessed checkpoints."),
             ("param-drift", "", lambda: plots.param_drift(
@@ -275,11 +308,16 @@ class _RunView:
         def add(label: str, step: Any, value: str) -> None:
             rows.append([(label, ""), (fmt(step) if step is not None else "—", "n"), (value, "n")])
 
-        risk = self.status["risk"]
-        if risk is not None:
-            shown = (num(risk["value"], metric="risk") if risk["applicable"] and risk["value"] is not None
-                     else f"n/a <span class='muted small'>{esc(risk['reason'] or '')}</span>")
-            add("collapse risk", risk["step"], shown)
+        forecast = self.status["forecast"]
+        if forecast is not None:
+            shown = (num(forecast["probability"], metric="forecast")
+                     if forecast["applicable"] and forecast["probability"] is not None
+                     else f"n/a <span class='muted small'>{esc(forecast['reason'] or '')}</span>")
+            add("forgetting forecast probability", forecast["step"], shown)
+        detection = self.status["detection"]
+        if detection is not None and detection.get("measured"):
+            add("ood relative drop, interval lower bound", detection["step"],
+                num(detection["drop_low"], metric="detection.drop_low"))
         if self.global_rows:
             g = self.global_rows[-1]
             add("global relative L2 distance", g["step"],

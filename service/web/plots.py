@@ -286,28 +286,31 @@ FORECAST_LABELS = {
     "ood_kl": ("ood KL", "nats / token"),
     "param_drift": ("parameter drift", "relative L2"),
     "diversity": ("distinct-2", "ratio"),
-    "ood_forgetting": ("ood accuracy change", "Δ accuracy"),
 }
 
 
 @_memoized
 def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float) -> str | None:
-    """Collapse risk per checkpoint against the alert threshold; change points marked."""
+    """Forgetting forecast per checkpoint against the alarm threshold, checkpoints where forgetting
+    was detected, where the forecast abstained, and change points."""
     if not risk_rows:
         return None
     with _figure(TALL) as (fig, ax):
         steps = [r["step"] for r in risk_rows]
         values = [r["value"] if r["applicable"] else None for r in risk_rows]
-        ax.plot(steps, _floats(values), marker="o", color=NEUTRAL, label="collapse risk")
-        na = [s for s, v in zip(steps, values, strict=True) if v is None]
+        ax.plot(steps, _floats(values), marker="o", color=NEUTRAL, label="forecast P(detected within horizon)")
+        detected = [r["step"] for r in risk_rows if r.get("detected")]
+        if detected:
+            ax.plot(detected, [1.0] * len(detected), linestyle="none", marker="s", color=OOD, label="detected")
+        na = [r["step"] for r, v in zip(risk_rows, values, strict=True) if v is None and not r.get("detected")]
         if na:
-            ax.plot(na, [0.0] * len(na), linestyle="none", marker="x", color=THRESHOLD, label="n/a (no model)")
-        ax.axhline(threshold, color=OOD, linestyle="--", linewidth=1.0, label=f"alert threshold {threshold:g}")
+            ax.plot(na, [0.0] * len(na), linestyle="none", marker="x", color=THRESHOLD, label="not applicable")
+        ax.axhline(threshold, color=OOD, linestyle="--", linewidth=1.0, label=f"alarm threshold {threshold:g}")
         changes = [r["step"] for r in risk_rows if r.get("changepoint")]
         for i, step in enumerate(changes):
             ax.axvline(step, color="#7b5ea7", linestyle=":", linewidth=1.0, label="change point" if i == 0 else None)
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title("Collapse risk")
+        ax.set_title("OOD forgetting: forecast and detection")
         ax.set_ylabel("probability")
         _steps_axis(ax)
         ax.legend(loc="upper left")

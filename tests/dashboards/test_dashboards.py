@@ -395,8 +395,8 @@ _SEED = (
         SELECT run_id, step, 64, step / 1e4, step > 200, 0.8 - step / 1e3, 0.8, step / 2e3, '{}'
           FROM checkpoints WHERE status = 'ready'""",
     """INSERT INTO risk_estimates (checkpoint_id, applicable, value, model, changepoint, features, forecasts,
-                                    findings)
-        SELECT id, true, step / 1e3, 'heuristic', step = 300, '{}',
+                                    findings, detected, detection)
+        SELECT id, true, step / 1e3, 'trend/1', step = 300, '{}',
                jsonb_build_object(
                    'ood_kl', jsonb_build_object('threshold', 1.0, 'slope', 0.001, 'intercept', 0.0,
                                                 'last_step', step, 'steps_to_threshold', 1000 - step,
@@ -407,7 +407,8 @@ _SEED = (
                                       'step', step, 'value', step / 1e3),
                    jsonb_build_object('code', 'diversity_drop', 'severity', 'critical',
                                       'message', 'response diversity down 40% vs base', 'step', NULL,
-                                      'value', NULL))
+                                      'value', NULL)),
+               false, jsonb_build_object('measured', true, 'detected', false, 'drop_low', step / 1e4)
           FROM checkpoints WHERE status = 'ready'""",
     # One finished job (so the duration histogram has samples) and one waiting.
     "INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES ('params', 'seeded'), ('probes', 'seeded')",
@@ -458,5 +459,7 @@ def exported(seeded_database: str, seeded_engine: Engine,
             labels.setdefault(sample.name, set()).update(sample.labels)
     for name in labels:
         labels[name] |= TARGET_LABELS
-    assert labels.get("forgetwatch_collapse_risk", set()) >= {"run", "method"}, "the seeded run is not exported"
+    for name in ("forgetwatch_forgetting_forecast_probability", "forgetwatch_ood_forgetting_detected"):
+        assert labels.get(name, set()) >= {"run", "method"}, f"the seeded run's {name} is not exported"
+    assert labels.get("forgetwatch_forecast_applicable", set()) >= {"run", "method", "reason"}
     return labels

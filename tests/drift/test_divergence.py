@@ -13,7 +13,7 @@ from drift.divergence import (
     summarize,
     topk_token_divergences,
 )
-from drift.forgetting import evaluate_checkpoint, measure_forgetting, paired_bootstrap_change
+from drift.forgetting import base_scores, evaluate_checkpoint, measure_forgetting, paired_bootstrap_change
 from drift.models import load_model
 from drift.probes import ProbeItem, ProbeSet
 
@@ -279,3 +279,16 @@ def test_checkpoint_with_another_vocabulary_is_rejected(base, cache):
     other.resize_token_embeddings(cache.vocab_size + 3)
     with pytest.raises(ValueError, match="vocabulary"):
         probe_divergence(other, cache)
+
+
+def test_base_scores_from_the_cache_equal_the_base_side_of_a_measurement(base, cache):
+    """The "step 0" row needs no checkpoint: it equals what every paired comparison uses as the base."""
+    model, tok = base
+    measured = measure_forgetting(model, tok, cache, random_state=0)
+    scores = base_scores(cache)
+    assert scores.n_items == 6
+    assert scores.accuracy == pytest.approx(measured.accuracy.base)
+    assert scores.loglik == pytest.approx(measured.log_likelihood.base, rel=1e-6)
+    assert scores.entropy == pytest.approx(float(cache.entropy.double().mean()))
+    assert scores.entropy_split_half is not None and scores.entropy_split_half >= 0
+    assert base_scores(cache, checker=lambda c, a: True).accuracy == 1.0

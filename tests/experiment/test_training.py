@@ -27,6 +27,7 @@ from experiment import (
     correct_answers,
     grade,
     is_correct,
+    label_items,
     pretrain,
     pretrained_base,
     probe_items,
@@ -108,6 +109,14 @@ def test_arithmetic_verifier_accepts_only_the_sum():
     assert not is_correct("12+34=", "45")
     assert not is_correct("12+34=", "046")
     assert correct_answers("99+99=") == ("198",)
+
+
+def test_label_items_are_held_out_and_disjoint_from_every_probe_item():
+    for task in (ARITHMETIC, LETTERS):
+        probes = {it["prompt"] for it in probe_items(task, 64)}
+        labels = label_items(task, 256)
+        assert len({it["prompt"] for it in labels}) == 256
+        assert probes.isdisjoint(it["prompt"] for it in labels)
 
 
 def test_probe_items_are_held_out_and_their_answer_field_grades_like_the_verifier():

@@ -1,5 +1,5 @@
-"""End to end: drifting checkpoints -> two workers -> /metrics -> a real Prometheus evaluating the
-project's rules -> a real Alertmanager -> the on-call webhook. A stable run must stay quiet.
+"""End to end: checkpoints that forget their ood probes -> two workers -> /metrics -> a real Prometheus
+evaluating the project's rules -> a real Alertmanager -> the on-call webhook. A stable run must stay quiet.
 
 Time is compressed: scrape and evaluation every second and every `for:` cut to 2s; the rule
 expressions are the shipped ones.
@@ -14,12 +14,13 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
+import torch
 import yaml
 from fastapi.testclient import TestClient
 
 from tests.conftest import worker_env
 from tests.integration.helpers import free_port, start, stop, wait_for
-from tests.integration.models import save_tiny_gpt2_run
+from tests.integration.models import char_tokenizer, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -69,15 +70,38 @@ def _binary(*names: str) -> str:
     raise AssertionError(f"{names[0]} not found: apt-get install prometheus prometheus-alertmanager")
 
 
-def test_drifting_run_pages_on_call_and_stable_run_does_not(client: TestClient, settings, tokens,
-                                                             checkpoint_root: Path, tmp_path: Path) -> None:
-    drifting = save_tiny_gpt2_run(checkpoint_root / "drifting", steps=2, lr=3e-2)
-    stable = checkpoint_root / "stable"
-    stable.mkdir()
-    for name, source in (("base", drifting[0]), ("step-1", drifting[0]), ("step-2", drifting[0])):
-        shutil.copytree(source, stable / name)
-    for run, paths in (("drifting", drifting), ("stable", [stable / "base", stable / "step-1", stable / "step-2"])):
-        client.post("/v1/runs", json={"name": run, "base_model": str(paths[0]), "method": "sft"})
+ITEMS = [{"prompt": f"{a}+{b}=", "reference": str(a + b), "answer": str(a + b)} for a in range(4) for b in range(4)]
+
+
+def _runs(root: Path) -> dict[str, list[Path]]:
+    """drifting: a tiny GPT-2 whose weights get noise at each step (its ood reference log-likelihood
+    falls far below the base's); stable: the base saved again at every step."""
+    tokenizer = char_tokenizer()
+    model = tiny_gpt2(tokenizer, n_positions=32)
+    runs: dict[str, list[Path]] = {"drifting": [], "stable": []}
+    for name, paths in runs.items():
+        folder = root / name / "base"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        paths.append(folder)
+    for step in (1, 2):
+        for name in ("stable", "drifting"):
+            if name == "drifting":
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.add_(torch.randn_like(p) * 0.5)
+            folder = root / name / f"step-{step}"
+            (model if name == "drifting" else tiny_gpt2(tokenizer, n_positions=32)).save_pretrained(folder)
+            runs[name].append(folder)
+    return runs
+
+
+def test_forgetting_run_pages_on_call_and_stable_run_does_not(client: TestClient, settings, tokens,
+                                                               checkpoint_root: Path, tmp_path: Path) -> None:
+    client.post("/v1/probe-sets", json={"name": "arith", "domain": "ood", "items": ITEMS})
+    for run, paths in _runs(checkpoint_root).items():
+        client.post("/v1/runs", json={"name": run, "base_model": str(paths[0]), "method": "sft",
+                                      "probe_sets": ["arith"]})
         for step, path in enumerate(paths[1:], start=1):
             client.post(f"/v1/runs/{run}/checkpoints", json={"step": step, "uri": str(path)})
 
@@ -111,17 +135,20 @@ def test_drifting_run_pages_on_call_and_stable_run_does_not(client: TestClient, 
         processes.append(subprocess.Popen(command, stdout=open(tmp_path / log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                           start_new_session=True))
     try:
-        wait_for(lambda: "drifting" in hook.firing("CollapseRiskHigh"), timeout=180, interval=1,
-                 what="CollapseRiskHigh for the drifting run at the webhook")
-        # The stable run is assessed too (its risk is exported) and stays below the threshold.
+        wait_for(lambda: "drifting" in hook.firing("OODForgettingDetected"), timeout=240, interval=1,
+                 what="OODForgettingDetected for the drifting run at the webhook")
+        # The stable run is measured too (its detection is exported) and shows nothing.
         query = f"http://127.0.0.1:{prom_port}/api/v1/query"
-        result = httpx.get(query, params={"query": 'forgetwatch_collapse_risk{run="stable"}'}).json()
-        assert result["data"]["result"], "the stable run's risk never reached Prometheus"
-        assert float(result["data"]["result"][0]["value"][1]) < 0.5
+        result = wait_for(lambda: (r := httpx.get(query, params={
+            "query": 'forgetwatch_ood_forgetting_detected{run="stable"}'}).json())["data"]["result"] and r,
+            timeout=120, interval=1, what="the stable run's detection in Prometheus")
+        assert float(result["data"]["result"][0]["value"][1]) == 0.0
     finally:
         for process in processes:
             stop(process)
-    assert "stable" not in hook.firing("CollapseRiskHigh")
-    drifting_alert = next(a for a in hook.alerts if a["labels"]["alertname"] == "CollapseRiskHigh")
-    assert re.search(r"Run drifting \(sft\): collapse risk \d", drifting_alert["annotations"]["summary"])
-    assert drifting_alert["annotations"]["runbook"].endswith("#collapseriskhigh")
+    assert "stable" not in hook.firing("OODForgettingDetected")
+    assert not hook.firing("ForgettingPredicted")  # two checkpoints: no forecast yet, and none once detected
+    alert = next(a for a in hook.alerts if a["labels"]["alertname"] == "OODForgettingDetected")
+    assert re.search(r"Run drifting \(sft\): ood forgetting detected, at least \d+(\.\d+)?% below the base",
+                     alert["annotations"]["summary"]), alert["annotations"]["summary"]
+    assert alert["annotations"]["runbook"].endswith("#oodforgettingdetected")

@@ -285,7 +285,9 @@ def test_blocking_mode_raises_with_the_services_detail(service: Service, tmp_pat
         client.checkpoint(1, tmp_path / "outside-the-roots")
     assert refused.value.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in refused.value.detail
     status = client.status()
-    assert status is not None and (status.run, status.last_step, status.risk) == ("blocking", None, None)
+    assert status is not None and (status.run, status.last_step, status.forecast, status.detection) == (
+        "blocking", None, None, None)
+    assert status.alarm is None
     client.close()
 
 

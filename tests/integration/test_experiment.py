@@ -74,8 +74,8 @@ def experiment(server_url: str, template_database: str, tmp_path_factory: pytest
                 wait_for(lambda r=run: all(c["status"] in ("ready", "failed") for c in
                                            http.get(f"/v1/runs/{r}/checkpoints").json()),
                          timeout=300, interval=1, what=f"analyses of {run}")
-                wait_for(lambda r=run: http.get(f"/v1/runs/{r}/status").json()["risk"] is not None,
-                         timeout=120, interval=1, what=f"risk of {run}")
+                wait_for(lambda r=run: http.get(f"/v1/runs/{r}/status").json()["detection"] is not None,
+                         timeout=120, interval=1, what=f"assessment of {run}")
             yield Experiment(url=url, http=http, runs=runs)
     finally:
         stop(service)
@@ -102,7 +102,7 @@ def test_every_arm_reports_and_the_service_analyses_it(experiment: Experiment, c
     summaries = [run_summary(http, run) for run in experiment.runs]
     assert {s["method"] for s in summaries} == {"sft", "grpo", "self_distillation"}
     assert all(s["kl_ood"] is not None and s["param_rel_l2"] is not None for s in summaries)
-    print_table(summaries, threshold=0.5)
+    print_table(summaries)
     assert "in_gain" in capsys.readouterr().out
 
 

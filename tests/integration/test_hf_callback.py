@@ -126,3 +126,67 @@ def test_trainer_pushes_checkpoints_and_samples_that_workers_process(
     finally:
         stop(worker)
         service.stop()
+
+
+PROBE_ITEMS = [{"prompt": f"{a}+{b}=", "reference": str(a + b), "answer": str(a + b)} for a in range(4) for b in range(4)]
+
+
+class WaitForAssessment(TrainerCallback):
+    """Runs after ForgetwatchCallback: holds the trainer until the service has assessed the checkpoint
+    just pushed, so the callback's next status read sees it (a bounded wait on a condition)."""
+
+    def __init__(self, service: Service, run: str) -> None:
+        self.service = service
+        self.run = run
+        self.statuses: list[dict] = []
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        step = state.global_step
+        status = wait_for(
+            lambda: (s := self.service.get(f"/v1/runs/{self.run}/status"))["forecast"]
+            and s["forecast"]["step"] == step and s["detection"].get("measured") and s,
+            timeout=120, interval=0.5, what=f"assessment of step {step}")
+        self.statuses.append(status)
+
+
+def test_training_that_has_not_measurably_moved_is_never_stopped(
+    settings: Settings, tokens: dict[str, str], checkpoint_root: Path, tmp_path: Path
+) -> None:
+    """Fine-tuning on the model's own skill at a negligible learning rate, with on_risk="stop": the
+    service measures every checkpoint, forecasts from the third on, and the run finishes."""
+    tokenizer = char_tokenizer()
+    model = tiny_gpt2(tokenizer)
+    model.save_pretrained(checkpoint_root / "base")
+    tokenizer.save_pretrained(checkpoint_root / "base")
+    service = Service(settings, tokens["write"], tmp_path / "serve.log")
+    service.start()
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        with service.client(blocking=True) as setup:
+            setup.probe_set("arith", "ood", PROBE_ITEMS)
+        client = service.client(journal_path=tmp_path / "journal.jsonl")
+        client.run("still", base_model=str(checkpoint_root / "base"), method="sft", probe_sets=["arith"])
+        waiter = WaitForAssessment(service, "still")
+        args = TrainingArguments(
+            output_dir=str(checkpoint_root / "trainer"), max_steps=10, save_steps=2, learning_rate=1e-7,
+            per_device_train_batch_size=4, report_to=[], use_cpu=True, disable_tqdm=True, logging_steps=100,
+            dataloader_pin_memory=False,
+        )
+        callback = ForgetwatchCallback(client, on_risk="stop")
+        trainer = Trainer(model=model, args=args, train_dataset=arithmetic_examples(tokenizer),
+                          processing_class=tokenizer, callbacks=[callback, waiter])
+        trainer.train()
+        client.close()
+    finally:
+        stop(worker)
+        service.stop()
+    assert trainer.state.global_step == 10  # not stopped
+    steps = [s["forecast"]["step"] for s in waiter.statuses]
+    assert steps == [2, 4, 6, 8, 10]
+    # The callback read statuses with applicable forecasts (from the third checkpoint on), all low.
+    applicable = [s["forecast"] for s in waiter.statuses if s["forecast"]["applicable"]]
+    assert [f["step"] for f in applicable] == [6, 8, 10]
+    assert all(f["probability"] < 0.05 and not f["predicted"] for f in applicable), applicable
+    assert not any(s["detection"]["detected"] for s in waiter.statuses)
+    assert all(abs(s["detection"]["drop"]) < 1e-3 for s in waiter.statuses)
+    assert waiter.statuses[-1]["last_safe_step"] == 10

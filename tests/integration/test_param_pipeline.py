@@ -36,15 +36,21 @@ def test_worker_computes_param_drift_for_each_checkpoint(client: TestClient, set
         for step in (1, 2):
             done = wait_for(lambda s=step: _finished(client, "tiny", s), timeout=120, what=f"step {step}")
             assert done["status"] == "ready", done
-        status = wait_for(lambda: (s := client.get("/v1/runs/tiny/status").json())["risk"] and
-                          s["risk"]["step"] == 2 and s, timeout=60, what="risk of step 2")
+        status = wait_for(lambda: (s := client.get("/v1/runs/tiny/status").json())["forecast"] and
+                          s["forecast"]["step"] == 2 and s, timeout=60, what="assessment of step 2")
     finally:
         stop(worker)
-    # No probe sets: the probe-free fallback (parameter drift) gives the risk, and says which model.
-    assert status["risk"]["applicable"] and 0 <= status["risk"]["value"] <= 1
-    assert status["risk"]["model"].startswith("heuristic")
+    # No probe sets: no forecast and no detection, with the reason; the probe-free parameter heuristic
+    # answers beside them, labelled as such.
+    assert not status["forecast"]["applicable"] and status["forecast"]["probability"] is None
+    assert status["forecast"]["reason_code"] == "no_ood_probes"
+    assert not status["detection"]["measured"] and not status["detection"]["detected"]
+    heuristic = status["parameter_heuristic"]
+    assert heuristic["applicable"] and 0 <= heuristic["value"] <= 1 and heuristic["model"] == "heuristic"
+    assert "probe-free parameter heuristic" in heuristic["label"]
     metrics = client.get("/metrics").text
-    assert 'forgetwatch_collapse_risk{method="sft",run="tiny"}' in metrics
+    assert 'forgetwatch_forecast_applicable{method="sft",reason="no_ood_probes",run="tiny"} 0.0' in metrics
+    assert "forgetwatch_forgetting_forecast_probability{" not in metrics
     assert 'forgetwatch_param_relative_l2{block="global",method="sft",run="tiny"}' in metrics
     assert 'forgetwatch_last_checkpoint_step{method="sft",run="tiny"} 2.0' in metrics
     drift = client.get("/v1/runs/tiny/checkpoints/2/param-drift", params={"tensors": "true"}).json()

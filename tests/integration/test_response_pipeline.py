@@ -61,4 +61,33 @@ def test_probe_and_sample_drift_reach_the_api(client: TestClient, settings, chec
     per_step = client.get("/v1/runs/probe-run/checkpoints/2/response-drift").json()
     assert per_step["status"] == "ready" and per_step["probe_sets"][0]["kl_forward"] == perturbed["kl_forward"]
     status = client.get("/v1/runs/probe-run/status").json()
-    assert status["risk"]["step"] == 2 and status["risk"]["applicable"]
+    # Noise of 0.5 on every weight: the reference log-likelihood (the untrained base answers nothing right,
+    # so accuracy cannot anchor a relative drop) is measurably worse, and that is detected, not predicted.
+    detection = status["detection"]
+    assert detection["step"] == 2 and detection["detected"] and detection["metric"] == "loglik"
+    assert detection["drop_low"] >= 0.1 and status["first_detected_step"] == 2
+    assert status["forecast"]["reason_code"] == "detected" and status["forecast"]["probability"] is None
+
+
+def test_the_service_measures_the_base_when_a_run_names_it_before_any_checkpoint(
+        client: TestClient, settings, checkpoint_root: Path, tmp_path: Path) -> None:
+    tokenizer = char_tokenizer()
+    base = _save(tiny_gpt2(tokenizer, n_positions=32), tokenizer, checkpoint_root / "base")
+    client.post("/v1/probe-sets", json={"name": "arith", "domain": "ood", "items": ITEMS})
+    client.post("/v1/runs", json={"name": "named", "base_model": str(base), "probe_sets": ["arith"]})
+    client.post("/v1/runs", json={"name": "lost", "base_model": str(checkpoint_root / "gone"),
+                                  "probe_sets": ["arith"]})
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        named, lost = (wait_for(lambda r=run: (s := client.get(f"/v1/runs/{r}/status").json())["base"] and s,
+                                timeout=120, interval=0.5, what=f"base row of {run}") for run in ("named", "lost"))
+    finally:
+        stop(worker)
+    assert named["last_step"] is None  # no checkpoint was posted: the service measured the base itself
+    (row,) = named["base"]
+    assert row["status"] == "ready" and row["probe_set"] == "arith" and row["n_items"] == len(ITEMS)
+    assert row["accuracy"] == 0.0  # an untrained model answers no sum
+    assert row["loglik"] < 0 and row["entropy"] > 0
+    (failed,) = lost["base"]
+    assert failed["status"] == "failed" and failed["error"].startswith("the base cannot be loaded")
+    assert failed["accuracy"] is None

@@ -97,7 +97,7 @@ def test_amtool_check_config_accepts_the_example_alertmanager_config() -> None:
 @pytest.mark.parametrize(
     ("labels", "receiver"),
     [
-        (["severity=page", "alertname=CollapseRiskHigh", "run=sd-chem"], "pager"),
+        (["severity=page", "alertname=ForgettingPredicted", "run=sd-chem"], "pager"),
         (["severity=ticket", "alertname=DriftJobsBacklog", "queue=params"], "ticket"),
     ],
 )
@@ -122,8 +122,8 @@ def test_alertmanager_routes_pages_to_the_pager_and_tickets_to_the_ticket_queue(
 
 def test_the_rules_file_defines_the_expected_alerts() -> None:
     expected = {
-        "CollapseRiskHigh",
-        "CollapsePredicted",
+        "OODForgettingDetected",
+        "ForgettingPredicted",
         "OODForgettingWhileSpecializing",
         "ResponseDiversityCollapse",
         "ParameterDriftAccelerating",

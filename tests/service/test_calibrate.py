@@ -1,54 +1,75 @@
-"""`forgetwatch calibrate` on labelled runs stored in PostgreSQL, and the fitted model in service."""
+"""`forgetwatch calibrate` on labelled runs stored in PostgreSQL: replay, conformal threshold, record."""
 
 import json
 
 import numpy as np
+import pytest
 from sqlalchemy import text
 
-from service.calibrate import build_dataset, calibrate, report, save
-from service.db.features import run_history
+from service.calibrate import calibrate, report, save, traces
 from service.db.session import make_sessionmaker
-from service.risk import assess
+
+STEPS = [20 * (i + 1) for i in range(8)]
 
 
-def _labelled_runs(engine, n_runs: int = 8, n_checkpoints: int = 8) -> None:
-    """Runs whose ood KL grows at different rates; ood accuracy falls once KL passes ~0.3."""
+def _labelled_runs(engine, *, quiet: int = 20, forgetting: int = 4) -> None:
+    """Runs with a 64-item ood probe set: `quiet` whose probe accuracy and ground truth stay at the
+    base, `forgetting` whose both fall steadily from the 4th checkpoint on."""
     rng = np.random.default_rng(0)
     with engine.begin() as conn:
         probe_set = conn.execute(text("INSERT INTO probe_sets (name, domain) VALUES ('ood', 'ood') RETURNING id")).scalar()
-        for r in range(n_runs):
-            rate = 0.01 + 0.02 * r
-            run = conn.execute(text("INSERT INTO runs (name, base_model, method) VALUES (:n, '/m', 'sft') RETURNING id"),
-                               {"n": f"run{r}"}).scalar()
-            conn.execute(text("INSERT INTO run_labels VALUES (:r, 0, 'ood_accuracy', 1.0)"), {"r": run})
-            for i in range(1, n_checkpoints + 1):
-                step = 100 * i
-                kl = rate * i * (1 + 0.1 * rng.standard_normal())
+        conn.execute(text("INSERT INTO probe_items (probe_set_id, position, prompt) "
+                          "SELECT :p, g, 'q' || g FROM generate_series(0, 63) g"), {"p": probe_set})
+        for r in range(quiet + forgetting):
+            forgets = r >= quiet
+            run = conn.execute(text("INSERT INTO runs (name, base_model, method, tags) VALUES (:n, '/m', :m, "
+                                    "CAST(:t AS jsonb)) RETURNING id"),
+                               {"n": f"run{r:02d}", "m": "sft" if r % 2 else "grpo",
+                                "t": json.dumps({"family": "toy"})}).scalar()
+            conn.execute(text("INSERT INTO run_probe_sets (run_id, probe_set_id) VALUES (:r, :p)"),
+                         {"r": run, "p": probe_set})
+            conn.execute(text("INSERT INTO run_labels VALUES (:r, 0, 'ood_accuracy', 0.8)"), {"r": run})
+            for i, step in enumerate(STEPS):
+                change = -0.03 * max(0, i - 2) if forgets else float(rng.normal(0, 0.004))
                 checkpoint = conn.execute(text("INSERT INTO checkpoints (run_id, step, uri, status) "
                                                "VALUES (:r, :s, '/x', 'ready') RETURNING id"), {"r": run, "s": step}).scalar()
-                conn.execute(text("INSERT INTO probe_drift (checkpoint_id, probe_set_id, domain, kl_forward, kl_reverse, "
-                                  "data) VALUES (:c, :p, 'ood', :kl, :kl, '{}')"), {"c": checkpoint, "p": probe_set, "kl": kl})
-                conn.execute(text("INSERT INTO param_drift_summaries (checkpoint_id, scope, key, numel, "
-                                  "relative_l2_distance, data) VALUES (:c, 'global', 'global', 100, :d, '{}')"),
-                             {"c": checkpoint, "d": 0.01 * i * (1 + r / 4)})
-                accuracy = 1.0 if kl < 0.3 else 0.6
+                conn.execute(text("INSERT INTO probe_drift (checkpoint_id, probe_set_id, domain, kl_forward, "
+                                  "accuracy_base, accuracy_change, accuracy_ci_low, accuracy_ci_high, data) "
+                                  "VALUES (:c, :p, 'ood', :kl, 0.8, :d, :d - 0.02, :d + 0.02, '{}')"),
+                             {"c": checkpoint, "p": probe_set, "kl": abs(change), "d": change})
                 conn.execute(text("INSERT INTO run_labels VALUES (:r, :s, 'ood_accuracy', :a)"),
-                             {"r": run, "s": step, "a": accuracy})
+                             {"r": run, "s": step, "a": 0.8 + change})
 
 
-def test_calibrate_fits_on_labelled_runs_and_the_service_uses_the_model(engine, tmp_path) -> None:
+def test_calibrate_replays_labelled_runs_and_sets_a_conformal_threshold(engine, tmp_path) -> None:
     _labelled_runs(engine)
     with make_sessionmaker(engine)() as session:
-        data = build_dataset(session, label="ood_accuracy", horizon=2, relative_drop=0.1)
-        assert len(data.runs) == 8 and 0 < sum(data.labels) < len(data.labels)
-        model, evaluation = calibrate(data, horizon=2, threshold=0.5)
-        assert evaluation.roc_auc > 0.8
-        assert "loro_roc_auc=" in report(evaluation)
-        path = tmp_path / "model.json"
-        save(model, evaluation, path, recipe={"label": "ood_accuracy"})
-        assert json.loads(path.read_text())["evaluation"]["n_runs"] == 8
-        run_id = session.execute(text("SELECT id FROM runs WHERE name = 'run7'")).scalar()
-        history = run_history(session, run_id=run_id)
-    result = assess(history, model_path=str(path), ood_kl_nats=0.5, param_rel_l2=0.05, relative_drop=0.1)
-    assert result.estimate.model == "logistic" and result.estimate.value > 0.5  # the fastest-drifting run
-    assert result.forecasts["ood_kl"]["crossed"]
+        runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
+    assert len(runs) == 24 and {t.method for t in runs} == {"sft", "grpo"} and {t.family for t in runs} == {"toy"}
+    forgetting = [t for t in runs if t.onset is not None]
+    # Ground truth 0.8 + change ≤ 0.72 from change −0.09 on: the 6th checkpoint (index 5).
+    assert len(forgetting) == 4 and {t.onset for t in forgetting} == {5}
+    assert all(t.forecast[:2] == (None, None) for t in runs)  # never from fewer than 3 checkpoints
+    threshold, record = calibrate(runs, alpha=0.1, horizon=3)
+    maxima = sorted(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
+    assert threshold is not None and maxima[18] < threshold <= maxima[19]  # 20 quiet runs: the 19th maximum
+    by_method, by_family = record
+    assert by_method.false_alarm_runs <= 0.10 and by_method.detect_rate == 1.0
+    # Each method's runs are judged with the threshold from the other method's 10 quiet runs.
+    assert by_method.early2_share == 0.0 and by_method.median_lead_ckpts == 1.0  # alarmed 1 checkpoint early
+    assert by_family.early2_share is None and "one family only" in by_family.split
+    assert "auc_h3=" in report(by_method)
+    path = tmp_path / "threshold.json"
+    save(path, threshold=threshold, alpha=0.1, runs=runs, record=record, recipe={})
+    document = json.loads(path.read_text())
+    assert document["alarm_probability"] == threshold and document["n_non_forgetting_runs"] == 20
+
+
+def test_calibrate_refuses_too_few_runs_and_gives_no_threshold_without_enough_quiet_runs(engine) -> None:
+    _labelled_runs(engine, quiet=3, forgetting=1)
+    with make_sessionmaker(engine)() as session:
+        runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
+    threshold, _ = calibrate(runs, alpha=0.1, horizon=3)
+    assert threshold is None  # 3 quiet runs cannot bound false alarms at 10 %
+    with pytest.raises(ValueError, match="at least 3 labelled runs"):
+        calibrate(runs[:2], alpha=0.1, horizon=3)

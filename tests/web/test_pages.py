@@ -66,10 +66,10 @@ def _distinct2(step: int) -> float:
 
 
 def forecasts() -> dict[str, Any]:
-    """What the risk task stores for the latest checkpoint: Theil–Sen trends over the last 6."""
+    """What the risk task stores as trends for the latest checkpoint: Theil–Sen over the last 6."""
     window = STEPS[-6:]
     series = {"ood_kl": (_kl_ood, 0.5, "up"), "param_drift": (_rel_l2, 0.05, "up"),
-              "diversity": (_distinct2, 0.6 * 0.74, "down"), "ood_forgetting": (_acc_change_ood, -0.062, "down")}
+              "diversity": (_distinct2, 0.6 * 0.74, "down")}
     out: dict[str, Any] = {}
     for name, (f, threshold, direction) in series.items():
         fit = theil_sen_forecast(window, [f(s) for s in window], threshold=threshold, direction=direction)
@@ -121,15 +121,23 @@ def seed(engine: Engine) -> dict[str, int]:
                 "INSERT INTO sample_drift (run_id, step, probe_set, n_samples, distinct2, distinct2_base, "
                 "repetition_ratio, data) VALUES (:r, :s, 'general-qa', 64, :d2, 0.74, :rep, '{}')"),
                 {"r": run, "s": step, "d2": _distinct2(step), "rep": 0.04 + 0.25 * t ** 2})
-            applicable = step > 0
+            # The forecast applies from the third checkpoint until forgetting is detected (at 1200).
+            detected = step == 1200
+            applicable = 200 <= step < 1200
+            drop = -_acc_change_ood(step) / 0.62
             conn.execute(text(
-                "INSERT INTO risk_estimates (checkpoint_id, applicable, value, model, reason, changepoint, "
-                "features, forecasts, findings) VALUES (:c, :a, :v, 'logistic/1', :why, :cp, '{}', "
-                "CAST(:f AS jsonb), CAST(:fi AS jsonb))"),
+                "INSERT INTO risk_estimates (checkpoint_id, applicable, value, model, reason, reason_code, "
+                "changepoint, features, forecasts, findings, detected, detection) VALUES (:c, :a, :v, 'trend/1', "
+                ":why, :code, :cp, '{}', CAST(:f AS jsonb), CAST(:fi AS jsonb), :det, CAST(:d AS jsonb))"),
                 {"c": cid, "a": applicable, "v": _risk(step) if applicable else None,
-                 "why": None if applicable else "needs two checkpoints for trends", "cp": step == 900,
-                 "f": json.dumps(forecasts() if step == 1200 else {}),
-                 "fi": json.dumps(FINDINGS if step == 1200 else [])})
+                 "why": None if applicable else "too few measured checkpoints for a trend" if step < 200
+                 else "forgetting is already detected: a measurement, not a forecast",
+                 "code": None if applicable else "too_few_checkpoints" if step < 200 else "detected",
+                 "cp": step == 900, "f": json.dumps(forecasts() if step == 1200 else {}),
+                 "fi": json.dumps(FINDINGS if step == 1200 else []), "det": detected,
+                 "d": json.dumps({"measured": True, "detected": detected, "threshold": 0.1, "probe_set": "general-qa",
+                                  "metric": "accuracy", "drop": drop, "drop_low": drop - 0.05,
+                                  "drop_high": drop + 0.05, "n_items": 64})})
             if step % 300 == 0:
                 conn.execute(text("INSERT INTO run_labels (run_id, step, name, value) VALUES "
                                   "(:r, :s, 'ood_accuracy', :o), (:r, :s, 'in_domain_accuracy', :i)"),
@@ -168,7 +176,7 @@ def run_url(name: str) -> str:
 
 # --- through TestClient ------------------------------------------------------------------------
 
-def test_run_list_shows_each_run_with_risk_findings_and_checkpoint_counts(web: TestClient) -> None:
+def test_run_list_shows_each_run_with_forgetting_findings_and_checkpoint_counts(web: TestClient) -> None:
     response = web.get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
@@ -180,15 +188,16 @@ def test_run_list_shows_each_run_with_risk_findings_and_checkpoint_counts(web: T
     assert html.escape(FINDINGS[1]["message"]) in body  # critical first
     assert "<b>since step 600</b>" not in body
     assert "not assessed yet" in body  # the run without analyses
-    assert page_numbers(body)["risk"] == repr(_risk(1200))
+    assert ">detected<" in body  # the latest checkpoint's statement is the measured one
 
 
-def test_run_page_leads_with_risk_rollback_and_findings_then_plots(web: TestClient) -> None:
+def test_run_page_leads_with_detection_forecast_rollback_and_findings_then_plots(web: TestClient) -> None:
     response = web.get(run_url(RUN))
     assert response.status_code == 200
     body = response.text
     assert html.escape(RUN) in body
-    order = [body.index(marker) for marker in ("id='risk-card'", "id='rollback-card'", "Findings at step 1,200",
+    order = [body.index(marker) for marker in ("id='detection-card'", "id='risk-card'", "id='rollback-card'",
+                                               "Findings at step 1,200",
                                                "id='plot-risk'", 'id="latest"')]
     assert order == sorted(order)
     for finding in FINDINGS:
@@ -212,8 +221,10 @@ def test_numbers_on_the_run_page_equal_the_api(web: TestClient, tokens: dict[str
     auth = {"Authorization": f"Bearer {tokens['read']}"}
     status = web.get(f"/v1/runs/{ids['run']}/status", headers=auth).json()
     drift = web.get(f"/v1/runs/{ids['run']}/param-drift", headers=auth).json()
-    assert status["risk"]["step"] == 1200 and status["last_step"] == 1300
-    assert float(numbers["risk"]) == status["risk"]["value"]
+    assert status["detection"]["step"] == 1200 and status["last_step"] == 1300
+    assert status["detection"]["detected"] and status["forecast"]["reason_code"] == "detected"
+    assert float(numbers["detection.drop_low"]) == status["detection"]["drop_low"]
+    assert status["first_predicted_step"] == 1000 and status["first_detected_step"] == 1200
     assert int(numbers["last_safe_step"]) == status["last_safe_step"] == 900
     latest = drift["global"][-1]
     assert float(numbers["param.global.relative_l2_distance"]) == latest["relative_l2_distance"]

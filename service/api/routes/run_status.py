@@ -54,13 +54,16 @@ def get_labels(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
 
 @router.get("/status")
 def run_status(run_ref: str, session: SessionDep, settings: SettingsDep, _: Reader) -> dict[str, Any]:
-    """What on-call and the trainer callback need: latest risk, its findings and forecasts, and the
-    last checkpoint whose risk was below the alert threshold (where to roll back)."""
-    return status.run_status(session, run=queries.get_run(session, ref=run_ref), threshold=settings.risk_threshold)
+    """What on-call and the trainer callback need: at the latest assessed checkpoint, measured ood
+    forgetting (`detection`) and the forecast of it (`forecast`, or why it abstains), the probe-free
+    parameter heuristic (labelled), findings, the first predicted and detected alarms, and the last
+    checkpoint before any alarm (where to roll back)."""
+    return status.current_status(session, run=queries.get_run(session, ref=run_ref), settings=settings)
 
 
 @router.get("/risk")
 def run_risk(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
-    """Risk per checkpoint across the run (value null where no model applied, with the reason)."""
+    """Detection and forecast per assessed checkpoint (`value`: the forecast probability, null where
+    it abstained, with `reason_code` and `reason`)."""
     run = queries.get_run(session, ref=run_ref)
     return {"run": run.name, "series": status.risk_series(session, run_id=run.id)}

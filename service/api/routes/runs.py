@@ -13,6 +13,7 @@ from service.api.schemas import RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
+from service.queue import probe_tasks
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -33,6 +34,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, principal
 
     def action() -> tuple[int, RunOut]:
         run, created = queries.create_run(session, **body.model_dump())
+        if body.probe_sets:
+            probe_tasks.enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
         last = queries.last_steps(session).get(run.id)
         return (201 if created else 200), run_out(session, run, last)
 

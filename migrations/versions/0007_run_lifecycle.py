@@ -1,15 +1,15 @@
 """Runs can be archived: kept with everything measured, hidden from lists, pages and /metrics.
 Tokens may have the admin scope (write, and delete runs).
 
-Revision ID: 0006
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,65 @@
+"""Held-out record of the forgetting alarms on the labelled runs in forgetwatch's database.
+
+    FORGETWATCH_DATA_DIR=~/.cache/forgetwatch/calibration python -m bench.risk_heldout [--alpha 0.1]
+
+Every labelled run (ground truth ``ood_accuracy`` posted for step 0 and its checkpoints, e.g. by
+``make corpus``) is replayed through the service's detection and forecast, each checkpoint judged
+only from the checkpoints up to it (`service.calibrate`). The alarm threshold of each judged run is
+calibrated conformally on the non-forgetting runs of the *other* families (leave one family out)
+or methods (leave one method out); metrics are defined in `drift.evaluation`. With a single family
+in the corpus the leave-one-family-out alarm metrics are reported as n/a, never replaced by an
+in-sample figure; the last line then comes from leave-one-method-out and says ``families=1``.
+
+Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
+false_alarm_runs=… detect_rate=… persistence_auc=…``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from drift.evaluation import first_alarm, held_out
+from service.calibrate import report, traces
+from service.cli import database_url, ensure_schema
+from service.db.session import make_engine, make_sessionmaker
+from service.settings import Settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--alpha", type=float, default=0.10, help="largest share of non-forgetting runs that alarm")
+    parser.add_argument("--label", default="ood_accuracy")
+    args = parser.parse_args()
+    settings = Settings()
+    horizon = settings.forecast_horizon_checkpoints
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine)() as session:
+            runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop, horizon=horizon)
+        engine.dispose()
+    if not runs:
+        raise SystemExit("bench.risk_heldout: no labelled runs in this database (make corpus writes some)")
+    families = sorted({t.family for t in runs})
+    methods = sorted({t.method for t in runs})
+    print(f"{len(runs)} labelled runs, {sum(t.onset is not None for t in runs)} forgetting "
+          f"({sum(t.onset is not None and t.onset >= 2 for t in runs)} with onset at or after the 3rd checkpoint, "
+          f"{sum(t.onset == 0 for t in runs)} at the first); families {families}; methods {methods}")
+    print(f"{'run':<44} {'method':<18} ckpts onset first_alarm@0.5 max_forecast")
+    for t in runs:
+        peak = max((p for p in t.forecast if p is not None), default=None)
+        alarm = first_alarm(t, 0.5)
+        print(f"{t.run:<44} {t.method:<18} {len(t.forecast):5d} {'-' if t.onset is None else t.onset:>5} "
+              f"{'-' if alarm is None else alarm:>11} {'-' if peak is None else f'{peak:.3f}':>12}")
+    by_method = held_out(runs, by="method", alpha=args.alpha, horizon=horizon)
+    by_family = held_out(runs, by="family", alpha=args.alpha, horizon=horizon)
+    print(report(by_method))
+    print(report(by_family))
+    last = by_family if len(families) >= 2 else by_method
+    if len(families) < 2:
+        print("leave-one-family-out: not possible with one family; the line below is leave-one-method-out")
+    print(last.line())
+
+
+if __name__ == "__main__":
+    main()

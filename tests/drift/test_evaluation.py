@@ -1,0 +1,57 @@
+"""Held-out evaluation of the alarms and the conformal threshold (`drift.evaluation`)."""
+
+import math
+
+import pytest
+
+from drift.evaluation import RunTrace, conformal_threshold, evaluate, first_alarm, held_out
+
+
+def trace(name, forecast, *, onset=None, detected=None, family="f", method="m", drop=None):
+    n = len(forecast)
+    return RunTrace(name, family, method, tuple(forecast), tuple(detected or [False] * n),
+                    tuple(drop or [0.01 * i for i in range(n)]), tuple(0.001 * i for i in range(n)), onset)
+
+
+def test_conformal_threshold_lets_at_most_alpha_of_new_quiet_runs_alarm():
+    scores = [i / 20 for i in range(19)]  # 19 runs: the 18th smallest maximum is the quantile at 10 %
+    threshold = conformal_threshold(scores, alpha=0.1)
+    assert scores[17] < threshold < scores[17] + 1e-12
+    assert sum(s >= threshold for s in scores) == 1  # the largest run alone, 1/19 ≤ 10 %
+    # Too few runs for the guarantee: no threshold, rather than a relaxed one.
+    assert conformal_threshold(scores[:8], alpha=0.1) is None
+    with pytest.raises(ValueError):
+        conformal_threshold(scores, alpha=0)
+
+
+def test_first_alarm_is_a_detection_or_a_forecast_at_the_threshold():
+    t = trace("a", [None, 0.2, 0.6, None], detected=[False, False, False, True])
+    assert first_alarm(t, 0.5) == 2
+    assert first_alarm(t, 0.7) == 3
+    assert first_alarm(t, None) == 3  # without a threshold only detection alarms
+
+
+def test_metrics_on_hand_made_runs():
+    early = trace("early", [None, None, 0.2, 0.7, 0.9, None], onset=5, detected=[False] * 5 + [True])
+    late = trace("late", [None, None, 0.1, 0.2, None], onset=4, detected=[False] * 4 + [True])
+    quiet = trace("quiet", [None, None, 0.1, 0.1, 0.6, 0.1, 0.1])
+    calm = trace("calm", [None, None, 0.0, 0.0, 0.0, 0.0, 0.0])
+    result = evaluate([early, late, quiet, calm], [0.5] * 4, horizon=3)
+    assert result.n_forgetting == 2 and result.threshold == 0.5
+    assert result.early2_share == 0.5  # early alarmed at 3 (2 before onset 5), late only at its onset
+    assert result.median_lead_ckpts == 1.0  # leads 2 and 0
+    assert result.false_alarm_runs == 0.5  # quiet alarmed at 4
+    assert result.detect_rate == 1.0
+    # Risk set: early 0..4, late 0..3, quiet 0..3, calm 0..3 (the last 3 of quiet runs are unobserved).
+    assert result.risk_set_size == 17 and math.isclose(result.forecast_coverage, 9 / 17)
+    assert 0.5 < result.auc_h3 <= 1.0
+    assert "risk_heldout families=1 methods=1 auc_h3=" in result.line()
+
+
+def test_held_out_judges_each_group_with_a_threshold_calibrated_on_the_others():
+    quiet = [trace(f"q{i}{g}", [None, None, 0.05 * i, 0.05 * i, 0.0], method=g) for i in range(10) for g in "ab"]
+    loud = trace("loud", [None, None, 0.9, 0.9, 0.9], method="b")  # never forgets, but its forecast is high
+    result = held_out([*quiet, loud], by="method", alpha=0.1)
+    assert result.false_alarm_runs == pytest.approx(1 / 21)  # loud alone, judged on group a's threshold
+    single = held_out(quiet, by="family")
+    assert "nothing held out" in single.split and single.false_alarm_runs is None and single.early2_share is None
