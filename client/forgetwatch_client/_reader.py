@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from forgetwatch_client._client import RunStatus
+from forgetwatch_client._status import RunStatus
 from forgetwatch_client._transport import ForgetwatchError, classify
 
 
@@ -58,6 +58,10 @@ class ForgetwatchReader:
 
     def labels(self, run: str) -> list[dict[str, Any]]:
         return self._get(f"/v1/runs/{_segment(run)}/labels")["labels"]
+
+    def metrics(self, run: str) -> dict[str, list[dict[str, Any]]]:
+        """{name: [{"step", "value"}, ...]}: the training metrics the trainer reported."""
+        return self._get(f"/v1/runs/{_segment(run)}/metrics")["series"]
 
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))

@@ -92,6 +92,7 @@ class ForgetwatchCallback(TrainerCallback):
     (the service's forecast at or above its alarm threshold, or at or above `risk_threshold` when that
     is set), "warn" logs a warning with the step to roll back to, "stop" also stops training. A
     forecast that abstains ("not applicable") never acts. The client is flushed (up to `flush_timeout` seconds) when training ends.
+    forward_logs: send what the trainer logs (`on_log`: loss, reward, entropy, KL, ...) as training metrics.
     """
 
     def __init__(
@@ -106,6 +107,7 @@ class ForgetwatchCallback(TrainerCallback):
         upload: bool = False,
         sample_batch_size: int = 16,
         flush_timeout: float = 30.0,
+        forward_logs: bool = True,
     ) -> None:
         if sample_every is not None and sample_every < 1:
             raise ValueError(f"sample_every must be a positive number of steps or None, got {sample_every}")
@@ -121,6 +123,7 @@ class ForgetwatchCallback(TrainerCallback):
         self.upload = upload
         self.sample_batch_size = sample_batch_size
         self.flush_timeout = flush_timeout
+        self.forward_logs = forward_logs
         self._prompts: dict[str | None, list[str]] | None
         if probe_prompts is None:
             self._prompts = None
@@ -142,6 +145,18 @@ class ForgetwatchCallback(TrainerCallback):
                 log.exception(
                     "action=sampling_failed run=%s step=%s", self.client.run_name, state.global_step
                 )
+
+    def on_log(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+        logs: Mapping[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Forward the numbers the trainer logs (loss, learning rate, and TRL's reward, entropy, KL to the
+        reference, ...) to the run's training metrics."""
+        if not (self.forward_logs and state.is_world_process_zero and logs):
+            return
+        values = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        if values:
+            self.client.metrics(state.global_step, values)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any

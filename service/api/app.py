@@ -27,6 +27,7 @@ from service.api.routes import (
     run_status,
     runs,
     samples,
+    training_metrics,
 )
 from service.api.schemas import Problem
 from service.db.session import make_sessionmaker
@@ -83,7 +84,8 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.sessions = make_sessionmaker(engine)
     app.state.registry = registry
     app.include_router(health.router)
-    for module in (runs, run_status, checkpoints, samples, probe_sets, jobs, param_drift, response_drift):
+    for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
+                   response_drift):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
     install_error_handlers(app)

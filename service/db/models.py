@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     DateTime,
+    Double,
     ForeignKey,
     Integer,
     MetaData,
@@ -123,3 +124,14 @@ class IdempotencyRecord(Base):
     status_code: Mapped[int] = mapped_column(SmallInteger)
     response: Mapped[Any] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _now()
+
+
+class TrainingMetric(Base):
+    """A value the trainer reported at a step (loss, reward, entropy, KL to the reference, ...)."""
+
+    __tablename__ = "training_metrics"
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    value: Mapped[float] = mapped_column(Double)
+    recorded_at: Mapped[datetime] = _now()

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments, TrainerState
+from transformers import Trainer, TrainerState, TrainingArguments
 
 from forgetwatch_client import ForgetwatchClient
 from forgetwatch_client.hf import ForgetwatchCallback

@@ -45,9 +45,13 @@ class ModeRecorder(TrainerCallback):
 
     def __init__(self) -> None:
         self.training: list[bool] = []
+        self.logged: list[tuple[int, dict]] = []
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.training.append(kwargs["model"].training)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        self.logged.append((state.global_step, dict(logs or {})))
 
 
 def test_generate_responses_matches_one_prompt_at_a_time() -> None:
@@ -86,7 +90,7 @@ def test_trainer_pushes_checkpoints_and_samples_that_workers_process(
             report_to=[],
             use_cpu=True,
             disable_tqdm=True,
-            logging_steps=100,
+            logging_steps=3,
             dataloader_pin_memory=False,
         )
         callback = ForgetwatchCallback(client, sample_every=2, max_new_tokens=8)
@@ -99,8 +103,15 @@ def test_trainer_pushes_checkpoints_and_samples_that_workers_process(
         )
         trainer.train()
         client.close()
-        assert client.stats["sent"] == 1 + 2 + 3 and client.stats["dropped"] == 0
+        # the run, 2 checkpoints, 3 sample batches, and one metrics call per trainer log
+        assert client.stats["sent"] == 1 + 2 + 3 + len(recorder.logged) and client.stats["dropped"] == 0
         assert recorder.training == [True] * 6
+
+        metrics = service.get("/v1/runs/tiny-sft/metrics")["series"]
+        logged_losses = [(step, logs["loss"]) for step, logs in recorder.logged if "loss" in logs]
+        assert [step for step, _ in logged_losses] == [3, 6]
+        assert [(p["step"], p["value"]) for p in metrics["loss"]] == logged_losses
+        assert metrics["train_runtime"][0]["step"] == 6  # the trainer's closing summary, at the last step
 
         samples = service.get("/v1/runs/tiny-sft/samples")
         assert [(s["step"], s["prompt"]) for s in samples] == [

@@ -22,6 +22,7 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
         assert fw.checkpoints("read-6") == []
         assert fw.param_drift("read-6")["global"] == []
         assert fw.response_drift("read-6")["probe_sets"] == {}
+        assert fw.metrics("read-6") == {}
         assert fw.status("read-6").run == "read-6"
         with pytest.raises(ForgetwatchError) as missing:
             fw.run("no-such-run")

@@ -103,3 +103,25 @@ def test_deleting_a_run_needs_an_admin_token_and_removes_rows_and_uploads(
     # an admin token can also write
     assert client.post("/v1/runs", json={"name": "again", "base_model": "/m"},
                        headers={"Authorization": f"Bearer {admin}"}).status_code == 201
+
+
+def test_training_metrics_are_batched_idempotent_and_refuse_non_finite_values(client: TestClient) -> None:
+    client.post("/v1/runs", json={"name": "metered", "base_model": "/m"})
+    body = {"points": [{"step": 20, "values": {"loss": 1.5, "rewards/accuracy/mean": 0.25}},
+                       {"step": 10, "values": {"loss": 2.0}}]}
+    first = client.post("/v1/runs/metered/metrics", json=body, headers={"Idempotency-Key": "m-1"})
+    assert first.status_code == 202 and first.json()["accepted"] == 3
+    assert client.post("/v1/runs/metered/metrics", json=body, headers={"Idempotency-Key": "m-1"}).json() == first.json()
+    client.post("/v1/runs/metered/metrics", json={"points": [{"step": 10, "values": {"loss": 1.9}}]})
+    series = client.get("/v1/runs/metered/metrics").json()["series"]
+    assert series == {"loss": [{"step": 10, "value": 1.9}, {"step": 20, "value": 1.5}],
+                      "rewards/accuracy/mean": [{"step": 20, "value": 0.25}]}
+    for bad in ({"points": []}, {"points": [{"step": 1, "values": {}}]},
+                {"points": [{"step": -1, "values": {"loss": 1.0}}]},
+                {"points": [{"step": 1, "values": {"bad name!": 1.0}}]}):
+        refused = client.post("/v1/runs/metered/metrics", json=bad)
+        assert refused.status_code == 422, (bad, refused.text)
+    nan = client.post("/v1/runs/metered/metrics", content=b'{"points": [{"step": 1, "values": {"loss": NaN}}]}',
+                      headers={"Content-Type": "application/json"})
+    assert nan.status_code == 422
+    assert client.get("/v1/runs/metered/metrics").json()["series"]["loss"][0] == {"step": 10, "value": 1.9}
