@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from service.db.models import ApiToken
@@ -23,20 +24,44 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, *, name: str, scope: str) -> str:
-    """Store a new token's hash and return the token itself (shown once)."""
+def create_token(session: Session, *, name: str, scope: str, expires_at: datetime | None = None) -> str:
+    """Store a new token's hash and return the token itself (shown once). `expires_at` (timezone
+    aware): refused from then on; None: until revoked."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise ValueError("expires_at must be timezone-aware")
     token = "fw_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(name=name, scope=scope, token_hash=hash_token(token)))
+    session.add(ApiToken(name=name, scope=scope, token_hash=hash_token(token), expires_at=expires_at))
     session.flush()
     return token
 
 
 def find_token(session: Session, token: str) -> ApiToken | None:
+    """The token's row while it is neither revoked nor expired (by the database's clock)."""
     return session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None),
+                               or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > func.now()))
     )
+
+
+_UNITS = {"m": 60, "h": 3600, "d": 86400}
+
+
+def parse_expiry(text: str, *, now: datetime) -> datetime:
+    """`30d`, `12h`, `90m` after `now`, or an ISO date/time (UTC unless it says otherwise)."""
+    value = text.strip()
+    if value[:-1].isdigit() and value[-1:] in _UNITS:
+        return now + timedelta(seconds=int(value[:-1]) * _UNITS[value[-1]])
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"--expires {text!r}: give a duration (30d, 12h, 90m) or an ISO date such as "
+                         "2027-01-31 or 2027-01-31T12:00+01:00") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if moment <= now:
+        raise ValueError(f"--expires {text!r} is in the past")
+    return moment
 
 
 def list_tokens(session: Session) -> list[ApiToken]:

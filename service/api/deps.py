@@ -42,7 +42,7 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
     row = find_token(session, token.strip())
     if row is None:
-        raise Unauthorized("invalid or revoked token")
+        raise Unauthorized("invalid, expired or revoked token; ask for a new one (`forgetwatch token create`)")
     return Principal(token_id=row.id, name=row.name, scope=row.scope)
 
 

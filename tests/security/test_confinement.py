@@ -172,3 +172,13 @@ def test_forbidden_uri_message_does_not_say_where_it_resolved(client: TestClient
     detail = response.json()["detail"]
     assert "outside the allowed checkpoint roots" in detail
     assert os.getcwd() not in detail.replace(uri, "")
+
+
+def test_large_tokenizer_files_inside_the_roots_pass_the_folder_check(checkpoint_root: Path) -> None:
+    """Only config.json and indexes are parsed by the check; tokenizer.json reaches 30 MB in the wild."""
+    folder = checkpoint_root / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with open(folder / "tokenizer.json", "wb") as out:
+        out.truncate(17 * 2**20)
+    check_model_folder(folder, _roots(checkpoint_root))

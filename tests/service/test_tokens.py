@@ -1,12 +1,17 @@
-"""`forgetwatch token list|revoke`: a revoked token is refused from its next request on, reads and
-writes alike, and listing never shows a token or its hash."""
+"""`forgetwatch token create --expires|list|revoke`: a revoked or expired token is refused from its
+next request on, reads and writes alike, and listing never shows a token or its hash."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine
 
+from service.auth import create_token, parse_expiry
 from service.cli import main
+from service.db.session import make_sessionmaker
 
 
 @pytest.fixture
@@ -49,3 +54,45 @@ def test_revoke_by_id_twice_keeps_the_first_time(cli, tokens: dict[str, str]) ->
 def test_revoking_an_unknown_token_says_what_to_do(cli, tokens: dict[str, str], ref: str) -> None:
     with pytest.raises(SystemExit, match="forgetwatch token list"):
         cli("revoke", ref)
+
+
+def test_an_expired_token_is_refused_for_reads_and_writes(client: TestClient, engine: Engine) -> None:
+    with make_sessionmaker(engine)() as session:
+        expired = create_token(session, name="old", scope="write", expires_at=datetime(2020, 1, 1, tzinfo=UTC))
+        session.commit()
+    headers = {"Authorization": f"Bearer {expired}"}
+    assert client.get("/v1/runs", headers=headers).status_code == 401
+    refused = client.post("/v1/runs", json={"name": "r", "base_model": "/m"}, headers=headers)
+    assert refused.status_code == 401
+    assert "expired" in refused.json()["detail"]
+
+
+def test_create_with_expires_gives_a_working_token_with_its_expiry_listed(cli, client: TestClient,
+                                                                          tokens: dict[str, str]) -> None:
+    token = cli("create", "--name", "ci", "--scope", "read", "--expires", "30d").strip()
+    assert client.get("/v1/runs", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    (line,) = [line for line in cli("list").splitlines() if " ci " in line]
+    assert line.split()[5] != "-" and line.split()[-1] == "-"  # an expiry, not revoked
+
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("30d", NOW + timedelta(days=30)), ("12h", NOW + timedelta(hours=12)), ("90m", NOW + timedelta(minutes=90)),
+    ("2027-01-31", datetime(2027, 1, 31, tzinfo=UTC)),
+    ("2027-01-31T12:00+01:00", datetime(2027, 1, 31, 11, 0, tzinfo=UTC)),
+])
+def test_expiry_is_a_duration_or_a_date(text: str, expected: datetime) -> None:
+    assert parse_expiry(text, now=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "30x", "-5d", "2020-01-01"])
+def test_a_bad_or_past_expiry_says_what_to_give(text: str) -> None:
+    with pytest.raises(ValueError, match="--expires"):
+        parse_expiry(text, now=NOW)
+
+
+def test_the_command_refuses_a_bad_expiry_without_a_traceback(cli) -> None:
+    with pytest.raises(SystemExit, match="give a duration"):
+        cli("create", "--name", "x", "--expires", "soon")
