@@ -1,6 +1,7 @@
-"""Lazy, validated access to model checkpoints.
+"""Lazy, validated access to model checkpoints: the `Checkpoint` that `drift.checkpoints.open_checkpoint`
+returns, and the parsing of the files it reads.
 
-Supported sources (``open_checkpoint(path)``):
+Supported sources:
 
 * a Hugging Face model folder with ``*.safetensors`` (one file, or shards listed in
   ``model.safetensors.index.json``), or with ``pytorch_model.bin`` (optionally sharded);
@@ -31,9 +32,9 @@ from typing import Self
 
 import numpy as np
 
-from drift.confined import CheckpointError, Roots, member, open_confined, read_json
+from drift.confined import CheckpointError, Roots, open_confined
 
-__all__ = ["Checkpoint", "CheckpointError", "TensorInfo", "list_tensors", "open_checkpoint", "to_float64"]
+__all__ = ["Checkpoint", "CheckpointError", "TensorInfo", "to_float64"]
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ class Checkpoint:
         self._maps: dict[str, mmap.mmap] = {}
 
     # -- loading ---------------------------------------------------------------------------------
-    def _add_safetensors(self, file: Path, keep: set[str] | None = None) -> None:
+    def add_safetensors(self, file: Path, keep: set[str] | None = None) -> None:
         entries, start = _safetensors_header(file, self.roots)
         first_at: dict[tuple[int, int], str] = {}
         for name, (dtype, shape, begin, end) in entries.items():
@@ -201,7 +202,7 @@ class Checkpoint:
             self.infos[name] = TensorInfo(name, shape, dtype, str(file), None if alias == name else alias)
             self._loc[name] = ("st", str(file), start + begin, end - begin)
 
-    def _add_torch(self, file: Path, keep: set[str] | None = None) -> None:
+    def add_torch(self, file: Path, keep: set[str] | None = None) -> None:
         import pickle
 
         import torch
@@ -242,7 +243,7 @@ class Checkpoint:
             )
             self._loc[name] = ("pt", t)
 
-    def _tie_embeddings(self) -> None:
+    def tie_embeddings(self) -> None:
         if self.config.get("tie_word_embeddings") is not True:
             return
         embeds = [n for n, i in self.infos.items() if _EMBED_RE.search(n) and i.alias_of is None]
@@ -288,76 +289,3 @@ class Checkpoint:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _index(folder: Path, index: Path, roots: Roots) -> dict[Path, set[str]]:
-    """Shard file -> tensor names, from a ``*.index.json`` weight map (shard names confined to ``folder``)."""
-    weight_map = read_json(index, roots).get("weight_map")
-    if not isinstance(weight_map, dict):
-        raise CheckpointError(f"{index}: no 'weight_map' object; the index is corrupt")
-    shards: dict[Path, set[str]] = {}
-    for name, f in weight_map.items():
-        shards.setdefault(member(folder, f, listed_in=str(index)), set()).add(name)
-    return dict(sorted(shards.items()))
-
-
-def _inside_roots(path: Path, roots: Roots) -> bool:
-    real = Path(os.path.realpath(path))
-    return roots is None or any(real == root or real.is_relative_to(root) for root in roots)
-
-
-def open_checkpoint(path: str | os.PathLike, *, roots: Roots = None) -> Checkpoint:
-    """Open a checkpoint folder or file (see the module docstring); raises CheckpointError.
-
-    With ``roots`` (resolved folders), the checkpoint and every file read from it, shards named by
-    an index included, must lie inside them (``drift.confined``)."""
-    path = Path(path)
-    if not _inside_roots(path, roots):
-        raise CheckpointError(f"{path}: lies outside the allowed checkpoint roots")
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    config: dict = {}
-    if path.is_dir():
-        if (path / "adapter_config.json").is_file():
-            from drift.lora import open_adapter
-
-            return open_adapter(path, roots=roots)
-        if (path / "config.json").is_file():
-            config = read_json(path / "config.json", roots)
-        if (path / "model.safetensors.index.json").is_file():
-            kind, files = "safetensors", _index(path, path / "model.safetensors.index.json", roots)
-        elif sorted(path.glob("*.safetensors")):
-            kind, files = "safetensors", dict.fromkeys(sorted(path.glob("*.safetensors")))
-        elif (path / "pytorch_model.bin.index.json").is_file():
-            kind, files = "torch", _index(path, path / "pytorch_model.bin.index.json", roots)
-        elif torch_files := sorted(p for ext in ("bin", "pt", "pth") for p in path.glob(f"*.{ext}")):
-            kind, files = "torch", dict.fromkeys(torch_files)
-        else:
-            raise CheckpointError(f"{path}: no *.safetensors, *.bin or adapter_config.json in this folder")
-    elif path.suffix == ".safetensors":
-        kind, files = "safetensors", {path: None}
-    elif path.suffix in (".bin", ".pt", ".pth"):
-        kind, files = "torch", {path: None}
-    else:
-        raise CheckpointError(
-            f"{path}: unknown checkpoint type; expected .safetensors, .bin, .pt or a model folder"
-        )
-    ckpt = Checkpoint(path, kind, config, roots=roots)
-    for file, keep in files.items():
-        ckpt._add_safetensors(file, keep) if kind == "safetensors" else ckpt._add_torch(file, keep)
-        absent = sorted((keep or set()) - ckpt.infos.keys())
-        if absent:
-            raise CheckpointError(
-                f"{file}: the index maps {absent[:5]} to this shard but it does not hold them; "
-                "the shards do not match their index, re-download them"
-            )
-    ckpt._tie_embeddings()
-    return ckpt
-
-
-def list_tensors(source: str | os.PathLike | Checkpoint, *, roots: Roots = None) -> list[TensorInfo]:
-    """All tensors of a checkpoint (aliases included, with ``alias_of`` set), in storage order."""
-    if isinstance(source, Checkpoint):
-        return list(source.infos.values())
-    with open_checkpoint(source, roots=roots) as ckpt:
-        return list(ckpt.infos.values())

@@ -150,9 +150,9 @@ def open_adapter(path: str | os.PathLike, *, roots: Roots = None) -> LoraAdapter
         )
     adapter = LoraAdapter(path, "lora", config, roots=roots)
     if (path / "adapter_model.safetensors").is_file():
-        adapter._add_safetensors(path / "adapter_model.safetensors")
+        adapter.add_safetensors(path / "adapter_model.safetensors")
     elif (path / "adapter_model.bin").is_file():
-        adapter._add_torch(path / "adapter_model.bin")
+        adapter.add_torch(path / "adapter_model.bin")
     else:
         raise CheckpointError(f"{path}: adapter_config.json found but no adapter_model.safetensors or .bin")
     return adapter

@@ -64,7 +64,8 @@ def check_config_fits_weights(folder: str | Path, *, roots: Sequence[Path] | Non
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from drift.checkpoint_io import CheckpointError, list_tensors
+    from drift.checkpoint_io import CheckpointError
+    from drift.checkpoints import list_tensors
     from drift.confined import read_json
 
     folder = Path(folder)

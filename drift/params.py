@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 from drift import _kernels as K
 from drift.aggregate import DriftSummary, TensorDrift, aggregate
-from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo, list_tensors, open_checkpoint
+from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo
+from drift.checkpoints import list_tensors, open_checkpoint
 from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
 from drift.spectral import SpectralDrift, SpectralOptions, cache_path, spectral_drift

@@ -130,7 +130,8 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
     from service.db import queries
     from service.db.session import make_engine, make_sessionmaker
     from service.errors import NotFound
-    from service.queue import probe_tasks, risk_tasks
+    from service.queue import probe_tasks
+    from service.queue.defer import enqueue_risk
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
@@ -145,7 +146,7 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
                 if queries.run_probe_set_names(session, run_id=run.id):
                     probe_tasks.enqueue_base(session, run.id)
                 for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
-                    risk_tasks.enqueue(session, checkpoint_id)
+                    enqueue_risk(session, checkpoint_id)
                     count += 1
         engine.dispose()
     print(f"forgetwatch: {count} checkpoint assessments of {len(runs)} run(s) queued; a worker recomputes them "

@@ -130,7 +130,7 @@ def _job_families(rows: list) -> Iterator:
 
 
 def known_task_names() -> set[str]:
-    from service.queue.app import NAMESPACE
+    from service.queue.defer import NAMESPACE
     from service.queue.tasks import blueprint
 
     return {f"{NAMESPACE}:{name}" for name in blueprint.tasks}

@@ -6,10 +6,10 @@ import procrastinate
 
 from service.db.session import libpq_url
 from service.queue import param_tasks, probe_tasks, risk_tasks, sample_tasks, tasks  # noqa: F401 - registers tasks
+from service.queue.defer import NAMESPACE
 
 # Queues let operators place work: probe jobs want GPUs, parameter jobs want disk bandwidth.
 QUEUES = ("params", "probes", "maintenance")
-NAMESPACE = "forgetwatch"
 
 
 def create_queue_app(database_url: str) -> procrastinate.App:
@@ -17,8 +17,3 @@ def create_queue_app(database_url: str) -> procrastinate.App:
     app = procrastinate.App(connector=connector)
     app.add_tasks_from(tasks.blueprint, namespace=NAMESPACE)
     return app
-
-
-def task_name(name: str) -> str:
-    """Full name of one of our tasks, as stored in procrastinate_jobs.task_name."""
-    return f"{NAMESPACE}:{name}"

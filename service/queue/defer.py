@@ -14,6 +14,21 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+NAMESPACE = "forgetwatch"
+RISK_TASK = "compute_risk"
+
+
+def task_name(name: str) -> str:
+    """Full name of one of our tasks, as stored in procrastinate_jobs.task_name."""
+    return f"{NAMESPACE}:{name}"
+
+
+def enqueue_risk(session: Session, checkpoint_id: int) -> None:
+    """Ask for a (re)assessment of a checkpoint's forgetting; one waiting request per checkpoint is enough."""
+    defer_job(session, task=task_name(RISK_TASK), queue="maintenance", args={"checkpoint_id": checkpoint_id},
+              queueing_lock=f"risk-{checkpoint_id}")
+
+
 _DEFER = text(
     """
     SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[

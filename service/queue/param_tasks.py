@@ -14,13 +14,12 @@ import logging
 import procrastinate
 from sqlalchemy import text
 
-from drift.checkpoint_io import list_tensors
+from drift.checkpoints import list_tensors
 from drift.params import aggregate, shard_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
-from service.queue import risk_tasks
-from service.queue.defer import defer_job
+from service.queue.defer import defer_job, enqueue_risk, task_name
 from service.queue.tasks import (
     TRANSIENT,
     blueprint,
@@ -33,12 +32,6 @@ from service.queue.tasks import (
 log = logging.getLogger("forgetwatch")
 KIND = "params"
 PLAN, PART, AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
-
-
-def _task(name: str) -> str:
-    from service.queue.app import task_name
-
-    return task_name(name)
 
 
 def split_by_size(groups: list[list[str]], sizes: dict[str, int], max_elements: int) -> list[list[str]]:
@@ -85,7 +78,7 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing", details=details)
         store.replace_parts(session, checkpoint_id=checkpoint_id, groups=parts)
         for part in range(len(parts)):
-            defer_job(session, task=_task(PART), queue="params",
+            defer_job(session, task=task_name(PART), queue="params",
                       args={"checkpoint_id": checkpoint_id, "part": part})
     log.info("action=param_drift_planned checkpoint=%s parts=%s", checkpoint_id, len(parts))
 
@@ -110,7 +103,7 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
     with services.sessions.begin() as session:
         remaining = store.store_part(session, checkpoint_id=checkpoint_id, part=part, rows=rows)
         if remaining == 0:
-            defer_job(session, task=_task(AGGREGATE), queue="params", args={"checkpoint_id": checkpoint_id},
+            defer_job(session, task=task_name(AGGREGATE), queue="params", args={"checkpoint_id": checkpoint_id},
                       queueing_lock=f"aggregate-params-{checkpoint_id}")
     log.info("action=param_drift_part_done checkpoint=%s part=%s tensors=%s", checkpoint_id, part, len(rows))
 
@@ -123,12 +116,12 @@ def aggregate_param_drift(context: procrastinate.JobContext, checkpoint_id: int)
         summary = aggregate(rows)
         store.replace_summaries(session, checkpoint_id=checkpoint_id, summary=summary)
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="ready")
-        risk_tasks.enqueue(session, checkpoint_id)
+        enqueue_risk(session, checkpoint_id)
     log.info("action=param_drift_ready checkpoint=%s tensors=%s", checkpoint_id, len(rows))
 
 
 def enqueue(session, checkpoint_id: int) -> None:
     """Start the parameter-drift analysis of a new checkpoint (in the caller's transaction)."""
     store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
-    defer_job(session, task=_task(PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
+    defer_job(session, task=task_name(PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
               lock=f"plan-{checkpoint_id}")

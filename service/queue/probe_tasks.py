@@ -23,8 +23,7 @@ from service.db import queries
 from service.db import response_drift as store
 from service.db.models import Run
 from service.paths import resolve_checkpoint_uri
-from service.queue import risk_tasks
-from service.queue.defer import defer_job
+from service.queue.defer import defer_job, enqueue_risk, task_name
 from service.queue.tasks import (
     TRANSIENT,
     TRANSIENT_ERRORS,
@@ -45,15 +44,11 @@ BASE_NAME = "measure_base"
 
 def enqueue_base(session: Session, run_id: int) -> None:
     """Measure the run's base on its probe sets (the "step 0" row); one waiting request per run."""
-    from service.queue.app import task_name
-
     defer_job(session, task=task_name(BASE_NAME), queue="probes", args={"run_id": run_id},
               queueing_lock=f"base-{run_id}")
 
 
 def enqueue(session: Session, checkpoint_id: int) -> None:
-    from service.queue.app import task_name
-
     analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
     defer_job(session, task=task_name(NAME), queue="probes", args={"checkpoint_id": checkpoint_id},
               lock=f"probe-{checkpoint_id}")
@@ -147,7 +142,7 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
             store.store_probe_result(session, checkpoint_id=checkpoint_id, probe_set_id=probe_set_id,
                                      evaluation=evaluation)
         analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="ready")
-        risk_tasks.enqueue(session, checkpoint_id)
+        enqueue_risk(session, checkpoint_id)
     log.info("action=probe_drift_ready checkpoint=%s probe_sets=%s", checkpoint_id, len(results))
 
 

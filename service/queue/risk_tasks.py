@@ -7,27 +7,19 @@ import logging
 
 import procrastinate
 from sqlalchemy import text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from service.db.encoding import json_safe
 from service.db.features import ood_history, run_history
 from service.db.response_drift import run_base_scores
 from service.db.status import store_assessment
-from service.queue.defer import defer_job
+from service.queue.defer import RISK_TASK
 from service.queue.tasks import TRANSIENT, blueprint, services_of
 from service.risk import assess
 from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
-NAME = "compute_risk"
-
-
-def enqueue(session: Session, checkpoint_id: int) -> None:
-    """Ask for a (re)assessment; one waiting request per checkpoint is enough."""
-    from service.queue.app import task_name
-
-    defer_job(session, task=task_name(NAME), queue="maintenance", args={"checkpoint_id": checkpoint_id},
-              queueing_lock=f"risk-{checkpoint_id}")
+NAME = RISK_TASK  # requested with service.queue.defer.enqueue_risk
 
 
 @blueprint.task(name=NAME, queue="maintenance", pass_context=True, retry=TRANSIENT)

@@ -22,8 +22,7 @@ from drift.shift import classifier_two_sample_test, embedding_shift_test
 from service.db import response_drift as store
 from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
-from service.queue import risk_tasks
-from service.queue.defer import defer_job
+from service.queue.defer import defer_job, enqueue_risk, task_name
 from service.queue.probe_tasks import _base_model, is_model_folder, max_new_tokens
 from service.queue.tasks import TRANSIENT, blueprint, services_of
 
@@ -34,8 +33,6 @@ MIN_FOR_SHIFT_TEST = 8
 
 
 def enqueue(session: Session, *, run_id: int, step: int, probe_set: str | None) -> None:
-    from service.queue.app import task_name
-
     key = probe_set or ""
     defer_job(session, task=task_name(NAME), queue="probes", args={"run_id": run_id, "step": step, "probe_set": key},
               queueing_lock=f"samples-{run_id}-{step}-{key}")
@@ -106,5 +103,5 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
         checkpoint_id = session.execute(text("SELECT id FROM checkpoints WHERE run_id = :r AND step = :s"),
                                         {"r": run_id, "s": step}).scalar()
         if checkpoint_id is not None:
-            risk_tasks.enqueue(session, checkpoint_id)
+            enqueue_risk(session, checkpoint_id)
     log.info("action=sample_drift_done run=%s step=%s samples=%s", run_id, step, len(rows))

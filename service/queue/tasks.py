@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drift.confined import CheckpointError
 from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
+from service.queue.defer import enqueue_risk
 from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
@@ -48,11 +49,10 @@ def fail_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str, me
                   status: str = "failed") -> None:
     """Record why an analysis of a checkpoint ended without results; its risk is reassessed."""
     from service.db.param_drift import set_analysis
-    from service.queue import risk_tasks
 
     with services.sessions.begin() as session:
         set_analysis(session, checkpoint_id=checkpoint_id, kind=kind, status=status, error=message)
-        risk_tasks.enqueue(session, checkpoint_id)
+        enqueue_risk(session, checkpoint_id)
     log.warning("action=analysis_%s kind=%s checkpoint=%s reason=%s", status, kind, checkpoint_id, message)
 
 
@@ -88,12 +88,11 @@ def sweep_orphaned_analyses(services: WorkerServices) -> list[int]:
     """Fail analyses whose jobs all ended without a result (the task boundary could not run: the
     process died); their checkpoints' risk is reassessed."""
     from service.db.param_drift import fail_orphaned_analyses
-    from service.queue import risk_tasks
 
     with services.sessions.begin() as session:
         touched = fail_orphaned_analyses(session)
         for checkpoint_id in touched:
-            risk_tasks.enqueue(session, checkpoint_id)
+            enqueue_risk(session, checkpoint_id)
     for checkpoint_id in touched:
         log.warning("action=orphaned_analysis_failed checkpoint=%s", checkpoint_id)
     return touched

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from drift.checkpoint_io import CheckpointError, list_tensors, open_checkpoint, to_float64
+from drift.checkpoint_io import CheckpointError, to_float64
+from drift.checkpoints import list_tensors, open_checkpoint
 from tests.drift._models import save, tiny_gpt2
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from drift.checkpoint_io import CheckpointError, list_tensors, open_checkpoint
+from drift.checkpoint_io import CheckpointError
+from drift.checkpoints import list_tensors, open_checkpoint
 from drift.confined import check_model_folder, open_confined
 from tests.security import corpus
 

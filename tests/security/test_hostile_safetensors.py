@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from drift.checkpoint_io import CheckpointError, open_checkpoint
+from drift.checkpoint_io import CheckpointError
+from drift.checkpoints import open_checkpoint
 from tests.security import corpus
 
 
