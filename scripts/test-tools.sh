@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The programs the test suite runs besides Python: Prometheus's promtool, Alertmanager and amtool check
-# and fire the alert rules for real; a headless Chromium renders the pages. On Debian/Ubuntu as root
+# and fire the alert rules for real; a headless Chromium renders the pages; psql runs the deployment's
+# database init script. On Debian/Ubuntu as root
 # they are installed from the distribution; elsewhere this stops before the tests with the command to run.
 set -euo pipefail
 
-packages="prometheus prometheus-alertmanager chromium"
+packages="prometheus prometheus-alertmanager chromium postgresql-client"
 have() { command -v "$1" >/dev/null 2>&1; }
 missing() {
     have promtool || return 0
@@ -12,6 +13,7 @@ missing() {
     have prometheus || return 0
     { have prometheus-alertmanager || have alertmanager; } || return 0
     { have chromium || have chromium-browser; } || return 0
+    have psql || return 0
     return 1
 }
 
@@ -25,9 +27,9 @@ if [ "$(id -u)" = 0 ] && have apt-get; then
     exit 1
 fi
 cat >&2 <<MSG
-make test needs promtool, prometheus, alertmanager, amtool and chromium, and cannot install them here.
+make test needs promtool, prometheus, alertmanager, amtool, chromium and psql, and cannot install them here.
 Install them, then run make test again:
     sudo apt-get install -y $packages
-(on other systems: Prometheus and Alertmanager from https://prometheus.io/download/, and Chromium)
+(on other systems: Prometheus and Alertmanager from https://prometheus.io/download/, Chromium, and the PostgreSQL client)
 MSG
 exit 1

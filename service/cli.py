@@ -42,21 +42,30 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     from service.api.app import create_app
     from service.db.session import make_engine, make_sessionmaker
 
+    # What is served without a token depends on the address bound (Settings.on_loopback).
+    settings = settings.model_copy(update={"host": args.host or settings.host, "port": args.port or settings.port})
+    host, port = settings.host, settings.port
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=args.migrate)
         if args.workers > 1:
             if embedded:
                 raise SystemExit("forgetwatch: --workers > 1 needs an external database (FORGETWATCH_DATABASE_URL)")
-            uvicorn.run("service.asgi:app_from_environment", factory=True, host=args.host or settings.host,
-                        port=args.port or settings.port, workers=args.workers, log_level=settings.log_level)
+            os.environ["FORGETWATCH_HOST"] = host  # the worker processes build their Settings from it
+            uvicorn.run("service.asgi:app_from_environment", factory=True, host=host, port=port,
+                        workers=args.workers, log_level=settings.log_level)
             return
         engine = make_engine(url)
         if embedded:
             token_file = ensure_local_token(settings, make_sessionmaker(engine))
             print(f"forgetwatch: local write token in {token_file}", flush=True)
         app = create_app(settings=settings, engine=engine, run_worker=not args.no_worker)
-        host, port = args.host or settings.host, args.port or settings.port
         print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
+        if not settings.on_loopback:
+            open_parts = [name for name, public in (("run pages", settings.pages_are_public),
+                                                    ("/metrics", settings.metrics_are_public),
+                                                    ("/docs", settings.docs_are_public)) if public]
+            print(f"forgetwatch: {host} is reachable from other machines: every route needs a token"
+                  + (f" except {', '.join(open_parts)} (made public by setting)" if open_parts else ""), flush=True)
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level)
         engine.dispose()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -46,11 +47,15 @@ class Settings(BaseSettings):
     max_samples_per_request: int = 2000
     """Most sample items one `POST /v1/runs/{run}/samples` may carry."""
 
-    protect_metrics: bool = False
-    """Require a read token on /metrics."""
+    protect_metrics: bool | None = None
+    """Require a read token on /metrics. Unset: required unless `host` is a loopback address."""
 
-    public_pages: bool = True
-    """Serve the run pages (`/`, `/runs/{name}`) without a token; off: they need a read token."""
+    public_pages: bool | None = None
+    """Serve the run pages (`/`, `/runs/{name}`) without a token. Unset: public only while `host` is a
+    loopback address; anywhere else they need a read token."""
+
+    public_docs: bool | None = None
+    """Serve `/docs` and `/openapi.json` without a token. Unset: public only while `host` is a loopback address."""
 
     worker_concurrency: int = 2
     """Jobs one worker process runs at once."""
@@ -121,6 +126,23 @@ class Settings(BaseSettings):
         return value.expanduser().resolve()
 
     @property
+    def on_loopback(self) -> bool:
+        """True when `host` only accepts connections from this machine."""
+        return is_loopback(self.host)
+
+    @property
+    def pages_are_public(self) -> bool:
+        return self.on_loopback if self.public_pages is None else self.public_pages
+
+    @property
+    def metrics_are_public(self) -> bool:
+        return self.on_loopback if self.protect_metrics is None else not self.protect_metrics
+
+    @property
+    def docs_are_public(self) -> bool:
+        return self.on_loopback if self.public_docs is None else self.public_docs
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.data_dir / "checkpoints"
 
@@ -141,3 +163,14 @@ class Settings(BaseSettings):
         """Resolved allow-list for checkpoint URIs."""
         roots = [self.checkpoints_dir, *self.checkpoint_roots]
         return [Path(os.path.realpath(r.expanduser())) for r in roots]
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`; anything else (0.0.0.0, a LAN address, a name) may be reachable
+    by others."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False

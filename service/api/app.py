@@ -23,6 +23,7 @@ from service.api.routes import (
     jobs,
     param_drift,
     probe_sets,
+    protected_docs,
     response_drift,
     run_status,
     runs,
@@ -73,11 +74,15 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
 
+    open_docs = settings.docs_are_public
     app = FastAPI(
         title="forgetwatch",
         version="1",
         summary="Forgetting and drift monitoring for continual post-training",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if open_docs else None,
+        docs_url="/docs" if open_docs else None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -88,6 +93,8 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
                    response_drift):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
+    if not open_docs:
+        app.include_router(protected_docs.router)
     install_error_handlers(app)
     app.add_middleware(RequestGuard)  # inside the metrics: refusals are counted too
     app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)

@@ -1,7 +1,7 @@
 """The HTML pages: `GET /` (all runs) and `GET /runs/{name}` (one run).
 
-Read-only. Served without a token only while `settings.public_pages` allows it (the default for
-the embedded, single-user setup); otherwise a read token is needed, as for the API. Every number
+Read-only. Served without a token only while `settings.pages_are_public` (by default: while the
+service listens on a loopback address only); otherwise a read token is needed, as for the API. Every number
 comes from the same queries the API uses, so the page and `GET /v1/runs/{run}/status` agree.
 """
 
@@ -45,14 +45,15 @@ def _drawn(section: str, part: Callable[[], str]) -> str:
 
 def _locked(request: Request) -> HTMLResponse | None:
     """None when the pages may be served to this request, else the 401 page."""
-    if getattr(request.app.state.settings, "public_pages", True):
+    if request.app.state.settings.pages_are_public:
         return None
     try:
         with request.app.state.sessions() as session:
             authenticate(session, request.headers.get("authorization"))
     except Unauthorized as error:
         body = (f"<h1>Sign-in needed</h1><p>{esc(error.detail)}</p>"
-                "<p>The pages are served without a token only when <code>FORGETWATCH_PUBLIC_PAGES=true</code>.</p>")
+                "<p>The pages are served without a token on a loopback address, or anywhere with "
+                "<code>FORGETWATCH_PUBLIC_PAGES=true</code>.</p>")
         return page("Sign-in needed", body, status_code=401)
     return None
 

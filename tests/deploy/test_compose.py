@@ -70,3 +70,31 @@ def test_volumes_are_declared() -> None:
             source = volume.split(":")[0]
             if not source.startswith((".", "/")):
                 assert source in declared, source
+
+
+def test_ports_are_published_on_the_hosts_loopback_only() -> None:
+    for name, service in _compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), (name, port)
+
+
+def test_the_api_protects_pages_and_docs_and_opens_metrics_to_the_compose_network_only() -> None:
+    api = _compose()["services"]["api"]
+    assert "0.0.0.0" in api["command"]  # so pages and /docs need a token (Settings.on_loopback)
+    environment = api.get("environment", {})
+    assert "FORGETWATCH_PUBLIC_PAGES" not in environment and "FORGETWATCH_PUBLIC_DOCS" not in environment
+    assert environment["FORGETWATCH_PROTECT_METRICS"] == "false"
+
+
+def test_containers_run_as_an_unprivileged_user() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert dockerfile.rindex("USER") < dockerfile.index("ENTRYPOINT")
+
+
+def test_grafana_reads_through_its_own_role_not_the_owner() -> None:
+    env = dict(re.findall(r"^([A-Z_]+)=(.*)$", (ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert env["FORGETWATCH_GRAFANA_DB_USER"] != env["POSTGRES_USER"]
+    postgres = _compose()["services"]["postgres"]
+    assert "./deploy/postgres-init:/docker-entrypoint-initdb.d:ro" in postgres["volumes"]

@@ -36,7 +36,7 @@ def readyz(request: Request) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 def metrics(request: Request) -> Response:
     """Prometheus exposition."""
-    if request.app.state.settings.protect_metrics:
+    if not request.app.state.settings.metrics_are_public:
         with request.app.state.sessions() as session:
             authenticate(session, request.headers.get("authorization"))
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)
