@@ -13,6 +13,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service.api.deps import Principal
+from service.db.idempotency import forget_expired
 from service.db.models import IdempotencyRecord
 from service.errors import Conflict
 
@@ -25,6 +26,7 @@ def replay(session: Session, *, principal: Principal, key: str, fingerprint: str
     """The stored response for this key, or None. Locks the key until the transaction ends."""
     session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, :t))"),
                     {"k": key, "t": principal.token_id})
+    forget_expired(session, token_id=principal.token_id, key=key)  # past IDEMPOTENCY_TTL the key is new
     record = session.scalar(
         select(IdempotencyRecord).where(
             IdempotencyRecord.token_id == principal.token_id, IdempotencyRecord.key == key

@@ -84,6 +84,14 @@ def failing_analysis(services: WorkerServices, *, checkpoint_id: int, kind: str)
         raise AnalysisFailed(message) from error
 
 
+def forget_expired_idempotency_keys(services: WorkerServices) -> int:
+    """Housekeeping with the sweep: idempotency records past their time (service.db.idempotency)."""
+    from service.db.idempotency import forget_expired
+
+    with services.sessions.begin() as session:
+        return forget_expired(session)
+
+
 def sweep_orphaned_analyses(services: WorkerServices) -> list[int]:
     """Fail analyses whose jobs all ended without a result (the task boundary could not run: the
     process died); their checkpoints' risk is reassessed."""

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 import procrastinate
 from procrastinate import exceptions as pexc
 
-from service.queue.tasks import WorkerServices, sweep_orphaned_analyses
+from service.queue.tasks import WorkerServices, forget_expired_idempotency_keys, sweep_orphaned_analyses
 
 log = logging.getLogger("forgetwatch")
 
@@ -37,6 +37,7 @@ async def _recovery_loop(app: procrastinate.App, services: WorkerServices, *, st
             await recover_stalled_jobs(app, stalled_after_seconds=stalled_after_seconds)
             # After recovery: a dead worker's jobs are live again, so only true orphans are swept.
             await asyncio.to_thread(sweep_orphaned_analyses, services)
+            await asyncio.to_thread(forget_expired_idempotency_keys, services)
         except Exception as error:  # noqa: BLE001 - keep the loop alive through DB outages
             log.warning("action=stalled_job_recovery_failed error=%s", error)
         await asyncio.sleep(max(1.0, stalled_after_seconds / 3))
