@@ -14,10 +14,11 @@ Reading back (runs, checkpoints, drift, labels, status; every page followed):
 """
 
 from forgetwatch_client._client import ForgetwatchClient
+from forgetwatch_client._delivery import Refusal
 from forgetwatch_client._journal import default_journal_path
 from forgetwatch_client._reader import ForgetwatchReader, to_pandas
 from forgetwatch_client._status import Detection, Forecast, RunStatus
 from forgetwatch_client._transport import ForgetwatchError
 
-__all__ = ["Detection", "Forecast", "ForgetwatchClient", "ForgetwatchError", "ForgetwatchReader", "RunStatus",
+__all__ = ["Detection", "Forecast", "ForgetwatchClient", "ForgetwatchError", "ForgetwatchReader", "Refusal", "RunStatus",
            "default_journal_path", "to_pandas"]

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from forgetwatch_client._delivery import Delivery
+from forgetwatch_client._delivery import Delivery, Refusal
 from forgetwatch_client._journal import default_journal_path
 from forgetwatch_client._status import RunStatus
 from forgetwatch_client._transport import ForgetwatchError, Outcome, backoff_seconds, classify, deliver
@@ -78,7 +78,7 @@ class ForgetwatchClient:
         self._run_probe_sets: tuple[str, ...] = ()
         self._probe_items: dict[str, list[dict[str, Any]]] = {}
         self._once: set[str] = set()
-        self._counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0}  # blocking mode's
+        self._counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0, "refused": 0}  # blocking mode's
         self._closed = False
         self._seq_lock = threading.Lock()
         self._last_seq = 0
@@ -259,10 +259,17 @@ class ForgetwatchClient:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters: sent, retried, dropped, journaled (calls written to the journal), pending."""
+        """Counters: sent, retried, dropped (refused calls included), refused, journaled (calls written to
+        the journal), pending."""
         if self._delivery is None:
             return {**self._counts, "pending": 0}
         return {**self._delivery.counts, "pending": self._delivery.pending()}
+
+    def failed(self) -> list[Refusal]:
+        """Calls the service refused (4xx), oldest first (the last 1000): never dropped silently. They are
+        also kept beside the journal (`<journal>.refused.jsonl`); those refused for the token (401,
+        403) are sent again by the next client of this run."""
+        return [] if self._delivery is None else list(self._delivery.refusals)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait up to `timeout` seconds for every call so far to be handled. True if all were

@@ -14,6 +14,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ from forgetwatch_client._journal import Journal
 from forgetwatch_client._transport import Outcome, backoff_seconds, deliver
 
 log = logging.getLogger("forgetwatch.client")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A call the service refused (4xx): what it was, and the service's answer."""
+
+    call: str
+    status_code: int | None
+    detail: Any
 
 
 class Delivery:
@@ -41,7 +51,8 @@ class Delivery:
         self._spill_at = max(1, queue_size // 2)
         self._max_retries = max_retries
         self._backoff = backoff
-        self.counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0}
+        self.counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0, "refused": 0}
+        self.refusals: deque[Refusal] = deque(maxlen=1000)
         self._cond = threading.Condition()  # guards everything below; never held during I/O
         self._inbox: deque[dict[str, Any]] = deque()
         self._transit: list[dict[str, Any]] = []  # taken from the inbox by the writer, being written
@@ -295,6 +306,8 @@ class Delivery:
     def _finish(self, op: dict[str, Any], outcome: Outcome) -> None:
         if outcome.kind != "ok":
             _log_drop(op, outcome)
+        if outcome.kind == "drop":
+            self._keep_refused(op, outcome)
         with self._cond:
             if self._down and outcome.status_code is not None:
                 log.info("action=service_reachable url=%s", self.url)
@@ -315,6 +328,19 @@ class Delivery:
         with self._cond:
             self._in_flight, self._in_flight_journaled = None, False
             self._cond.notify_all()
+
+    def _keep_refused(self, op: dict[str, Any], outcome: Outcome) -> None:
+        """A refused call is never dropped silently: it is listed (`ForgetwatchClient.failed()`) and kept
+        in the refusals file beside the journal; 401/403 ones are sent again by the next client."""
+        with self._cond:
+            self.counts["refused"] += 1
+            self.refusals.append(Refusal(call=op["what"], status_code=outcome.status_code, detail=outcome.detail))
+            journal = self._journal
+        if journal is not None:
+            try:
+                journal.append_refused(op, outcome.status_code, outcome.detail)
+            except (OSError, ValueError) as error:
+                log.warning("action=journal_write_failed error=%s", error)
 
     def _uploaded(self, op: dict[str, Any], filename: str) -> None:
         op.setdefault("uploaded", []).append(filename)

@@ -6,6 +6,12 @@ Lines are `{"op": {...}}` (a call), `{"done": id}` (delivered or dropped) and
 reads it (a torn last line from a crash is skipped), rewrites it with only the pending calls in call
 order, and holds an exclusive lock on `<journal>.lock` so two live clients never share one journal.
 Only the client's background threads touch the file (under `lock`), never the training loop.
+
+Beside it: `<stem>.<pid>.jsonl`, the journal of a client that found the main one held by another live
+client (adopted by the next client that opens the main journal once its owner is gone), and
+`<stem>.refused.jsonl`, the calls the service refused, with its answer. Calls refused for the token
+(401, 403) are sent again by the next client (the token may have been fixed); the others stay there
+as a record.
 """
 
 from __future__ import annotations
@@ -63,14 +69,24 @@ class Journal:
         if lock_fd is None:
             alternative = path.with_name(f"{path.stem}.{os.getpid()}{path.suffix}")
             log.warning(
-                "action=journal_busy journal=%s using=%s (another live client holds it; "
-                "a later client will not replay this one automatically)",
+                "action=journal_busy journal=%s using=%s (another live client holds it; the next client "
+                "of this journal replays it once this process is gone)",
                 path,
                 alternative,
             )
             path = alternative
             lock_fd = _try_lock(path)
-        offsets = _rewrite(path, _load(path))
+            offsets = _rewrite(path, _load(path))
+            return cls(path, lock_fd), offsets
+        adopted = _adopt_orphans(path)
+        retried = _take_retryable_refusals(refused_path(path))
+        pending = sorted(_load(path) + [op for ops, _ in adopted for op in ops] + retried, key=lambda op: op["seq"])
+        offsets = _rewrite(path, pending)
+        for _, orphan in adopted:
+            orphan.unlink(missing_ok=True)
+            orphan.with_name(orphan.name + ".lock").unlink(missing_ok=True)
+        if adopted or retried:
+            log.info("action=journal_adopted journal=%s orphans=%d refused_again=%d", path, len(adopted), len(retried))
         return cls(path, lock_fd), offsets
 
     def append_ops(self, ops: list[dict[str, Any]]) -> list[int]:
@@ -83,6 +99,13 @@ class Journal:
             self._file.flush()
             self._dirty = True
             return offsets
+
+    def append_refused(self, op: dict[str, Any], status_code: int | None, detail: Any) -> None:
+        """Keep a call the service refused, with its answer, in `<stem>.refused.jsonl`."""
+        with self.lock, open(refused_path(self.path), "ab") as out:
+            out.write(_line({"op": op, "status_code": status_code, "detail": detail}))
+            out.flush()
+            os.fsync(out.fileno())
 
     def append_done(self, op_id: str) -> None:
         self._append({"done": op_id})
@@ -128,6 +151,56 @@ class Journal:
                 self.path.unlink(missing_ok=True)
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the lock
+
+
+def refused_path(journal: Path) -> Path:
+    return journal.with_name(f"{journal.stem}.refused{journal.suffix}")
+
+
+#: Refusals that a fixed or rotated token can cure: sent again by the next client.
+RETRYABLE_REFUSALS = (401, 403)
+
+
+def _adopt_orphans(path: Path) -> list[tuple[list[dict[str, Any]], Path]]:
+    """Pending calls of `<stem>.<pid>.jsonl` journals whose client is gone (their lock is free)."""
+    found: list[tuple[list[dict[str, Any]], Path]] = []
+    if fcntl is None:
+        return found  # without locks a live client's journal cannot be told from an orphan
+    for orphan in sorted(path.parent.glob(f"{path.stem}.*{path.suffix}")):
+        middle = orphan.name[len(path.stem) + 1 : -len(path.suffix)]
+        if not middle.isdigit():
+            continue
+        lock_fd = _try_lock(orphan)
+        if lock_fd is None:
+            continue  # its client still runs
+        try:
+            found.append((_load(orphan), orphan))
+        finally:
+            os.close(lock_fd)
+    return found
+
+
+def _take_retryable_refusals(path: Path) -> list[dict[str, Any]]:
+    """Remove the calls refused for their token from the refusals file and return them."""
+    if not path.exists():
+        return []
+    keep, retry = [], []
+    with open(path, "rb") as lines:
+        for line in lines:
+            try:
+                record = json.loads(line)
+                (retry if record.get("status_code") in RETRYABLE_REFUSALS else keep).append(record)
+            except ValueError:
+                continue
+    if keep:
+        log.warning("action=refused_calls_kept file=%s calls=%d (refused by the service for good; see the "
+                    "file for each answer)", path, len(keep))
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(b"".join(_line(record) for record in keep))
+        os.replace(temporary, path)
+    else:
+        path.unlink()
+    return [record["op"] for record in retry]
 
 
 def _try_lock(path: Path) -> int | None:

@@ -132,6 +132,7 @@ class ForgetwatchCallback(TrainerCallback):
         else:
             self._prompts = {None: list(probe_prompts)}
         self._warned: set[str] = set()
+        self._refusals_seen = 0
 
     # ---- Trainer events ----------------------------------------------------------------------
 
@@ -177,6 +178,7 @@ class ForgetwatchCallback(TrainerCallback):
                 )
             if self.on_risk is not None:
                 alarm = self._check_risk(state)
+            self._warn_refusals()
         # Every rank reaches on_save at the same step; all follow rank 0's decision together.
         if self.on_risk == "stop" and rank_zero_decides(alarm):
             control.should_training_stop = True
@@ -270,6 +272,18 @@ class ForgetwatchCallback(TrainerCallback):
             status.last_safe_step,
         )
         return True
+
+    def _warn_refusals(self) -> None:
+        """Say so, once per new batch, when the service refused calls (a revoked token, a step already
+        registered with another checkpoint, ...): they are kept, not silently lost."""
+        total = self.client.stats.get("refused", 0)
+        if total > self._refusals_seen:
+            latest = self.client.failed()[-1]
+            log.warning("action=calls_refused run=%s new=%d latest=%r status=%s detail=%s (kept in the journal's "
+                        "refusals file; 401/403 ones are sent again when the client next starts)",
+                        self.client.run_name, total - self._refusals_seen, latest.call, latest.status_code,
+                        latest.detail)
+            self._refusals_seen = total
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:
