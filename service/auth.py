@@ -24,15 +24,20 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, *, name: str, scope: str, expires_at: datetime | None = None) -> str:
+def create_token(session: Session, *, name: str, scope: str, expires_at: datetime | None = None,
+                 project: str | None = None) -> str:
     """Store a new token's hash and return the token itself (shown once). `expires_at` (timezone
-    aware): refused from then on; None: until revoked."""
+    aware): refused from then on; None: until revoked. `project`: a name prefix; the token may then
+    write only runs and probe sets whose names start with it (it still reads everything)."""
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
     if expires_at is not None and expires_at.tzinfo is None:
         raise ValueError("expires_at must be timezone-aware")
+    if project is not None and not project.strip():
+        raise ValueError("--project must be a non-empty name prefix, e.g. 'team-a-'")
     token = "fw_" + secrets.token_urlsafe(32)
-    session.add(ApiToken(name=name, scope=scope, token_hash=hash_token(token), expires_at=expires_at))
+    session.add(ApiToken(name=name, scope=scope, token_hash=hash_token(token), expires_at=expires_at,
+                         project=project))
     session.flush()
     return token
 

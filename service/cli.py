@@ -113,8 +113,10 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
                 if args.token_command == "create":
                     now = datetime.now(UTC)
                     expires = auth.parse_expiry(args.expires, now=now) if args.expires else None
-                    token = auth.create_token(session, name=args.name, scope=args.scope, expires_at=expires)
+                    token = auth.create_token(session, name=args.name, scope=args.scope, expires_at=expires,
+                                              project=args.project)
                     until = f", expires {expires:%Y-%m-%d %H:%M:%S %Z}" if expires else ""
+                    until += f", project {args.project!r}" if args.project else ""
                     print(f"Token {args.name!r} (scope {args.scope}{until}); shown once, store it now:",
                           file=sys.stderr)
                     print(token)
@@ -122,11 +124,11 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
                     row = auth.revoke_token(session, ref=args.ref)
                     print(f"token {row.id} {row.name!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}")
                 else:
-                    print(f"{'id':>4}  {'name':<24} {'scope':<6} {'created':<20} {'expires':<20} revoked")
+                    print(f"{'id':>4}  {'name':<24} {'scope':<6} {'project':<16} {'created':<20} {'expires':<20} revoked")
                     for row in auth.list_tokens(session):
                         expires = f"{row.expires_at:%Y-%m-%d %H:%M:%S}" if row.expires_at else "-"
                         revoked = f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "-"
-                        print(f"{row.id:>4}  {row.name[:24]:<24} {row.scope:<6} "
+                        print(f"{row.id:>4}  {row.name[:24]:<24} {row.scope:<6} {(row.project or '*')[:16]:<16} "
                               f"{row.created_at:%Y-%m-%d %H:%M:%S}  {expires:<20} {revoked}")
                 session.commit()
         except ValueError as error:
@@ -261,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--scope", choices=list(SCOPES), default="read",
                         help="read: GET calls; write: also push runs and data; admin: also delete runs")
     create.add_argument("--expires", help="refuse the token after this: 30d, 12h, 90m, or an ISO date (UTC)")
+    create.add_argument("--project", help="a name prefix: the token may write only runs and probe sets whose "
+                        "names start with it (it still reads everything)")
     create.set_defaults(func=cmd_token)
     token_sub.add_parser("list", help="every token: id, name, scope, created, revoked (never the token)"
                          ).set_defaults(func=cmd_token)

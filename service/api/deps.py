@@ -28,6 +28,13 @@ class Principal:
     token_id: int
     name: str
     scope: str
+    project: str | None = None
+
+    def check_may_write(self, name: str, what: str = "run") -> None:
+        """Forbidden unless this token may write the run or probe set called `name` (its project)."""
+        if self.project is not None and not name.startswith(self.project):
+            raise Forbidden(f"token {self.name!r} may write only runs and probe sets whose names start with "
+                            f"{self.project!r}; {what} {name!r} is outside its project")
 
 
 def authenticate(session: Session, authorization: str | None) -> Principal:
@@ -43,7 +50,7 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     row = find_token(session, token.strip())
     if row is None:
         raise Unauthorized("invalid, expired or revoked token; ask for a new one (`forgetwatch token create`)")
-    return Principal(token_id=row.id, name=row.name, scope=row.scope)
+    return Principal(token_id=row.id, name=row.name, scope=row.scope, project=row.project)
 
 
 def check_scope(principal: Principal, needed: str) -> Principal:

@@ -2,7 +2,8 @@
 
 1. Every request that may carry a body (any method but GET, HEAD, OPTIONS) must present a valid
    write token; the token is checked from the headers alone, so a caller without one is answered
-   401 (or 403 for a read token) while its body is still unread on the socket.
+   401 (or 403 for a read token) while its body is still unread on the socket. A token limited to a
+   project may write under `/v1/runs/{run}` only for runs of its project (403 otherwise).
 2. Every request is held to the body limit of the exact route it matches (route template and
    method, not a substring of the path): the upload route gets `FORGETWATCH_MAX_UPLOAD_BYTES`,
    everything else `FORGETWATCH_MAX_REQUEST_BYTES`. A declared `Content-Length` over the limit is
@@ -15,6 +16,8 @@ not look the token up a second time.
 from __future__ import annotations
 
 import json
+import re
+from urllib.parse import unquote
 
 import anyio
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -23,13 +26,23 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import authenticate, check_write
-from service.errors import ForgetwatchError
+from service.db import queries
+from service.errors import ForgetwatchError, NotFound
 from service.settings import Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # The one route whose body is a file stream with its own limit (method, template).
 UPLOAD_ROUTE = ("PUT", "/v1/runs/{run_ref}/checkpoints/{step}/files/{filename:path}")
 _UPLOAD_PATH = compile_path(UPLOAD_ROUTE[1])[0]
+
+
+_RUN_PATH = re.compile(r"^/v1/runs/([^/]+)(?:/|$)")
+
+
+def _run_in_path(path: str) -> str | None:
+    """The run a `/v1/runs/{run}/...` path names (by name or id), for the project check of a write."""
+    found = _RUN_PATH.match(path)
+    return unquote(found.group(1)) if found else None
 
 
 def body_limit(settings: Settings, scope: Scope) -> tuple[int, str]:
@@ -106,7 +119,13 @@ class RequestGuard:
 
         def lookup():
             with app.state.sessions() as session:
-                return check_write(authenticate(session, authorization))
+                principal = check_write(authenticate(session, authorization))
+                if principal.project is not None and (run_ref := _run_in_path(scope["path"])) is not None:
+                    try:
+                        principal.check_may_write(queries.get_run(session, ref=run_ref).name)
+                    except NotFound:
+                        pass  # the route answers 404 (creating a run is checked by the route)
+                return principal
 
         try:
             principal = await anyio.to_thread.run_sync(lookup)

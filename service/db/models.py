@@ -111,6 +111,8 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    project: Mapped[str | None] = mapped_column(Text)
+    """Name prefix of the runs and probe sets this token may write (None: all)."""
 
 
 class IdempotencyRecord(Base):

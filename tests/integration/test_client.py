@@ -11,110 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from forgetwatch_client import ForgetwatchClient, ForgetwatchError
-from service.auth import create_token
-from service.db.session import make_engine, make_sessionmaker
-from service.settings import Settings
-from tests.conftest import create_database, drop_database, worker_env
-from tests.integration.helpers import free_port, start, stop, wait_for
-
-
-class Service:
-    """A `forgetwatch serve --no-worker` subprocess on the test's database, restartable on its port."""
-
-    def __init__(self, settings: Settings, token: str, log: Path) -> None:
-        self.env = worker_env(settings)
-        self.token = token
-        self.log = log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = start(["serve", "--no-worker", "--port", str(self.port)], self.env, self.log)
-        wait_for(self._ready, timeout=60, interval=0.1, what=f"forgetwatch serve on {self.url}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None:
-            stop(self.process, sig)
-            self.process = None
-
-    def _ready(self) -> bool:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(
-                f"serve exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}"
-            )
-        try:
-            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def get(self, path: str, **params: object) -> object:
-        response = httpx.get(
-            self.url + path, params=params, headers={"Authorization": f"Bearer {self.token}"}, timeout=10
-        )
-        response.raise_for_status()
-        return response.json()
-
-    def count_samples(self, run: str) -> int:
-        response = httpx.get(
-            f"{self.url}/v1/runs/{run}/samples",
-            params={"limit": 10_000},
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=10,
-        )
-        return len(response.json()) if response.status_code == 200 else 0
-
-    def client(self, **options: object) -> ForgetwatchClient:
-        options = {"backoff_base": 0.05, "backoff_cap": 0.5, **options}
-        return ForgetwatchClient(self.url, self.token, **options)
-
-
-@pytest.fixture(scope="module")
-def module_service(
-    server_url: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Service]:
-    """One server and database for this module (tests use their own run names): starting
-    `forgetwatch serve` costs seconds, and the restart tests restart it anyway."""
-    folder = tmp_path_factory.mktemp("client-service")
-    (folder / "ckpts").mkdir()
-    database_url = create_database(server_url, template=template_database)
-    settings = Settings(
-        database_url=database_url, data_dir=folder / "data", checkpoint_roots=[folder / "ckpts"]
-    )
-    engine = make_engine(database_url)
-    with make_sessionmaker(engine)() as session:
-        token = create_token(session, name="client-tests", scope="write")
-        session.commit()
-    engine.dispose()
-    running = Service(settings, token, folder / "serve.log")
-    try:
-        yield running
-    finally:
-        running.stop()
-        drop_database(server_url, database_url)
-
-
-@pytest.fixture
-def service(module_service: Service) -> Service:
-    """The module's server, running (a test that stopped it and failed left it down)."""
-    if module_service.process is None:
-        module_service.start()
-    return module_service
-
-
-def _prompts(service: Service, run: str, **params: object) -> list[str]:
-    return [s["prompt"] for s in service.get(f"/v1/runs/{run}/samples", limit=10_000, **params)]
-
-
-def _dead_url() -> str:
-    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+from tests.integration.helpers import wait_for
+from tests.integration.service_fixture import Service, dead_url, prompts
 
 
 def test_calls_arrive_in_the_order_they_were_made(service: Service, tmp_path: Path) -> None:
@@ -125,8 +28,8 @@ def test_calls_arrive_in_the_order_they_were_made(service: Service, tmp_path: Pa
     client.samples(2, [{"prompt": f"q{i}", "response": "r"} for i in range(1200)])  # 3 batches
     assert client.flush(30)
     client.close()
-    assert _prompts(service, "ordered", step=1) == [f"p{i}" for i in range(60)]  # stored in arrival order
-    assert _prompts(service, "ordered", step=2) == [f"q{i}" for i in range(1200)]
+    assert prompts(service, "ordered", step=1) == [f"p{i}" for i in range(60)]  # stored in arrival order
+    assert prompts(service, "ordered", step=2) == [f"q{i}" for i in range(1200)]
     assert client.stats["sent"] == 1 + 60 + 3
 
 
@@ -142,8 +45,8 @@ def test_server_killed_mid_stream_stores_every_call_exactly_once(service: Servic
     service.start()
     assert client.flush(60)
     client.close()
-    prompts = _prompts(service, "killed")
-    assert prompts == [f"p{i}" for i in range(130)]  # each once, in step order
+    stored = prompts(service, "killed")
+    assert stored == [f"p{i}" for i in range(130)]  # each once, in step order
     assert client.stats["retried"] >= 1
 
 
@@ -174,14 +77,14 @@ def test_journal_outlives_the_service_and_the_trainer(
     assert second.flush(30)
     second.close()
     assert not journals[0].exists()
-    assert _prompts(service, "outage") == ["a", "c"]
+    assert prompts(service, "outage") == ["a", "c"]
     checkpoints = service.get("/v1/runs/outage/checkpoints")
     assert [(c["step"], c["uri"]) for c in checkpoints] == [(5, str(folder.resolve()))]
 
 
 def test_replaying_a_delivered_journal_stores_nothing_twice(service: Service, tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
-    first = ForgetwatchClient(_dead_url(), service.token, journal_path=journal)  # cannot reach the service
+    first = ForgetwatchClient(dead_url(), service.token, journal_path=journal)  # cannot reach the service
     first.run("replayed", base_model="/base")
     first.samples(1, [{"prompt": f"p{i}", "response": "r"} for i in range(3)])
     first.close(timeout=0.5)
@@ -197,13 +100,13 @@ def test_replaying_a_delivered_journal_stores_nothing_twice(service: Service, tm
     assert third.flush(30)
     third.close()
     assert third.stats["sent"] == 2
-    assert _prompts(service, "replayed") == ["p0", "p1", "p2"]
+    assert prompts(service, "replayed") == ["p0", "p1", "p2"]
     assert [r["name"] for r in service.get("/v1/runs")].count("replayed") == 1
 
 
 def test_calls_return_at_once_while_the_service_is_down(tmp_path: Path) -> None:
     client = ForgetwatchClient(
-        _dead_url(),
+        dead_url(),
         "fw_token",
         journal_path=tmp_path / "journal.jsonl",
         queue_size=100,
@@ -255,7 +158,7 @@ def test_conflicting_checkpoint_is_dropped_with_a_warning_and_the_queue_goes_on(
         client.close()
     assert client.stats["dropped"] == 1
     assert "already registered" in caplog.text and "step=1" in caplog.text
-    assert _prompts(service, "conflict") == ["after"]
+    assert prompts(service, "conflict") == ["after"]
 
 
 def test_checkpoint_upload_streams_top_level_files(service: Service, tmp_path: Path) -> None:

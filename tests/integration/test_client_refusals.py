@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgetwatch_client import ForgetwatchClient
-from tests.integration.test_client import Service, _dead_url, _prompts, module_service, service  # noqa: F401
+from tests.integration.service_fixture import Service, dead_url, prompts
 
 
 def test_calls_refused_for_the_token_are_kept_and_sent_again_with_a_good_one(service: Service,
@@ -28,7 +28,7 @@ def test_calls_refused_for_the_token_are_kept_and_sent_again_with_a_good_one(ser
     assert fixed.flush(30)
     fixed.close()
     assert fixed.failed() == [] and not refusals.exists()
-    assert _prompts(service, "rotated") == ["kept"]
+    assert prompts(service, "rotated") == ["kept"]
 
 
 def test_a_conflict_is_listed_kept_as_a_record_and_not_sent_again(service: Service, tmp_path: Path) -> None:
@@ -58,9 +58,9 @@ def test_a_conflict_is_listed_kept_as_a_record_and_not_sent_again(service: Servi
 def test_the_journal_of_a_client_that_found_its_journal_busy_is_adopted_later(service: Service,
                                                                              tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
-    holder = ForgetwatchClient(_dead_url(), service.token, journal_path=journal, backoff_base=0.05)
+    holder = ForgetwatchClient(dead_url(), service.token, journal_path=journal, backoff_base=0.05)
     holder.run("adopted", base_model="/base")
-    second = ForgetwatchClient(_dead_url(), service.token, journal_path=journal, backoff_base=0.05)
+    second = ForgetwatchClient(dead_url(), service.token, journal_path=journal, backoff_base=0.05)
     second.run("adopted", base_model="/base")
     second.samples(3, [{"prompt": "from the second client", "response": "r"}])
     second.close(timeout=0.5)
@@ -71,5 +71,5 @@ def test_the_journal_of_a_client_that_found_its_journal_busy_is_adopted_later(se
     later = service.client(journal_path=journal)
     assert later.flush(30)
     later.close()
-    assert _prompts(service, "adopted") == ["from the second client"]
+    assert prompts(service, "adopted") == ["from the second client"]
     assert not own[0].exists() and not journal.exists()

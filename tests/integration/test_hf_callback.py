@@ -19,7 +19,7 @@ from service.settings import Settings
 from tests.conftest import worker_env
 from tests.integration.helpers import start, stop, wait_for
 from tests.integration.models import char_tokenizer, tiny_gpt2
-from tests.integration.test_client import Service
+from tests.integration.service_fixture import Service
 
 PROMPTS = ["1+1=", "2+3=", "4*4="]
 

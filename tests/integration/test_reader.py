@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from forgetwatch_client import ForgetwatchError, ForgetwatchReader, to_pandas
-from tests.integration.test_client import Service, module_service, service  # noqa: F401 - fixtures
+from tests.integration.service_fixture import Service
 
 
-def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:  # noqa: F811
+def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for i in range(7):
             writer.run(f"read-{i}", base_model="/base", method="grpo" if i % 2 else "sft", tags={"seed": i})

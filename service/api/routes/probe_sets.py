@@ -24,6 +24,7 @@ def probe_set_out(session, name: str) -> ProbeSetOut:
 def create_probe_set(body: ProbeSetCreate, request: Request, session: SessionDep, principal: Writer,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Create an immutable probe set: prompts with optional reference completions and answers."""
+    principal.check_may_write(body.name, "probe set")
 
     def action() -> tuple[int, ProbeSetOut]:
         _, created = queries.create_probe_set(

@@ -32,6 +32,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, principal
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Register a training run. The same definition again returns the existing run (200)."""
 
+    principal.check_may_write(body.name)
+
     def action() -> tuple[int, RunOut]:
         run, created = queries.create_run(session, **body.model_dump())
         if body.probe_sets:
