@@ -20,6 +20,7 @@ from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
 from service.queue.defer import defer_job, enqueue_risk, task_name
+from service.queue.isolated import run_isolated
 from service.queue.tasks import (
     TRANSIENT,
     blueprint,
@@ -94,8 +95,9 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
         return  # re-planned or deleted since
     previous = details["previous"] + [None, None]
     with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
-        rows = tensor_rows(
-            details["base"], details["checkpoint"], names=names, previous=previous[0], before_previous=previous[1],
+        rows = run_isolated(  # a file truncated while mapped kills the child, not the worker
+            tensor_rows, details["base"], details["checkpoint"], names=names, previous=previous[0],
+            before_previous=previous[1],
             spectral=settings.spectral, spectral_options=SpectralOptions(k=settings.spectral_k,
                                                                          max_elements=settings.spectral_max_elements),
             cache_dir=settings.cache_dir / "spectral", roots=settings.allowed_roots,

@@ -1,0 +1,47 @@
+"""A checkpoint file shrunk while a worker has it memory-mapped kills the reader with SIGBUS. Parameter
+drift reads in a child process, so that costs a failed analysis with a reason, not the worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from service.queue.isolated import CheckpointChanged, run_isolated
+from tests.security.truncation import total, truncate_while_mapped
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _checkpoint(path: Path) -> Path:
+    save_file({"weight": np.ones((1024, 1024), dtype=np.float32)}, str(path))
+    return path
+
+
+def test_the_attack_kills_a_process_that_reads_in_place(tmp_path: Path) -> None:
+    victim = _checkpoint(tmp_path / "victim.safetensors")
+    code = textwrap.dedent(f"""
+        from tests.security.truncation import truncate_while_mapped
+        truncate_while_mapped({str(victim)!r})
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == -signal.SIGBUS
+
+
+def test_reading_in_a_child_turns_the_crash_into_a_clear_error_and_goes_on(tmp_path: Path) -> None:
+    victim = _checkpoint(tmp_path / "victim.safetensors")
+    with pytest.raises(CheckpointChanged) as changed:
+        run_isolated(truncate_while_mapped, str(victim))
+    assert "changed or vanished while they were read" in str(changed.value)
+    healthy = _checkpoint(tmp_path / "healthy.safetensors")
+    assert run_isolated(total, healthy) == 1024 * 1024  # a fresh child serves the next job
+    with pytest.raises(FileNotFoundError):  # ordinary errors come back as they are
+        run_isolated(os.stat, str(tmp_path / "missing"))

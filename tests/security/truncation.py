@@ -1,0 +1,21 @@
+"""Readers for the truncation tests, importable by the reading child process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from drift.checkpoints import open_checkpoint
+
+
+def truncate_while_mapped(path: str) -> float:
+    """Map the tensor, then shrink the file under it (as a trainer re-saving in place does), then read."""
+    with open_checkpoint(path) as checkpoint:
+        array = checkpoint.array("weight")
+        os.truncate(path, 64)
+        return float(array.sum())
+
+
+def total(path: str | Path) -> float:
+    with open_checkpoint(path) as checkpoint:
+        return float(checkpoint.array("weight").sum())
