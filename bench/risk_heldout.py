@@ -9,6 +9,8 @@ calibrated conformally on the non-forgetting runs of the *other* families (leave
 or methods (leave one method out); metrics are defined in `drift.evaluation`. With a single family
 in the corpus the leave-one-family-out alarm metrics are reported as n/a, never replaced by an
 in-sample figure; the last line then comes from leave-one-method-out and says ``families=1``.
+A discrete-time hazard model (`drift.hazard`, not served) is fitted and scored on the same splits
+for comparison.
 
 Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
 false_alarm_runs=… detect_rate=… persistence_auc=…``.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 
 from drift.evaluation import first_alarm, held_out
+from drift.hazard import held_out_auc
 from service.calibrate import report, traces
 from service.cli import database_url, ensure_schema
 from service.db.session import make_engine, make_sessionmaker
@@ -55,6 +58,11 @@ def main() -> None:
     by_family = held_out(runs, by="family", alpha=args.alpha, horizon=horizon)
     print(report(by_method))
     print(report(by_family))
+    for by in ("method", "family"):
+        hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        print(f"hazard/1 fitted leaving one {by} out: auc_h3={fmt(hazard)} vs trend/1 auc_h3={fmt(trend)} "
+              f"on the same {n} risk-set checkpoints")
     last = by_family if len(families) >= 2 else by_method
     if len(families) < 2:
         print("leave-one-family-out: not possible with one family; the line below is leave-one-method-out")
