@@ -8,8 +8,9 @@ sampled responses to forgetwatch from a training loop without ever stalling or c
     client.close()
 """
 
-from service.client._client import Detection, Forecast, ForgetwatchClient, RunStatus
+from service.client._client import ForgetwatchClient
 from service.client._journal import default_journal_path
+from service.client._status import Detection, Forecast, RunStatus
 from service.client._transport import ForgetwatchError
 
 __all__ = ["Detection", "Forecast", "ForgetwatchClient", "ForgetwatchError", "RunStatus", "default_journal_path"]
