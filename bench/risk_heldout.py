@@ -10,7 +10,8 @@ or methods (leave one method out); metrics are defined in `drift.evaluation`. Wi
 in the corpus the leave-one-family-out alarm metrics are reported as n/a, never replaced by an
 in-sample figure; the last line then comes from leave-one-method-out and says ``families=1``.
 A discrete-time hazard model (`drift.hazard`, not served) is fitted and scored on the same splits
-for comparison.
+for comparison, and the shipped default threshold (chosen before any of these runs, fitted on none)
+is reported beside the conformal one.
 
 Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
 false_alarm_runs=… detect_rate=… persistence_auc=…``.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from drift.evaluation import first_alarm, held_out
+from drift.evaluation import evaluate, first_alarm, held_out
 from drift.hazard import held_out_auc
 from service.calibrate import report, traces
 from service.cli import database_url, ensure_schema
@@ -56,6 +57,9 @@ def main() -> None:
               f"{'-' if alarm is None else alarm:>11} {'-' if peak is None else f'{peak:.3f}':>12}")
     by_method = held_out(runs, by="method", alpha=args.alpha, horizon=horizon)
     by_family = held_out(runs, by="family", alpha=args.alpha, horizon=horizon)
+    fixed = evaluate(runs, [settings.forecast_alarm_probability] * len(runs), horizon=horizon,
+                     split=f"the shipped threshold {settings.forecast_alarm_probability:g}, fitted on no run")
+    print(report(fixed))
     print(report(by_method))
     print(report(by_family))
     for by in ("method", "family"):
