@@ -85,7 +85,7 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
 _LATEST_RISK = text(
     """
     SELECT DISTINCT ON (c.run_id) c.run_id, r.applicable, r.value, r.reason_code, r.changepoint, r.forecasts,
-           r.detected, r.detection
+           r.detected, r.detection, r.findings
       FROM risk_estimates r JOIN checkpoints c ON c.id = r.checkpoint_id
      WHERE c.run_id = ANY(:runs) ORDER BY c.run_id, c.step DESC
     """
@@ -123,6 +123,8 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
     accel = _family("forgetwatch_param_drift_acceleration_ratio", "Recent slope of parameter drift per step "
                     "divided by the earlier slope.")
     change = _family("forgetwatch_risk_changepoint", "1 when a change point was detected at the latest checkpoint.")
+    finding = _family("forgetwatch_finding_active", "1 for each finding (a fixed set of codes, with its severity) "
+                      "at the latest assessed checkpoint.", ("code", "severity"))
     for row in conn.execute(_LATEST_RISK, ids) if runs else []:
         labels = [runs[row.run_id].name, runs[row.run_id].method]
         if row.applicable and row.value is not None:
@@ -136,13 +138,16 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
             if detection.get("drop_low") is not None:
                 drop_low.add_metric(labels, detection["drop_low"])
         change.add_metric(labels, 1.0 if row.changepoint else 0.0)
+        for found in row.findings or []:
+            if isinstance(found, dict) and found.get("code") and found.get("severity"):
+                finding.add_metric([*labels, str(found["code"]), str(found["severity"])], 1.0)
         forecasts = row.forecasts or {}
         if forecasts.get("acceleration_ratio") is not None:
             accel.add_metric(labels, forecasts["acceleration_ratio"])
         for series, trend in forecasts.items():
             if series != "forgetting" and isinstance(trend, dict) and trend.get("steps_to_threshold") is not None:
                 steps_to.add_metric([*labels, series], trend["steps_to_threshold"])
-    yield from (forecast, applicable, detected, drop_low, steps_to, accel, change)
+    yield from (forecast, applicable, detected, drop_low, steps_to, accel, change, finding)
 
     kl = _family("forgetwatch_probe_kl_nats", "Mean per-token KL between base and checkpoint on a probe set.",
                  ("probe_set", "domain", "direction"))

@@ -111,6 +111,8 @@ def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(cl
     assert _samples(metrics, "forgetwatch_ood_forgetting_detected", "forgets")[0].value == 1.0
     applicable = _samples(metrics, "forgetwatch_forecast_applicable", "forgets")
     assert [(s.labels["reason"], s.value) for s in applicable] == [("detected", 0.0)]
+    findings = {(s.labels["code"], s.labels["severity"]) for s in _samples(metrics, "forgetwatch_finding_active", "forgets")}
+    assert ("ood_accuracy_drop", "warning") in findings  # 15 % below the base: the warning level
     page = client.get("/runs/forgets").text
     assert "id='detection-card'" in page and ">detected<" in page
 
