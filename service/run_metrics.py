@@ -50,7 +50,8 @@ def _family(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(name, doc, labels=[*RUN_LABELS, *extra])
 
 
-def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int) -> Iterator[Any]:
+def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int,
+                        alarm_probability: float) -> Iterator[Any]:
     runs = {row.id: row for row in conn.execute(_ACTIVE_RUNS, {"ttl": ttl_seconds})}
     last_step = _family("forgetwatch_last_checkpoint_step", "Step of the latest checkpoint received.")
     failures = CounterMetricFamily("forgetwatch_checkpoint_failures", "Checkpoints whose analysis failed.",
@@ -79,7 +80,7 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
                 rel_l2.add_metric([run.name, run.method, row.key], row.relative_l2_distance)
     yield rel_l2
     yield nss
-    yield from collect_analysis_metrics(conn, runs)
+    yield from collect_analysis_metrics(conn, runs, alarm_probability=alarm_probability)
 
 
 _LATEST_RISK = text(
@@ -106,11 +107,14 @@ _LATEST_SAMPLES = text(
 )
 
 
-def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator[Any]:
+def collect_analysis_metrics(conn: Connection, runs: dict[int, Any], *, alarm_probability: float) -> Iterator[Any]:
     ids = {"runs": list(runs)}
     forecast = _family("forgetwatch_forgetting_forecast_probability", "Probability that ood forgetting is "
                        "detected within the next checkpoints (FORGETWATCH_FORECAST_HORIZON_CHECKPOINTS); exported "
                        "only while the forecast applies: never once forgetting is detected.")
+    predicted = _family("forgetwatch_forgetting_predicted", "1 when the forgetting forecast is at or above the "
+                        "service's alarm threshold (FORGETWATCH_FORECAST_ALARM_PROBABILITY), else 0; absent when it "
+                        "abstains or forgetting is detected.")
     applicable = _family("forgetwatch_forecast_applicable", "1 when the forgetting forecast applies at the latest "
                          "checkpoint, 0 when it abstains; `reason` is the abstention's code (empty when 1).",
                          ("reason",))
@@ -129,6 +133,7 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
         labels = [runs[row.run_id].name, runs[row.run_id].method]
         if row.applicable and row.value is not None:
             forecast.add_metric(labels, row.value)
+            predicted.add_metric(labels, 1.0 if row.value >= alarm_probability else 0.0)
             applicable.add_metric([*labels, ""], 1.0)
         else:
             applicable.add_metric([*labels, row.reason_code or "unknown"], 0.0)
@@ -147,7 +152,7 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
         for series, trend in forecasts.items():
             if series != "forgetting" and isinstance(trend, dict) and trend.get("steps_to_threshold") is not None:
                 steps_to.add_metric([*labels, series], trend["steps_to_threshold"])
-    yield from (forecast, applicable, detected, drop_low, steps_to, accel, change, finding)
+    yield from (forecast, predicted, applicable, detected, drop_low, steps_to, accel, change, finding)
 
     kl = _family("forgetwatch_probe_kl_nats", "Mean per-token KL between base and checkpoint on a probe set.",
                  ("probe_set", "domain", "direction"))
