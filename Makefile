@@ -28,6 +28,7 @@ demo: $(STAMP)
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
 corpus: $(STAMP)
 	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --seeds 0 1 --lr-scales 0.1 0.3 1 --checkpoint-every 20
+	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --seeds 2 3 4 5 --lr-scales 0.1 --checkpoint-every 20
 
 calibrate: $(STAMP)
 	FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(VENV)/bin/forgetwatch calibrate

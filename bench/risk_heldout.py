@@ -9,6 +9,9 @@ calibrated conformally on the non-forgetting runs of the *other* families (leave
 or methods (leave one method out); metrics are defined in `drift.evaluation`. With a single family
 in the corpus the leave-one-family-out alarm metrics are reported as n/a, never replaced by an
 in-sample figure; the last line then comes from leave-one-method-out and says ``families=1``.
+A discrete-time hazard model (`drift.hazard`, not served) is fitted and scored on the same splits
+for comparison; a round 0.5 and the configured threshold are reported beside the held-out conformal
+ones.
 
 Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
 false_alarm_runs=… detect_rate=… persistence_auc=…``.
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import argparse
 
-from drift.evaluation import first_alarm, held_out
+from drift.evaluation import evaluate, first_alarm, held_out
+from drift.hazard import held_out_auc
 from service.calibrate import report, traces
 from service.cli import database_url, ensure_schema
 from service.db.session import make_engine, make_sessionmaker
@@ -53,8 +57,16 @@ def main() -> None:
               f"{'-' if alarm is None else alarm:>11} {'-' if peak is None else f'{peak:.3f}':>12}")
     by_method = held_out(runs, by="method", alpha=args.alpha, horizon=horizon)
     by_family = held_out(runs, by="family", alpha=args.alpha, horizon=horizon)
+    for value, what in ((0.5, "a round 0.5, fitted on no run"),
+                        (settings.forecast_alarm_probability, "the configured threshold (in-sample when calibrated here)")):
+        print(report(evaluate(runs, [value] * len(runs), horizon=horizon, split=f"{what}: {value:g}")))
     print(report(by_method))
     print(report(by_family))
+    for by in ("method", "family"):
+        hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon)
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+        print(f"hazard/1 fitted leaving one {by} out: auc_h3={fmt(hazard)} vs trend/1 auc_h3={fmt(trend)} "
+              f"on the same {n} risk-set checkpoints")
     last = by_family if len(families) >= 2 else by_method
     if len(families) < 2:
         print("leave-one-family-out: not possible with one family; the line below is leave-one-method-out")

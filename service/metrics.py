@@ -63,8 +63,9 @@ _OLDEST_SQL = text(
 class DatabaseCollector(Collector):
     """Queue depth, job outcomes and durations, and DB reachability, read at scrape time."""
 
-    def __init__(self, engine: Engine, *, run_ttl_seconds: float, max_blocks: int) -> None:
+    def __init__(self, engine: Engine, *, run_ttl_seconds: float, max_blocks: int, alarm_probability: float) -> None:
         self.engine = engine
+        self.alarm_probability = alarm_probability
         self.run_ttl_seconds = run_ttl_seconds
         self.max_blocks = max_blocks
 
@@ -77,7 +78,8 @@ class DatabaseCollector(Collector):
                 duration_rows = conn.execute(_DURATION_SQL).all()
                 oldest_rows = conn.execute(_OLDEST_SQL).all()
                 run_families = list(collect_run_metrics(conn, ttl_seconds=self.run_ttl_seconds,
-                                                        max_blocks=self.max_blocks))
+                                                        max_blocks=self.max_blocks,
+                                                        alarm_probability=self.alarm_probability))
         except Exception as error:  # noqa: BLE001 - a scrape must never fail because the DB is away
             log.warning("action=metrics_db_unreachable error=%s", type(error).__name__)
             up.add_metric([], 0)
@@ -140,5 +142,6 @@ def build_registry(engine: Engine, settings: Settings) -> tuple[CollectorRegistr
     registry = CollectorRegistry(auto_describe=False)
     request_metrics = RequestMetrics(registry)
     registry.register(DatabaseCollector(engine, run_ttl_seconds=settings.metrics_run_ttl_seconds,
-                                        max_blocks=settings.metrics_max_blocks))
+                                        max_blocks=settings.metrics_max_blocks,
+                                        alarm_probability=settings.forecast_alarm_probability))
     return registry, request_metrics

@@ -51,7 +51,8 @@ def _family(name: str, doc: str, extra: tuple[str, ...] = ()) -> GaugeMetricFami
     return GaugeMetricFamily(name, doc, labels=[*RUN_LABELS, *extra])
 
 
-def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int) -> Iterator[Any]:
+def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int,
+                        alarm_probability: float) -> Iterator[Any]:
     runs = {row.id: row for row in conn.execute(_ACTIVE_RUNS, {"ttl": ttl_seconds})}
     last_step = _family("forgetwatch_last_checkpoint_step", "Step of the latest checkpoint received.")
     failures = CounterMetricFamily("forgetwatch_checkpoint_failures", "Checkpoints whose analysis failed.",
@@ -80,13 +81,13 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
                 rel_l2.add_metric([run.name, run.method, row.key], row.relative_l2_distance)
     yield rel_l2
     yield nss
-    yield from collect_analysis_metrics(conn, runs)
+    yield from collect_analysis_metrics(conn, runs, alarm_probability=alarm_probability)
 
 
 _LATEST_RISK = text(
     """
     SELECT DISTINCT ON (c.run_id) c.run_id, r.applicable, r.value, r.reason_code, r.changepoint, r.forecasts,
-           r.detected, r.detection
+           r.detected, r.detection, r.findings
       FROM risk_estimates r JOIN checkpoints c ON c.id = r.checkpoint_id
      WHERE c.run_id = ANY(:runs) ORDER BY c.run_id, c.step DESC
     """
@@ -107,11 +108,14 @@ _LATEST_SAMPLES = text(
 )
 
 
-def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator[Any]:
+def collect_analysis_metrics(conn: Connection, runs: dict[int, Any], *, alarm_probability: float) -> Iterator[Any]:
     ids = {"runs": list(runs)}
     forecast = _family("forgetwatch_forgetting_forecast_probability", "Probability that ood forgetting is "
                        "detected within the next checkpoints (FORGETWATCH_FORECAST_HORIZON_CHECKPOINTS); exported "
                        "only while the forecast applies: never once forgetting is detected.")
+    predicted = _family("forgetwatch_forgetting_predicted", "1 when the forgetting forecast is at or above the "
+                        "service's alarm threshold (FORGETWATCH_FORECAST_ALARM_PROBABILITY), else 0; absent when it "
+                        "abstains or forgetting is detected.")
     applicable = _family("forgetwatch_forecast_applicable", "1 when the forgetting forecast applies at the latest "
                          "checkpoint, 0 when it abstains; `reason` is the abstention's code (empty when 1).",
                          ("reason",))
@@ -124,10 +128,13 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
     accel = _family("forgetwatch_param_drift_acceleration_ratio", "Recent slope of parameter drift per step "
                     "divided by the earlier slope.")
     change = _family("forgetwatch_risk_changepoint", "1 when a change point was detected at the latest checkpoint.")
+    finding = _family("forgetwatch_finding_active", "1 for each finding (a fixed set of codes, with its severity) "
+                      "at the latest assessed checkpoint.", ("code", "severity"))
     for row in conn.execute(_LATEST_RISK, ids) if runs else []:
         labels = [runs[row.run_id].name, runs[row.run_id].method]
         if row.applicable and row.value is not None:
             forecast.add_metric(labels, row.value)
+            predicted.add_metric(labels, 1.0 if row.value >= alarm_probability else 0.0)
             applicable.add_metric([*labels, ""], 1.0)
         else:
             applicable.add_metric([*labels, row.reason_code or "unknown"], 0.0)
@@ -137,13 +144,16 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any]) -> Iterator
             if detection.get("drop_low") is not None:
                 drop_low.add_metric(labels, detection["drop_low"])
         change.add_metric(labels, 1.0 if row.changepoint else 0.0)
+        for found in row.findings or []:
+            if isinstance(found, dict) and found.get("code") and found.get("severity"):
+                finding.add_metric([*labels, str(found["code"]), str(found["severity"])], 1.0)
         forecasts = row.forecasts or {}
         if forecasts.get("acceleration_ratio") is not None:
             accel.add_metric(labels, forecasts["acceleration_ratio"])
         for series, trend in forecasts.items():
             if series != "forgetting" and isinstance(trend, dict) and trend.get("steps_to_threshold") is not None:
                 steps_to.add_metric([*labels, series], trend["steps_to_threshold"])
-    yield from (forecast, applicable, detected, drop_low, steps_to, accel, change)
+    yield from (forecast, predicted, applicable, detected, drop_low, steps_to, accel, change, finding)
 
     kl = _family("forgetwatch_probe_kl_nats", "Mean per-token KL between base and checkpoint on a probe set.",
                  ("probe_set", "domain", "direction"))

@@ -87,9 +87,11 @@ class Settings(BaseSettings):
     probe_topk: int = 64
     """Base log-probs kept per position in the probe cache (the rest is summarised as tail mass)."""
 
-    forecast_alarm_probability: float = Field(0.5, gt=0, lt=1)
+    forecast_alarm_probability: float = Field(0.69, gt=0, lt=1)
     """A forgetting forecast at or above this probability is an alarm (`ForgettingPredicted`);
-    `last_safe_step` is the checkpoint before the first alarm, predicted or detected."""
+    `last_safe_step` is the checkpoint before the first alarm, predicted or detected. The default is
+    `forgetwatch calibrate`'s conformal threshold on the project's own corpus (docs/risk_model.md);
+    refit it on your runs."""
 
     forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
     """The forecast is the probability that forgetting is detected within this many checkpoints."""

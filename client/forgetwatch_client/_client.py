@@ -186,7 +186,7 @@ class ForgetwatchClient:
 
     def labels(self, step: int, values: Mapping[str, float]) -> dict[str, Any] | None:
         """Ground truth measured by the trainer at `step` (e.g. {"ood_accuracy": 0.91}); post the
-        base's values at step 0. `forgetwatch calibrate` fits the risk model on them."""
+        base's values at step 0. `forgetwatch calibrate` sets the alarm threshold from them."""
 
         def build() -> list[dict[str, Any]]:
             run = self._require_run("labels")

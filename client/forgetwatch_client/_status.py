@@ -14,7 +14,7 @@ class Forecast:
     forgetting is detected. `predicted` is True at or above the service's alarm `threshold`."""
 
     probability: float | None
-    threshold: float
+    threshold: float | None
     predicted: bool
     model: str
     step: int | None = None
@@ -75,7 +75,7 @@ class RunStatus:
             if not f
             else Forecast(
                 probability=_optional_float(f.get("probability")),
-                threshold=float(f.get("threshold", 0.5)),
+                threshold=_optional_float(f.get("threshold")),
                 predicted=bool(f.get("predicted", False)),
                 model=str(f.get("model") or ""),
                 step=f.get("step"),

@@ -37,7 +37,7 @@ def label_series(session: Session, *, run_id: int) -> dict[str, list[tuple[int, 
 def mean_by_step(rows: Iterable[dict[str, Any]], key: str, *,
                  where: dict[str, Any] | None = None) -> tuple[list[int], list[float]]:
     """Mean of `key` over the rows of each step (probe sets / sample groups), skipping nulls, as
-    `service.db.features` averages them for the risk model."""
+    `service.db.features` averages them for the findings and trends."""
     sums: dict[int, list[float]] = {}
     for row in rows:
         if where and any(row.get(k) != v for k, v in where.items()):

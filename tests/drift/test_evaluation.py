@@ -55,3 +55,24 @@ def test_held_out_judges_each_group_with_a_threshold_calibrated_on_the_others():
     assert result.false_alarm_runs == pytest.approx(1 / 21)  # loud alone, judged on group a's threshold
     single = held_out(quiet, by="family")
     assert "nothing held out" in single.split and single.false_alarm_runs is None and single.early2_share is None
+
+
+def test_hazard_model_learns_onset_from_the_risk_set_and_scores_held_out_runs():
+    from drift.hazard import HazardModel, hazard_rows, held_out_auc
+
+    def run(name, rate, method, onset):
+        drops = [rate * i for i in range(10)]
+        return trace(name, [None, None, *[0.1 + rate] * 8], onset=onset, method=method, drop=drops)
+
+    runs = [run(f"{m}{k}", 0.02 * k, m, None if k == 0 else max(3, min(9, round(0.1 / (0.02 * k)) + 1)))
+            for m in "abc" for k in range(5)]
+    rows = hazard_rows(runs[1])
+    assert [i for i, _, _ in rows] == list(range(2, runs[1].onset))  # the risk set: before the onset only
+    assert [e for _, _, e in rows][-1] == 1 and sum(e for _, _, e in rows) == 1
+    model = HazardModel().fit(runs)
+    fast, slow = model.within(runs[4], horizon=3), model.within(runs[1], horizon=3)
+    assert max(fast.values()) > max(slow.values())
+    hazard_auc, trend_auc, n = held_out_auc(runs, by="method")
+    assert n > 0 and 0.5 < hazard_auc <= 1.0 and trend_auc is not None
+    with pytest.raises(ValueError, match="events"):
+        HazardModel().fit([runs[0]])

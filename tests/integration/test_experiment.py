@@ -80,7 +80,8 @@ def experiment(server_url: str, template_database: str, tmp_path_factory: pytest
     finally:
         stop(service)
         drop_database(server_url, database_url)
-    assert "Traceback" not in (tmp / "serve.log").read_text(), "the service logged an exception"
+    log = (tmp / "serve.log").read_text()
+    assert "Traceback" not in log, "the service logged an exception:\n" + log[max(0, log.find("Traceback") - 3000):][:8000]
 
 
 def _ready(url: str) -> bool:
@@ -96,7 +97,7 @@ def test_every_arm_reports_and_the_service_analyses_it(experiment: Experiment, c
     for run in experiment.runs:
         checkpoints = http.get(f"/v1/runs/{run}/checkpoints").json()
         assert [c["step"] for c in checkpoints] == [0, 2, 4]
-        assert {c["status"] for c in checkpoints} == {"ready"}, checkpoints
+        assert {c["status"] for c in checkpoints} == {"ready"}, [(c["step"], c["status"], c["error"]) for c in checkpoints]
         labels = http.get(f"/v1/runs/{run}/labels").json()["labels"]
         assert [row["step"] for row in labels] == [0, 2, 4] and "ood_accuracy" in labels[0]
     summaries = [run_summary(http, run) for run in experiment.runs]

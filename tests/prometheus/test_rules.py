@@ -126,6 +126,7 @@ def test_the_rules_file_defines_the_expected_alerts() -> None:
         "ForgettingPredicted",
         "OODForgettingWhileSpecializing",
         "ResponseDiversityCollapse",
+        "EntropyCollapse",
         "ParameterDriftAccelerating",
         "DriftJobsFailing",
         "DriftJobsBacklog",

@@ -101,7 +101,8 @@ def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(cl
     assert status["detection"]["drop_low"] == pytest.approx(0.125)
     # Once detected, the forecast says so instead of predicting.
     assert status["forecast"]["probability"] is None and status["forecast"]["reason_code"] == "detected"
-    assert [r["step"] for r in series if r["value"] is not None and r["value"] >= 0.5] == [
+    threshold = settings.forecast_alarm_probability
+    assert [r["step"] for r in series if r["value"] is not None and r["value"] >= threshold] == [
         s for s in STEPS if predicted <= s < detected]
     assert status["last_safe_step"] == max(s for s in STEPS if s < predicted)
     # Never from fewer than 3 checkpoints.
@@ -111,6 +112,8 @@ def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(cl
     assert _samples(metrics, "forgetwatch_ood_forgetting_detected", "forgets")[0].value == 1.0
     applicable = _samples(metrics, "forgetwatch_forecast_applicable", "forgets")
     assert [(s.labels["reason"], s.value) for s in applicable] == [("detected", 0.0)]
+    findings = {(s.labels["code"], s.labels["severity"]) for s in _samples(metrics, "forgetwatch_finding_active", "forgets")}
+    assert ("ood_accuracy_drop", "warning") in findings  # 15 % below the base: the warning level
     page = client.get("/runs/forgets").text
     assert "id='detection-card'" in page and ">detected<" in page
 

@@ -215,8 +215,8 @@ def test_run_page_leads_with_detection_forecast_rollback_and_findings_then_plots
     assert "default-src 'none'" in response.headers["content-security-policy"]
 
 
-def test_numbers_on_the_run_page_equal_the_api(web: TestClient, tokens: dict[str, str],
-                                               ids: dict[str, int]) -> None:
+def test_numbers_on_the_run_page_equal_the_api(web: TestClient, tokens: dict[str, str], ids: dict[str, int],
+                                               settings: Settings) -> None:
     numbers = page_numbers(web.get(run_url(RUN)).text)
     auth = {"Authorization": f"Bearer {tokens['read']}"}
     status = web.get(f"/v1/runs/{ids['run']}/status", headers=auth).json()
@@ -224,8 +224,10 @@ def test_numbers_on_the_run_page_equal_the_api(web: TestClient, tokens: dict[str
     assert status["detection"]["step"] == 1200 and status["last_step"] == 1300
     assert status["detection"]["detected"] and status["forecast"]["reason_code"] == "detected"
     assert float(numbers["detection.drop_low"]) == status["detection"]["drop_low"]
-    assert status["first_predicted_step"] == 1000 and status["first_detected_step"] == 1200
-    assert int(numbers["last_safe_step"]) == status["last_safe_step"] == 900
+    # Forecasts 1/(1 + e^{-(step − 950)/110}) against the default threshold 0.69: first at or above at 1100.
+    assert settings.forecast_alarm_probability == 0.69
+    assert status["first_predicted_step"] == 1100 and status["first_detected_step"] == 1200
+    assert int(numbers["last_safe_step"]) == status["last_safe_step"] == 1000
     latest = drift["global"][-1]
     assert float(numbers["param.global.relative_l2_distance"]) == latest["relative_l2_distance"]
     assert float(numbers["param.global.normalized_spectral_shift"]) == latest["normalized_spectral_shift"]

@@ -26,7 +26,7 @@ class LabelsIn(Strict):
 def post_labels(run_ref: str, body: LabelsIn, request: Request, session: SessionDep, principal: Writer,
                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Ground truth measured by the trainer at a step (e.g. `ood_accuracy`, `in_domain_accuracy`),
-    used to check and calibrate the risk model. Re-posting a label replaces it."""
+    used to check the alarms and calibrate their threshold (`forgetwatch calibrate`). Re-posting a label replaces it."""
 
     def action() -> tuple[int, dict[str, Any]]:
         run = queries.get_run(session, ref=run_ref)
