@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     max_samples_per_request: int = 2000
     """Most sample items one `POST /v1/runs/{run}/samples` may carry."""
 
+    token_cache_seconds: float = Field(5.0, ge=0, le=300)
+    """How long an API process trusts a token the database accepted without looking it up again;
+    a revoked token is refused by every process within this many seconds (an expired one at once).
+    0: every request looks its token up."""
+
     protect_metrics: bool = False
     """Require a read token on /metrics."""
 

@@ -30,6 +30,7 @@ from service.api.routes import (
     training_metrics,
 )
 from service.api.schemas import Problem
+from service.api.token_cache import TokenCache
 from service.db.session import make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
@@ -83,6 +84,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.registry = registry
+    app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
     for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
                    response_drift):

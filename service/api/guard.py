@@ -9,7 +9,8 @@
    answered 413 unread; a chunked body is counted as it streams and cut off at the limit.
 
 The authenticated principal is left in the request state, so the route's `Writer` dependency does
-not look the token up a second time.
+not look the token up a second time. Tokens the database accepted are cached for a few seconds
+(`service.api.token_cache`: revocation honoured within `FORGETWATCH_TOKEN_CACHE_SECONDS`, expiry exactly).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import authenticate, check_write
+from service.api.deps import authenticate, cached_principal, check_write
 from service.errors import ForgetwatchError
 from service.settings import Settings
 
@@ -103,13 +104,17 @@ class RequestGuard:
         """None when the headers carry a write token (stored in the request state), else (status, detail)."""
         raw = _header(scope, b"authorization")
         authorization = raw.decode("latin-1") if raw is not None else None
+        cache = app.state.token_cache
 
         def lookup():
             with app.state.sessions() as session:
-                return check_write(authenticate(session, authorization))
+                return authenticate(session, authorization, cache=cache)
 
         try:
-            principal = await anyio.to_thread.run_sync(lookup)
+            principal = cached_principal(cache, authorization)  # no thread, no database on a hit
+            if principal is None:
+                principal = await anyio.to_thread.run_sync(lookup)
+            check_write(principal)
         except ForgetwatchError as error:
             return error.status_code, error.detail
         except (OperationalError, InterfaceError, PoolTimeout):
