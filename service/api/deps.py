@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.api.token_cache import TokenCache
-from service.auth import allows, find_token, hash_token
+from service.auth import allows, hash_token
+from service.db.tokens import find_token
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from service.auth import create_token
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 from tests.integration.helpers import free_port, start, stop, wait_for
 
 MiB = 1 << 20

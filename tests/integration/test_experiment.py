@@ -19,8 +19,8 @@ from experiment.pretrain import BaseConfig
 from experiment.report import ServiceReporter, register_probe_sets
 from experiment.train import run_experiment
 from forgetwatch_client import ForgetwatchClient
-from service.auth import create_token
 from service.db.session import make_engine, make_sessionmaker
+from service.db.tokens import create_token
 from service.settings import Settings
 from tests.conftest import create_database, drop_database, worker_env
 from tests.integration.helpers import free_port, start, stop, wait_for

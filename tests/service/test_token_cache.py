@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
 from service.api.token_cache import TokenCache
-from service.auth import revoke_token
 from service.db.session import make_sessionmaker
+from service.db.tokens import revoke_token
 from service.settings import Settings
 
 

@@ -11,9 +11,10 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from service.api.token_cache import TokenCache
-from service.auth import create_token, parse_expiry
+from service.auth import parse_expiry
 from service.cli import main
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 
 
 @pytest.fixture
