@@ -51,7 +51,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) -> FastAPI:
     """Build the API. With `run_worker`, a procrastinate worker runs inside the same process."""
-    registry, request_metrics = build_registry(engine, settings)
+    registry, request_metrics, job_metrics = build_registry(engine, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +65,8 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
 
             services = WorkerServices(settings=settings, engine=engine, sessions=app.state.sessions)
             queue_app = create_queue_app(engine.url.render_as_string(hide_password=False))
-            worker = asyncio.create_task(worker_main(queue_app, services, install_signal_handlers=False))
+            worker = asyncio.create_task(worker_main(queue_app, services, install_signal_handlers=False,
+                                                     job_metrics=job_metrics))
         try:
             yield
         finally:
