@@ -66,7 +66,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             print(f"forgetwatch: local write token in {token_file}", flush=True)
         app = create_app(settings=settings, engine=engine, run_worker=not args.no_worker)
         host, port = args.host or settings.host, settings.port if args.port is None else args.port
-        print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
+        if port:  # with --port 0, uvicorn's own start-up line names the port it bound
+            print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
         uvicorn.run(app, host=host, port=port, log_level=settings.log_level)
         engine.dispose()
 
