@@ -104,6 +104,23 @@ async def require_read(request: Request, session: Annotated[Session, Depends(get
     return await run_in_threadpool(lambda: authenticate(session, authorization, cache=cache))
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request has no reader (no token, or one the database refuses)."""
+
+    detail: str
+
+
+async def optional_reader(request: Request, session: Annotated[Session, Depends(get_session)],
+                          authorization: Annotated[str | None, Header()] = None) -> Principal | Refusal:
+    """For routes that serve some callers without a token (the pages, /metrics) and decide which
+    themselves: the caller, by the same lookup and cache as `Reader`, or why there is none."""
+    try:
+        return await require_read(request, session, authorization)
+    except Unauthorized as refused:
+        return Refusal(refused.detail)
+
+
 async def require_write(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
     return check_scope(principal, "write")
 
@@ -115,6 +132,7 @@ async def require_admin(principal: Annotated[Principal, Depends(require_read)]) 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 Reader = Annotated[Principal, Depends(require_read)]
+OptionalReader = Annotated[Principal | Refusal, Depends(optional_reader)]
 Writer = Annotated[Principal, Depends(require_write)]
 Admin = Annotated[Principal, Depends(require_admin)]
 IdempotencyKey = Annotated[

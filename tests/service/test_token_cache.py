@@ -102,3 +102,17 @@ def test_the_cache_setting_is_bounded_and_names_its_variable(monkeypatch: pytest
     monkeypatch.setenv("FORGETWATCH_TOKEN_CACHE_SECONDS", "3600")
     with pytest.raises(ValueError, match="token_cache_seconds"):
         Settings()
+
+
+def test_pages_and_metrics_authenticate_through_the_same_cached_lookup(client: TestClient, engine: Engine,
+                                                                       tokens: dict[str, str]) -> None:
+    client.app.state.settings = client.app.state.settings.model_copy(
+        update={"public_pages": False, "protect_metrics": True})
+    reader = {"Authorization": f"Bearer {tokens['read']}"}
+    lookups = _token_lookups(engine)
+    for path in ("/", "/metrics", "/", "/metrics"):
+        assert client.get(path, headers=reader).status_code == 200
+    assert len(lookups) == 1  # the first request looked the token up; the rest were served from the cache
+    refused = client.get("/", headers={"Authorization": "Bearer fw_nobody"})
+    assert refused.status_code == 401 and "FORGETWATCH_PUBLIC_PAGES" in refused.text
+    assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
