@@ -55,8 +55,10 @@ upgrade-lock:
 	touch $(STAMP)
 	$(MAKE) test
 
+# ruff everywhere; mypy strict on drift/ and service/db/ (its settings: pyproject.toml [tool.mypy]).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check drift service client experiment tests bench
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV)

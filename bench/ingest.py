@@ -1,23 +1,32 @@
-"""Ingest load: N simulated trainers push sample batches and checkpoint registrations.
+"""Ingest load: N simulated trainers push sample batches and checkpoint registrations, against a floor.
 
-    python -m bench.ingest [--trainers 50] [--seconds 20] [--api-workers 4]
+    python -m bench.ingest [--trainers 50] [--seconds 20] [--api-workers 4] [--no-busy]
 
-Starts the service against an external PostgreSQL (FORGETWATCH_BENCH_DATABASE_URL, default the
-server at 127.0.0.1:5432; a fresh database is created and dropped), with several API processes,
-then runs the trainers as async clients in 2 load processes, twice: with no workers (idle), then
-with two workers busy on a large parameter-drift job (busy). Every acknowledged sample item is
-looked up in the database afterwards: `lost` must be 0. Last line:
-`ingest rps=N p99_ms=M lost=0 errors=E` (busy phase; the idle p99 is printed above it).
+Against an external PostgreSQL (FORGETWATCH_BENCH_DATABASE_URL, default the server at 127.0.0.1:5432;
+a fresh database is created and dropped), in one run:
+
+1. the floor: a bare FastAPI + psycopg app (`floor_app`, as many processes as the service) whose one
+   endpoint inserts one row per request into the same database, under the same closed-loop load;
+2. the service with several API processes and no workers (idle): each trainer pushes batches of
+   20 sample items, with a checkpoint registration every tenth request;
+3. unless `--no-busy`: the same with two workers busy on a large parameter-drift job (busy).
+
+The trainers are async clients in 2 load processes. Every acknowledged sample item is looked up in
+the database afterwards: `lost` must be 0. Last line, the idle phase against the floor (same load, same
+processes, nothing else running): `ingest rps=N p99_ms=M floor_rps=F vs_floor=N/F lost=0 errors=E`
+(errors of every phase; the busy phase is printed above it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,17 +37,49 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from fastapi import FastAPI, Request
+from psycopg_pool import AsyncConnectionPool
 
 FORGETWATCH = str(Path(sys.executable).with_name("forgetwatch"))
 ITEMS_PER_BATCH = 20
 
 
-async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint: str) -> dict:
-    headers = {"Authorization": f"Bearer {token}"}
+def floor_app():
+    """The floor: FastAPI and a psycopg pool, one INSERT of one row per request, nothing else."""
+    pool = AsyncConnectionPool(os.environ["FLOOR_DATABASE_URL"], min_size=4, max_size=20, open=False,
+                               kwargs={"autocommit": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await pool.open()
+        yield
+        await pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/readyz")
+    async def ready() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/rows", status_code=202)
+    async def insert_row(request: Request) -> dict:
+        row = await request.json()
+        async with pool.connection() as conn:
+            await conn.execute("INSERT INTO floor_rows (run, step, prompt, response) VALUES (%s, %s, %s, %s)",
+                               (row["run"], row["step"], row["prompt"], row["response"]))
+        return {"accepted": 1}
+
+    return app
+
+
+async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint: str | None) -> dict:
+    """One closed-loop client; `checkpoint` None: the floor's one-row requests."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     latencies, errors, acked = [], 0, 0
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
         run = f"bench-{uuid.uuid4().hex[:8]}-{index}"
-        await client.post("/v1/runs", json={"name": run, "base_model": checkpoint, "method": "sft"})
+        if checkpoint is not None:
+            await client.post("/v1/runs", json={"name": run, "base_model": checkpoint, "method": "sft"})
         deadline = time.monotonic() + seconds
         step = 0
         while time.monotonic() < deadline:
@@ -46,7 +87,10 @@ async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint
             items = [{"prompt": f"p{i}", "response": f"r{step}-{i}"} for i in range(ITEMS_PER_BATCH)]
             start = time.perf_counter()
             try:
-                if step % 10 == 0:
+                if checkpoint is None:
+                    response = await client.post("/rows", json={"run": run, "step": step, **items[0]})
+                    acked += response.status_code == 202
+                elif step % 10 == 0:
                     response = await client.post(f"/v1/runs/{run}/checkpoints", json={"step": step, "uri": checkpoint},
                                                  headers={"Idempotency-Key": uuid.uuid4().hex})
                 else:
@@ -62,14 +106,15 @@ async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint
     return {"run": run, "latencies": latencies, "errors": errors, "acked": acked}
 
 
-def _load_process(base: str, token: str, first: int, count: int, seconds: float, checkpoint: str, out) -> None:
+def _load_process(base: str, token: str, first: int, count: int, seconds: float, checkpoint: str | None,
+                  out) -> None:
     async def main() -> list[dict]:
         return await asyncio.gather(*[_trainer(base, token, first + i, seconds, checkpoint) for i in range(count)])
 
     out.put(asyncio.run(main()))
 
 
-def run_load(base: str, token: str, trainers: int, seconds: float, checkpoint: str) -> list[dict]:
+def run_load(base: str, token: str, trainers: int, seconds: float, checkpoint: str | None) -> list[dict]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
     half = trainers // 2
     procs = [multiprocessing.Process(target=_load_process, args=(base, token, start, n, seconds, checkpoint, queue))
@@ -107,6 +152,43 @@ def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def measure_floor(libpq: str, trainers: int, seconds: float, processes: int, log: Path) -> float:
+    """Requests per second of `floor_app` under the same load, in its own processes."""
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute("CREATE TABLE floor_rows (id bigserial PRIMARY KEY, run text NOT NULL, step int NOT NULL, "
+                     "prompt text NOT NULL, response text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.ingest:floor_app", "--factory", "--port", str(port),
+             "--workers", str(processes), "--log-level", "warning"],
+            env={**os.environ, "FLOOR_DATABASE_URL": libpq}, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True)
+    try:
+        _wait_ready(base)
+        results = run_load(base, "", trainers, seconds, None)
+    finally:
+        _stop(proc)
+    rps, _, errors = summarize("floor (one row per request)", results, seconds)
+    with psycopg.connect(libpq) as conn:
+        stored = conn.execute("SELECT count(*) FROM floor_rows").fetchone()[0]
+    if errors or stored < sum(r["acked"] for r in results):
+        raise SystemExit(f"the floor failed: {errors} errors, {stored} rows stored")
+    return rps
+
+
 def _wait_ready(base: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,13 +217,15 @@ def main() -> None:
     parser.add_argument("--trainers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--api-workers", type=int, default=4)
+    parser.add_argument("--no-busy", action="store_true", help="skip the phase with busy drift workers")
     args = parser.parse_args()
 
     admin = os.environ.get("FORGETWATCH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     db = f"fw_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {db}")
-    url = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + "/" + db
+    libpq = admin.rsplit("/", 1)[0] + "/" + db
+    url = libpq.replace("postgresql://", "postgresql+psycopg://")
     tmp = Path(tempfile.mkdtemp(prefix="fw-bench-ingest-"))
     env = {**os.environ, "FORGETWATCH_DATABASE_URL": url, "FORGETWATCH_DATA_DIR": str(tmp / "data"),
            "FORGETWATCH_CHECKPOINT_ROOTS": str(tmp / "ckpts"), "FORGETWATCH_SPECTRAL": "false",
@@ -150,7 +234,8 @@ def main() -> None:
     token = subprocess.run([FORGETWATCH, "token", "create", "--name", "bench", "--scope", "write"], env=env,
                            check=True, capture_output=True, text=True).stdout.strip()
     _big_checkpoint(tmp / "ckpts" / "big", gib=4)
-    port = 8790
+    floor_rps = measure_floor(libpq, args.trainers, args.seconds, args.api_workers, tmp / "floor.log")
+    port = _free_port()
     base = f"http://127.0.0.1:{port}"
     procs = [_start(["serve", "--no-worker", "--port", str(port), "--workers", str(args.api_workers)], env,
                     tmp / "api.log")]
@@ -158,22 +243,25 @@ def main() -> None:
         _wait_ready(base)
         checkpoint = str(tmp / "ckpts" / "big")
         idle = run_load(base, token, args.trainers, args.seconds, checkpoint)
-        _, idle_p99, _ = summarize("idle", idle, args.seconds)
-
-        procs += [_start(["worker", "--queues", "params"], env, tmp / f"worker{i}.log") for i in range(2)]
-        time.sleep(10)  # workers up and streaming the big checkpoints queued in the idle phase
-        busy = run_load(base, token, args.trainers, args.seconds, checkpoint)
-        rps, busy_p99, errors = summarize("busy (2 workers on 4 GiB checkpoints)", busy, args.seconds)
-        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        rps, idle_p99, errors = summarize("idle", idle, args.seconds)
+        busy: list[dict] = []
+        if not args.no_busy:
+            procs += [_start(["worker", "--queues", "params"], env, tmp / f"worker{i}.log") for i in range(2)]
+            time.sleep(10)  # workers up and streaming the big checkpoints queued in the idle phase
+            busy = run_load(base, token, args.trainers, args.seconds, checkpoint)
+            _, busy_p99, busy_errors = summarize("busy (2 workers on 4 GiB checkpoints)", busy, args.seconds)
+            errors += busy_errors
+            print(f"busy_p99/idle_p99 = {busy_p99 / idle_p99:.2f}")
+        with psycopg.connect(libpq) as conn:
             running = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0]
             lost = lost_items(conn, idle + busy)
-        print(f"drift jobs running at the end of the busy phase: {running}")
-        print(f"busy_p99/idle_p99 = {busy_p99 / idle_p99:.2f} (target <= 2)")
-        print(f"ingest rps={rps:.0f} p99_ms={busy_p99:.0f} lost={lost} errors={errors + sum(r['errors'] for r in idle)}")
+        if busy:
+            print(f"drift jobs running at the end of the busy phase: {running}")
+        print(f"ingest rps={rps:.0f} p99_ms={idle_p99:.0f} floor_rps={floor_rps:.0f} vs_floor={rps / floor_rps:.2f} "
+              f"lost={lost} errors={errors}")
     finally:
         for p in procs:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(timeout=60)
+            _stop(p)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 

@@ -22,6 +22,7 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 __all__ = ["CheckpointError", "Roots", "check_model_folder", "member", "open_confined", "read_json"]
 
@@ -83,7 +84,7 @@ def open_confined(path: Path, roots: Roots) -> int:
         raise CheckpointError(f"{label}: cannot be opened ({error.strerror}); check the file") from None
     try:
         opened = _fd_path(fd) if roots is not None else None
-        if opened is not None and not _inside(opened, roots):
+        if opened is not None and roots is not None and not _inside(opened, roots):
             raise CheckpointError(f"{label}: changed to point outside the allowed checkpoint roots while opening")
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise CheckpointError(f"{label}: not a regular file")
@@ -93,7 +94,7 @@ def open_confined(path: Path, roots: Roots) -> int:
     return fd
 
 
-def read_json(path: Path, roots: Roots, *, max_bytes: int = MAX_JSON_BYTES) -> dict:
+def read_json(path: Path, roots: Roots, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """A JSON object from a checkpoint's metadata file, at most ``max_bytes`` long."""
     fd = open_confined(path, roots)
     with os.fdopen(fd, "rb") as f:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 _REPEATED_UNIT = re.compile(r"(.{1,16}?)\1{3,}", re.DOTALL)
 
@@ -88,7 +89,7 @@ def is_dominated(text: str, tokens: Sequence[str], *, ngram: int = 3, dominance:
     return covered >= dominance * len(stripped)
 
 
-def mean_pairwise_similarity(embeddings) -> float:
+def mean_pairwise_similarity(embeddings: ArrayLike) -> float:
     """Mean cosine similarity over the distinct pairs of rows (zero rows count as 0)."""
     e = np.asarray(embeddings, dtype=np.float64)
     if e.ndim != 2 or e.shape[0] < 2:
@@ -102,7 +103,8 @@ def mean_pairwise_similarity(embeddings) -> float:
     return float((total @ total - (unit * unit).sum()) / (n * (n - 1)))
 
 
-def _mean_token_entropy(token_entropies, token_logprobs, n: int) -> float | None:
+def _mean_token_entropy(token_entropies: Sequence[Sequence[float]] | None,
+                        token_logprobs: Sequence[Sequence[float]] | None, n: int) -> float | None:
     source, sign = (token_entropies, 1.0) if token_entropies is not None else (token_logprobs, -1.0)
     if source is None:
         return None
@@ -119,7 +121,7 @@ def _mean_token_entropy(token_entropies, token_logprobs, n: int) -> float | None
 def collapse_signals(
     responses: Sequence[str],
     *,
-    embeddings=None,
+    embeddings: ArrayLike | None = None,
     token_entropies: Sequence[Sequence[float]] | None = None,
     token_logprobs: Sequence[Sequence[float]] | None = None,
     tokenize: Callable[[str], Sequence[str]] | None = None,

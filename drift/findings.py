@@ -169,7 +169,7 @@ def _kl_change_point(hist: History, st: list[int], _names: list[str]) -> list[Fi
     kl = _series(hist, "kl_fwd_ood")
     if np.isfinite(kl).sum() < PH_MIN_POINTS:
         return []
-    cp = page_hinkley(kl, delta=PH_DELTA, threshold=PH_THRESHOLD, direction="up")
+    cp = page_hinkley(kl.tolist(), delta=PH_DELTA, threshold=PH_THRESHOLD, direction="up")
     t = len(kl) - 1
     if cp.index is None or cp.index == 0 or cp.index < t - WINDOW + 1:
         return []

@@ -163,7 +163,7 @@ def robust_noise_scale(x: np.ndarray, *, min_scale: float = 1e-12) -> float:
         raise ValueError(f"robust_noise_scale needs at least two values, got {len(x)}")
     d = np.diff(x)
     mad = float(np.median(np.abs(d - np.median(d))))
-    return max(MAD_TO_SD * mad / np.sqrt(2.0), REL_SCALE_FLOOR * abs(float(np.median(x))), min_scale)
+    return max(MAD_TO_SD * mad / float(np.sqrt(2.0)), REL_SCALE_FLOOR * abs(float(np.median(x))), min_scale)
 
 
 def page_hinkley(

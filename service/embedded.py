@@ -19,7 +19,8 @@ from types import FrameType
 from urllib.parse import parse_qs, urlparse
 
 import psutil
-import psycopg
+
+from service.db.cluster import ensure_database
 
 log = logging.getLogger("forgetwatch")
 
@@ -85,11 +86,3 @@ def exit_on_termination() -> Iterator[None]:
 
 def _exit(signum: int, _frame: FrameType | None) -> None:
     sys.exit(128 + signum)
-
-
-def ensure_database(admin_url: str, database: str) -> None:
-    """CREATE DATABASE if it does not exist yet (admin_url: a libpq URL to another database)."""
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
-        if not exists:
-            conn.execute(f'CREATE DATABASE "{database}"')

@@ -1,19 +1,28 @@
 """Every Prometheus metric forgetwatch exports, declared in one place.
 
-Request metrics live in the process that served the request. Queue and job metrics are read from
-PostgreSQL at scrape time, so every API process reports the same values and a restart loses nothing.
+- Request metrics are counted by the process that served the request. With several API processes
+  (`forgetwatch serve --workers N`) they run in prometheus_client's multiprocess mode: each process
+  writes its counts to files in one folder, and every process's /metrics sums all of them, so a
+  scrape sees one truth whichever process answers it.
+- Job durations are observed by the worker that ran the job, as it finishes (a worker serves them on
+  `FORGETWATCH_WORKER_METRICS_PORT`; a worker inside `forgetwatch serve` on the API's /metrics).
+- Queue state, job outcomes and per-run drift are read from PostgreSQL at scrape time, so every
+  process reports the same values and a restart loses nothing.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from service.db import metric_queries as db
 from service.run_metrics import collect_run_metrics
 from service.settings import Settings
 
@@ -25,6 +34,8 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class RequestMetrics:
+    """Counted in the API process that served the request."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "forgetwatch_http_requests_total", "HTTP requests by route template, method and status.",
@@ -36,28 +47,14 @@ class RequestMetrics:
         )
 
 
-_QUEUE_SQL = text(
-    "SELECT queue_name, status::text, count(*) FROM procrastinate_jobs GROUP BY queue_name, status"
-)
-_DURATION_SQL = text(
-    """
-    SELECT j.task_name, j.status::text,
-           EXTRACT(EPOCH FROM (max(e.at) FILTER (WHERE e.type IN ('succeeded', 'failed'))
-                             - max(e.at) FILTER (WHERE e.type = 'started'))) AS seconds
-      FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id
-     WHERE j.status IN ('succeeded', 'failed')
-     GROUP BY j.id
-    """
-)
+class JobMetrics:
+    """Observed by the worker that ran the job, once it ends (`outcome`: succeeded, failed, aborted)."""
 
-
-_OLDEST_SQL = text(
-    """
-    SELECT j.queue_name, EXTRACT(EPOCH FROM now() - min(e.at))
-      FROM procrastinate_jobs j JOIN procrastinate_events e ON e.job_id = j.id AND e.type = 'deferred'
-     WHERE j.status = 'todo' GROUP BY j.queue_name
-    """
-)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "forgetwatch_job_duration_seconds", "Run time of jobs, observed by the worker as each ends.",
+            ["task", "outcome"], buckets=JOB_DURATION_BUCKETS, registry=registry,
+        )
 
 
 class DatabaseCollector(Collector):
@@ -73,10 +70,10 @@ class DatabaseCollector(Collector):
         up = GaugeMetricFamily("forgetwatch_database_up", "1 if the service reached PostgreSQL at scrape time.")
         try:
             with self.engine.connect() as conn:
-                conn.execute(text("SET LOCAL statement_timeout = '5s'"))
-                queue_rows = conn.execute(_QUEUE_SQL).all()
-                duration_rows = conn.execute(_DURATION_SQL).all()
-                oldest_rows = conn.execute(_OLDEST_SQL).all()
+                db.limit_statement_time(conn=conn, seconds=5)
+                queue_rows = db.queue_counts(conn=conn)
+                finished_rows = db.finished_job_counts(conn=conn)
+                oldest_rows = db.oldest_waiting_seconds(conn=conn)
                 run_families = list(collect_run_metrics(conn, ttl_seconds=self.run_ttl_seconds,
                                                         max_blocks=self.max_blocks,
                                                         alarm_probability=self.alarm_probability))
@@ -88,7 +85,7 @@ class DatabaseCollector(Collector):
         up.add_metric([], 1)
         yield up
         yield from _queue_families(queue_rows, oldest_rows)
-        yield from _job_families(duration_rows)
+        yield from _job_families(finished_rows)
         yield from run_families
 
 
@@ -108,27 +105,15 @@ def _queue_families(rows: list, oldest_rows: list) -> Iterator:
     yield oldest
 
 
-def _job_families(rows: list) -> Iterator:
+def _job_families(rows: Sequence[Any]) -> Iterator:
     outcomes = CounterMetricFamily("forgetwatch_jobs_finished", "Finished jobs by task and outcome.",
                                    labels=["task", "outcome"])
-    durations = HistogramMetricFamily("forgetwatch_job_duration_seconds", "Run time of finished jobs.",
-                                      labels=["task"])
-    by_task: dict[str, list[float]] = {}
-    by_outcome: dict[tuple[str, str], int] = {}
-    for task, status, seconds in rows:
-        by_outcome[(task, status)] = by_outcome.get((task, status), 0) + 1
-        if seconds is not None:
-            by_task.setdefault(task, []).append(float(seconds))
+    by_outcome = {(task, status): count for task, status, count in rows}
     # Every known task reports both outcomes, at 0 until they happen, so increase() sees the first failure.
     for task in sorted(known_task_names() | {t for t, _ in by_outcome}):
         for outcome in ("succeeded", "failed"):
             outcomes.add_metric([task, outcome], by_outcome.get((task, outcome), 0))
-    for task, values in sorted(by_task.items()):
-        buckets = [(str(b), sum(v <= b for v in values)) for b in JOB_DURATION_BUCKETS]
-        buckets.append(("+Inf", len(values)))
-        durations.add_metric([task], buckets, sum(values))
     yield outcomes
-    yield durations
 
 
 def known_task_names() -> set[str]:
@@ -138,10 +123,23 @@ def known_task_names() -> set[str]:
     return {f"{NAMESPACE}:{name}" for name in blueprint.tasks}
 
 
-def build_registry(engine: Engine, settings: Settings) -> tuple[CollectorRegistry, RequestMetrics]:
+def multiprocess_mode() -> bool:
+    """Whether prometheus_client keeps values in shared files (PROMETHEUS_MULTIPROC_DIR was set before
+    it was first imported: `forgetwatch serve --workers N` sets it for its API processes)."""
+    return values.ValueClass.__name__ == "MmapedValue"
+
+
+def build_registry(engine: Engine, settings: Settings) -> tuple[CollectorRegistry, RequestMetrics, JobMetrics]:
+    """The registry /metrics exposes, and the request and job metrics to record into."""
     registry = CollectorRegistry(auto_describe=False)
-    request_metrics = RequestMetrics(registry)
+    if multiprocess_mode():
+        # Recorded through a registry nobody scrapes; exposed once, summed over every process's files.
+        recording = CollectorRegistry(auto_describe=False)
+        MultiProcessCollector(registry)
+    else:
+        recording = registry
+    request_metrics, job_metrics = RequestMetrics(recording), JobMetrics(recording)
     registry.register(DatabaseCollector(engine, run_ttl_seconds=settings.metrics_run_ttl_seconds,
                                         max_blocks=settings.metrics_max_blocks,
                                         alarm_probability=settings.forecast_alarm_probability))
-    return registry, request_metrics
+    return registry, request_metrics, job_metrics

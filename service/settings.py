@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FORGETWATCH_"
+
+
+class SettingsError(ValueError):
+    """One line per invalid setting, each naming its environment variable and what it accepts."""
 
 
 def _default_data_dir() -> Path:
@@ -19,7 +25,20 @@ def _default_data_dir() -> Path:
 class Settings(BaseSettings):
     """forgetwatch settings, read from `FORGETWATCH_*` environment variables."""
 
-    model_config = SettingsConfigDict(env_prefix="FORGETWATCH_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    @classmethod
+    def from_environment(cls) -> Settings:
+        """The settings from `FORGETWATCH_*`; SettingsError naming each variable that is invalid."""
+        try:
+            return cls()
+        except ValidationError as error:
+            lines = []
+            for problem in error.errors():
+                field = str(problem["loc"][0]) if problem["loc"] else "?"
+                given = problem.get("input")
+                lines.append(f"{ENV_PREFIX}{field.upper()}={given!s}: {problem['msg']}")
+            raise SettingsError("invalid settings:\n  " + "\n  ".join(lines)) from None
 
     database_url: str | None = None
     """SQLAlchemy URL of an external PostgreSQL (`postgresql+psycopg://user@host:port/db`).
@@ -35,17 +54,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Address `forgetwatch serve` binds to."""
 
-    port: int = 8700
+    port: int = Field(8700, ge=0, le=65535)
     """Port `forgetwatch serve` listens on."""
 
-    max_upload_bytes: int = 64 * 2**30
+    max_upload_bytes: int = Field(64 * 2**30, ge=1)
     """Largest single checkpoint file accepted by the upload endpoint (`PUT .../files/{filename}` only)."""
 
-    max_request_bytes: int = 16 * 2**20
+    max_request_bytes: int = Field(16 * 2**20, ge=1)
     """Largest request body on every other route; larger ones get 413, checked before the body is read."""
 
-    max_samples_per_request: int = 2000
+    max_samples_per_request: int = Field(2000, ge=1, le=100_000)
     """Most sample items one `POST /v1/runs/{run}/samples` may carry."""
+
+    token_cache_seconds: float = Field(5.0, ge=0, le=300)
+    """How long an API process trusts a token the database accepted without looking it up again;
+    a revoked token is refused by every process within this many seconds (an expired one at once).
+    0: every request looks its token up."""
 
     protect_metrics: bool | None = None
     """Require a read token on /metrics. Unset: required unless `host` is a loopback address."""
@@ -57,34 +81,41 @@ class Settings(BaseSettings):
     public_docs: bool | None = None
     """Serve `/docs` and `/openapi.json` without a token. Unset: public only while `host` is a loopback address."""
 
-    worker_concurrency: int = 2
+    worker_concurrency: int = Field(2, ge=1, le=256)
     """Jobs one worker process runs at once."""
 
-    worker_nice: int = 10
+    worker_nice: int = Field(10, ge=0, le=19)
     """Scheduling niceness of `forgetwatch worker`: drift work yields the CPU to ingestion."""
 
-    worker_heartbeat_seconds: float = 5.0
+    worker_metrics_port: int = Field(0, ge=0, le=65535)
+    """Port on which `forgetwatch worker` serves its job-duration metrics to Prometheus (compose: 8701);
+    0: none. A worker inside `forgetwatch serve` reports them on the API's /metrics instead."""
+
+    worker_metrics_host: str = "0.0.0.0"
+    """Address the worker's metrics port binds to."""
+
+    worker_heartbeat_seconds: float = Field(5.0, gt=0, le=3600)
     """How often a worker tells the database it is alive."""
 
-    stalled_after_seconds: float = 30.0
+    stalled_after_seconds: float = Field(30.0, gt=0, le=86400)
     """A worker silent this long is considered dead; its running jobs are retried."""
 
     spectral: bool = True
     """Compute spectral drift (top-k SVD) of 2-D weights; off makes parameter jobs much cheaper."""
 
-    spectral_k: int = 64
+    spectral_k: int = Field(64, ge=1, le=4096)
     """Top-k singular values/vectors for spectral drift."""
 
-    spectral_max_elements: int = 1 << 26
+    spectral_max_elements: int = Field(1 << 26, ge=1)
     """Matrices larger than this are skipped by the spectral pass (reported as skipped)."""
 
-    param_part_elements: int = 1 << 30
+    param_part_elements: int = Field(1 << 30, ge=1)
     """Parameters per parameter-drift job: shards larger than this are split across jobs."""
 
     probe_device: str = "auto"
     """Device for probe jobs: "auto" (a GPU when present), "cpu", "cuda:0", ..."""
 
-    probe_topk: int = 64
+    probe_topk: int = Field(64, ge=1, le=100_000)
     """Base log-probs kept per position in the probe cache (the rest is summarised as tail mass)."""
 
     forecast_alarm_probability: float = Field(0.69, gt=0, lt=1)
@@ -96,19 +127,19 @@ class Settings(BaseSettings):
     forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
     """The forecast is the probability that forgetting is detected within this many checkpoints."""
 
-    forgetting_relative_drop: float = 0.10
+    forgetting_relative_drop: float = Field(0.10, gt=0, lt=1)
     """What counts as forgetting: this relative drop of ood accuracy (or reference log-likelihood)."""
 
-    forecast_ood_kl_nats: float = 0.5
+    forecast_ood_kl_nats: float = Field(0.5, gt=0)
     """Forecast threshold for the ood probe forward KL (nats per token)."""
 
-    forecast_param_rel_l2: float = 0.05
+    forecast_param_rel_l2: float = Field(0.05, gt=0)
     """Forecast threshold for global relative L2 parameter drift."""
 
-    metrics_run_ttl_seconds: float = 7 * 86400
+    metrics_run_ttl_seconds: float = Field(7 * 86400, gt=0)
     """Runs with no new checkpoint for this long drop out of /metrics (their data stays in the DB)."""
 
-    metrics_max_blocks: int = 8
+    metrics_max_blocks: int = Field(8, ge=0, le=1000)
     """Per-block drift is exported for at most this many (the most drifted) blocks per run."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"

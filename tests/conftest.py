@@ -15,9 +15,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
 from service.api.app import create_app
-from service.auth import create_token
 from service.db import migrate
 from service.db.session import libpq_url, make_engine, make_sessionmaker
+from service.db.tokens import create_token
 from service.settings import Settings
 
 

@@ -31,6 +31,7 @@ from service.api.routes import (
     training_metrics,
 )
 from service.api.schemas import Problem
+from service.api.token_cache import TokenCache
 from service.db.session import make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
@@ -51,7 +52,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 
 def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) -> FastAPI:
     """Build the API. With `run_worker`, a procrastinate worker runs inside the same process."""
-    registry, request_metrics = build_registry(engine, settings)
+    registry, request_metrics, job_metrics = build_registry(engine, settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -65,7 +66,8 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
 
             services = WorkerServices(settings=settings, engine=engine, sessions=app.state.sessions)
             queue_app = create_queue_app(engine.url.render_as_string(hide_password=False))
-            worker = asyncio.create_task(worker_main(queue_app, services, install_signal_handlers=False))
+            worker = asyncio.create_task(worker_main(queue_app, services, install_signal_handlers=False,
+                                                     job_metrics=job_metrics))
         try:
             yield
         finally:
@@ -88,6 +90,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.engine = engine
     app.state.sessions = make_sessionmaker(engine)
     app.state.registry = registry
+    app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
     for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
                    response_drift):

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from service.auth import allows, find_token
+from service.api.token_cache import TokenCache
+from service.auth import allows, hash_token
+from service.db.tokens import find_token
 from service.errors import Forbidden, Unauthorized
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+# The dependencies are `async def` so that FastAPI does not hop to a worker thread for each of them;
+# the only blocking call (a token lookup the cache cannot answer) goes to the thread pool itself.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    with request.app.state.sessions() as session:
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """The request's one session. Creating it does no I/O; closing it does only while a transaction
+    is still open (an error before commit), and then in the thread pool."""
+    session = request.app.state.sessions()
+    try:
         yield session
+    finally:
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
 @dataclass(frozen=True)
@@ -37,8 +50,8 @@ class Principal:
                             f"{self.project!r}; {what} {name!r} is outside its project")
 
 
-def authenticate(session: Session, authorization: str | None) -> Principal:
-    """The caller behind an `Authorization: Bearer <token>` header; Unauthorized otherwise."""
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header; Unauthorized when absent or malformed."""
     if not authorization:
         raise Unauthorized(
             "missing token: send 'Authorization: Bearer <token>' "
@@ -47,10 +60,29 @@ def authenticate(session: Session, authorization: str | None) -> Principal:
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("malformed Authorization header: expected 'Bearer <token>'")
-    row = find_token(session, token.strip())
+    return token.strip()
+
+
+def cached_principal(cache: TokenCache[Principal], authorization: str | None) -> Principal | None:
+    """The caller from the token cache alone (no database), or None when it must be looked up."""
+    return cache.get(hash_token(bearer_token(authorization)))
+
+
+def authenticate(session: Session, authorization: str | None, *,
+                 cache: TokenCache[Principal] | None = None) -> Principal:
+    """The caller behind an `Authorization: Bearer <token>` header; Unauthorized otherwise. With a
+    `cache`, a token accepted within its TTL is not looked up again (`service.api.token_cache`)."""
+    token = bearer_token(authorization)
+    key = hash_token(token)
+    if cache is not None and (known := cache.get(key)) is not None:
+        return known
+    row = find_token(session, token)
     if row is None:
         raise Unauthorized("invalid, expired or revoked token; ask for a new one (`forgetwatch token create`)")
-    return Principal(token_id=row.id, name=row.name, scope=row.scope, project=row.project)
+    principal = Principal(token_id=row.id, name=row.name, scope=row.scope, project=row.project)
+    if cache is not None:
+        cache.put(key, principal, expires_at=row.expires_at)
+    return principal
 
 
 def check_scope(principal: Principal, needed: str) -> Principal:
@@ -67,23 +99,47 @@ def check_write(principal: Principal) -> Principal:
 
 # The lookup uses the request's own session (FastAPI resolves `get_session` once per request). A
 # request with a body was already authenticated by the request guard, before its body was read.
-def require_read(request: Request, session: Annotated[Session, Depends(get_session)],
-                 authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def require_read(request: Request, session: Annotated[Session, Depends(get_session)],
+                       authorization: Annotated[str | None, Header()] = None) -> Principal:
     known = getattr(request.state, "principal", None)
-    return known if known is not None else authenticate(session, authorization)
+    if known is not None:
+        return known
+    cache = request.app.state.token_cache
+    cached = cached_principal(cache, authorization)
+    if cached is not None:
+        return cached
+    return await run_in_threadpool(lambda: authenticate(session, authorization, cache=cache))
 
 
-def require_write(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+@dataclass(frozen=True)
+class Refusal:
+    """Why a request has no reader (no token, or one the database refuses)."""
+
+    detail: str
+
+
+async def optional_reader(request: Request, session: Annotated[Session, Depends(get_session)],
+                          authorization: Annotated[str | None, Header()] = None) -> Principal | Refusal:
+    """For routes that serve some callers without a token (the pages, /metrics) and decide which
+    themselves: the caller, by the same lookup and cache as `Reader`, or why there is none."""
+    try:
+        return await require_read(request, session, authorization)
+    except Unauthorized as refused:
+        return Refusal(refused.detail)
+
+
+async def require_write(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
     return check_scope(principal, "write")
 
 
-def require_admin(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
+async def require_admin(principal: Annotated[Principal, Depends(require_read)]) -> Principal:
     return check_scope(principal, "admin")
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 Reader = Annotated[Principal, Depends(require_read)]
+OptionalReader = Annotated[Principal | Refusal, Depends(optional_reader)]
 Writer = Annotated[Principal, Depends(require_write)]
 Admin = Annotated[Principal, Depends(require_admin)]
 IdempotencyKey = Annotated[

@@ -10,13 +10,15 @@
    answered 413 unread; a chunked body is counted as it streams and cut off at the limit.
 
 The authenticated principal is left in the request state, so the route's `Writer` dependency does
-not look the token up a second time.
+not look the token up a second time. Tokens the database accepted are cached for a few seconds
+(`service.api.token_cache`: revocation honoured within `FORGETWATCH_TOKEN_CACHE_SECONDS`, expiry exactly).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from typing import Any
 from urllib.parse import unquote
 
 import anyio
@@ -25,7 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import authenticate, check_write
+from service.api.deps import Principal, authenticate, cached_principal, check_write
 from service.db import queries
 from service.errors import ForgetwatchError, NotFound
 from service.settings import Settings
@@ -43,6 +45,27 @@ def _run_in_path(path: str) -> str | None:
     """The run a `/v1/runs/{run}/...` path names (by name or id), for the project check of a write."""
     found = _RUN_PATH.match(path)
     return unquote(found.group(1)) if found else None
+
+
+async def _check_project(app: Any, principal: Principal, path: str) -> None:
+    """Forbidden when a project token writes under `/v1/runs/{run}` for a run outside its project. A run
+    named in the path is checked as it is; one given by id is looked up (unknown: the route says 404)."""
+    run_ref = _run_in_path(path)
+    if run_ref is None:
+        return  # creating runs and probe sets is checked by their routes, on the body's name
+    if run_ref.isascii() and run_ref.isdigit():
+
+        def name_of() -> str | None:
+            with app.state.sessions() as session:
+                try:
+                    return queries.get_run(session, ref=run_ref).name
+                except NotFound:
+                    return None
+
+        run_ref = await anyio.to_thread.run_sync(name_of)
+        if run_ref is None:
+            return
+    principal.check_may_write(run_ref)
 
 
 def body_limit(settings: Settings, scope: Scope) -> tuple[int, str]:
@@ -116,19 +139,19 @@ class RequestGuard:
         """None when the headers carry a write token (stored in the request state), else (status, detail)."""
         raw = _header(scope, b"authorization")
         authorization = raw.decode("latin-1") if raw is not None else None
+        cache = app.state.token_cache
 
         def lookup():
             with app.state.sessions() as session:
-                principal = check_write(authenticate(session, authorization))
-                if principal.project is not None and (run_ref := _run_in_path(scope["path"])) is not None:
-                    try:
-                        principal.check_may_write(queries.get_run(session, ref=run_ref).name)
-                    except NotFound:
-                        pass  # the route answers 404 (creating a run is checked by the route)
-                return principal
+                return authenticate(session, authorization, cache=cache)
 
         try:
-            principal = await anyio.to_thread.run_sync(lookup)
+            principal = cached_principal(cache, authorization)  # no thread, no database on a hit
+            if principal is None:
+                principal = await anyio.to_thread.run_sync(lookup)
+            check_write(principal)
+            if principal.project is not None:
+                await _check_project(app, principal, scope["path"])
         except ForgetwatchError as error:
             return error.status_code, error.detail
         except (OperationalError, InterfaceError, PoolTimeout):

@@ -9,12 +9,10 @@ from typing import Any
 
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from service.api.deps import Principal
-from service.db.idempotency import forget_expired
-from service.db.models import IdempotencyRecord
+from service.db import idempotency as store
 from service.errors import Conflict
 
 
@@ -24,14 +22,8 @@ def request_fingerprint(method: str, path: str, payload: str) -> str:
 
 def replay(session: Session, *, principal: Principal, key: str, fingerprint: str) -> JSONResponse | None:
     """The stored response for this key, or None. Locks the key until the transaction ends."""
-    session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, :t))"),
-                    {"k": key, "t": principal.token_id})
-    forget_expired(session, token_id=principal.token_id, key=key)  # past IDEMPOTENCY_TTL the key is new
-    record = session.scalar(
-        select(IdempotencyRecord).where(
-            IdempotencyRecord.token_id == principal.token_id, IdempotencyRecord.key == key
-        )
-    )
+    store.lock_key(session, token_id=principal.token_id, key=key)
+    record = store.find_record(session, token_id=principal.token_id, key=key)
     if record is None:
         return None
     if record.request_hash != fingerprint:
@@ -45,12 +37,8 @@ def remember(
     session: Session, *, principal: Principal, key: str, fingerprint: str, method: str, path: str,
     status_code: int, body: Any,
 ) -> None:
-    session.add(
-        IdempotencyRecord(
-            token_id=principal.token_id, key=key, method=method, path=path, request_hash=fingerprint,
-            status_code=status_code, response=body,
-        )
-    )
+    store.add_record(session, token_id=principal.token_id, key=key, method=method, path=path,
+                     request_hash=fingerprint, status_code=status_code, response=body)
 
 
 def run_idempotent(

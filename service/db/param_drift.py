@@ -19,7 +19,8 @@ ANALYSES = ("params",)
 
 
 def row_to_json(row: TensorDrift) -> dict[str, Any]:
-    return json_safe(dataclasses.asdict(row))
+    data: dict[str, Any] = json_safe(dataclasses.asdict(row))
+    return data
 
 
 def row_from_json(data: dict[str, Any]) -> TensorDrift:
@@ -166,9 +167,10 @@ def store_part(session: Session, *, checkpoint_id: int, part: int, rows: Sequenc
         )
     session.execute(text("UPDATE param_drift_parts SET done = true WHERE checkpoint_id = :c AND part = :p"),
                     {"c": checkpoint_id, "p": part})
-    return session.execute(
+    remaining: int = session.execute(
         text("SELECT count(*) FROM param_drift_parts WHERE checkpoint_id = :c AND NOT done"), {"c": checkpoint_id}
     ).scalar_one()
+    return remaining
 
 
 def _tensor_params(checkpoint_id: int, part: int, row: TensorDrift) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -193,6 +194,16 @@ def get_job(session: Session, *, job_id: int) -> dict[str, Any]:
     return dict(row)
 
 
+_ADD_SAMPLES = text(
+    """
+    INSERT INTO samples (run_id, step, probe_set_id, prompt, response, logprobs)
+    SELECT :run_id, :step, :probe_set_id, item.prompt, item.response, CAST(item.logprobs AS jsonb)
+      FROM unnest(CAST(:prompts AS text[]), CAST(:responses AS text[]), CAST(:logprobs AS text[]))
+           AS item(prompt, response, logprobs)
+    """
+)
+
+
 def add_samples(
     session: Session,
     *,
@@ -201,23 +212,15 @@ def add_samples(
     probe_set_id: int | None,
     items: Sequence[dict[str, Any]],
 ) -> int:
-    """Bulk insert (one executemany)."""
+    """Bulk insert: one statement for the whole batch, whatever its size."""
     if not items:
         return 0
-    session.execute(
-        insert(Sample),
-        [
-            {
-                "run_id": run_id,
-                "step": step,
-                "probe_set_id": probe_set_id,
-                "prompt": item["prompt"],
-                "response": item["response"],
-                "logprobs": item.get("logprobs"),
-            }
-            for item in items
-        ],
-    )
+    session.execute(_ADD_SAMPLES, {
+        "run_id": run_id, "step": step, "probe_set_id": probe_set_id,
+        "prompts": [item["prompt"] for item in items],
+        "responses": [item["response"] for item in items],
+        "logprobs": [None if item.get("logprobs") is None else json.dumps(item["logprobs"]) for item in items],
+    })
     return len(items)
 
 
@@ -286,3 +289,24 @@ def checkpoint_for_analysis(session: Session, *, checkpoint_id: int) -> Any:
 def run_checkpoint_ids(session: Session, *, run_id: int) -> list[int]:
     """The run's checkpoint ids in step order."""
     return list(session.scalars(select(Checkpoint.id).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)))
+
+
+def previous_checkpoint_uris(session: Session, *, run_id: int, step: int, limit: int = 2) -> list[str]:
+    """URIs of the run's checkpoints before `step` that did not fail, latest first."""
+    return list(session.scalars(
+        select(Checkpoint.uri).where(Checkpoint.run_id == run_id, Checkpoint.step < step,
+                                     Checkpoint.status != "failed").order_by(Checkpoint.step.desc()).limit(limit)))
+
+
+def run_base_model(session: Session, *, run_id: int) -> str | None:
+    """The run's base model URI, or None once the run is deleted."""
+    return session.scalar(select(Run.base_model).where(Run.id == run_id))
+
+
+def sample_batch(session: Session, *, run_id: int, step: int, probe_set: str) -> Sequence[Any]:
+    """(prompt, response, logprobs) rows pushed for a step and probe set ("" for none), in order."""
+    return session.execute(
+        select(Sample.prompt, Sample.response, Sample.logprobs)
+        .outerjoin(ProbeSet, ProbeSet.id == Sample.probe_set_id)
+        .where(Sample.run_id == run_id, Sample.step == step, func.coalesce(ProbeSet.name, "") == probe_set)
+        .order_by(Sample.id)).all()

@@ -99,7 +99,7 @@ def forgetting_ratio(values: Mapping[str, Any]) -> float | None:
     log-likelihood per token. Positive = worse than base; negative = improved."""
     for change, base in (("accuracy_change", "accuracy_base"), ("loglik_change", "loglik_base")):
         if values.get(change) is not None and values.get(base):
-            return -values[change] / abs(values[base])
+            return -float(values[change]) / abs(float(values[base]))
     return None
 
 

@@ -1,18 +1,12 @@
-"""Enqueue procrastinate jobs inside the caller's transaction.
-
-procrastinate's own `defer` uses its own connection, so a crash between our commit and its insert
-could lose a job. Calling its SQL function on our session makes "checkpoint row + its jobs" one
-atomic commit: a 202 is only sent once both are durable.
-"""
+"""Enqueue procrastinate jobs inside the caller's transaction (the statement: `service.db.jobs`)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+
+from service.db.jobs import insert_job
 
 NAMESPACE = "forgetwatch"
 RISK_TASK = "compute_risk"
@@ -29,16 +23,6 @@ def enqueue_risk(session: Session, checkpoint_id: int) -> None:
               queueing_lock=f"risk-{checkpoint_id}")
 
 
-_DEFER = text(
-    """
-    SELECT unnest(procrastinate_defer_jobs_v1(ARRAY[
-        ROW(:queue, :task, :priority, :lock, :queueing_lock, CAST(:args AS jsonb),
-            CAST(NULL AS timestamptz))::procrastinate_job_to_defer_v1
-    ])) AS id
-    """
-)
-
-
 def defer_job(
     session: Session,
     *,
@@ -51,25 +35,5 @@ def defer_job(
 ) -> int | None:
     """Insert one job in the current transaction and return its id. With a `queueing_lock`, a job
     already waiting under that lock makes this a no-op (returns None): the waiting job will do."""
-    if queueing_lock is not None:
-        try:
-            with session.begin_nested():
-                return _insert(session, task, queue, args, lock, queueing_lock, priority)
-        except IntegrityError:
-            return None
-    return _insert(session, task, queue, args, lock, queueing_lock, priority)
-
-
-def _insert(session: Session, task: str, queue: str, args: dict[str, Any], lock: str | None,
-            queueing_lock: str | None, priority: int) -> int:
-    return session.execute(
-        _DEFER,
-        {
-            "queue": queue,
-            "task": task,
-            "priority": priority,
-            "lock": lock,
-            "queueing_lock": queueing_lock,
-            "args": json.dumps(args),
-        },
-    ).scalar_one()
+    return insert_job(session, task=task, queue=queue, args=args, lock=lock, queueing_lock=queueing_lock,
+                      priority=priority)

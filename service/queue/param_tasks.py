@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 
 import procrastinate
-from sqlalchemy import text
 
 from drift.checkpoints import list_tensors
 from drift.params import aggregate, shard_groups, tensor_rows
@@ -61,9 +60,7 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
         row = queries.checkpoint_for_analysis(session, checkpoint_id=checkpoint_id)
         if row is None:
             return
-        previous = session.execute(
-            text("SELECT uri FROM checkpoints WHERE run_id = :r AND step < :s AND status <> 'failed' "
-                 "ORDER BY step DESC LIMIT 2"), {"r": row.run_id, "s": row.step}).scalars().all()
+        previous = queries.previous_checkpoint_uris(session, run_id=row.run_id, step=row.step)
         store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
     with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
         base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)

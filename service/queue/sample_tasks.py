@@ -12,13 +12,13 @@ import logging
 from pathlib import Path
 
 import procrastinate
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from drift.diversity import collapse_signals
 from drift.embeddings import load_embedder
 from drift.models import sample_responses
 from drift.shift import classifier_two_sample_test, embedding_shift_test
+from service.db import queries
 from service.db import response_drift as store
 from service.errors import ForgetwatchError
 from service.paths import resolve_checkpoint_uri
@@ -56,11 +56,8 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
     services = services_of(context)
     settings = services.settings
     with services.sessions.begin() as session:
-        base_uri = session.execute(text("SELECT base_model FROM runs WHERE id = :r"), {"r": run_id}).scalar()
-        rows = session.execute(
-            text("SELECT s.prompt, s.response, s.logprobs FROM samples s LEFT JOIN probe_sets p ON p.id = s.probe_set_id "
-                 "WHERE s.run_id = :r AND s.step = :s AND COALESCE(p.name, '') = :ps ORDER BY s.id"),
-            {"r": run_id, "s": step, "ps": probe_set}).all()
+        base_uri = queries.run_base_model(session, run_id=run_id)
+        rows = queries.sample_batch(session, run_id=run_id, step=step, probe_set=probe_set)
     if base_uri is None or not rows:
         return
     responses = [r.response for r in rows]
@@ -100,8 +97,7 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
     data["signals"] = {k: getattr(signals, k) for k in ("mode_response_share", "mean_pairwise_similarity")}
     with services.sessions.begin() as session:
         store.store_sample_result(session, run_id=run_id, step=step, probe_set=probe_set, values=values, data=data)
-        checkpoint_id = session.execute(text("SELECT id FROM checkpoints WHERE run_id = :r AND step = :s"),
-                                        {"r": run_id, "s": step}).scalar()
-        if checkpoint_id is not None:
-            enqueue_risk(session, checkpoint_id)
+        checkpoint = queries.find_checkpoint(session, run_id=run_id, step=step)
+        if checkpoint is not None:
+            enqueue_risk(session, checkpoint.id)
     log.info("action=sample_drift_done run=%s step=%s samples=%s", run_id, step, len(rows))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import procrastinate
 from procrastinate import exceptions as pexc
 
+from service.metrics import JobMetrics
 from service.queue.tasks import WorkerServices, forget_expired_idempotency_keys, sweep_orphaned_analyses
 
 log = logging.getLogger("forgetwatch")
@@ -29,6 +32,26 @@ async def recover_stalled_jobs(app: procrastinate.App, *, stalled_after_seconds:
         except pexc.ConnectorException:
             pass  # another worker retried it first
     return recovered
+
+
+def timing_middleware(metrics: JobMetrics) -> Callable[..., Awaitable[Any]]:
+    """A procrastinate worker middleware observing each job's run time, by task and outcome."""
+
+    async def timed(call_next: Callable[[], Awaitable[Any]], context: procrastinate.JobContext, _worker: Any) -> Any:
+        start = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await call_next()
+            outcome = "succeeded"
+            return result
+        except (pexc.JobAborted, asyncio.CancelledError):
+            outcome = "aborted"
+            raise
+        finally:
+            task = context.job.task_name if context.job else "unknown"
+            metrics.duration.labels(task, outcome).observe(time.perf_counter() - start)
+
+    return timed
 
 
 async def _recovery_loop(app: procrastinate.App, services: WorkerServices, *, stalled_after_seconds: float) -> None:
@@ -50,8 +73,10 @@ async def run_worker(
     queues: Iterable[str] | None = None,
     concurrency: int | None = None,
     install_signal_handlers: bool = True,
+    job_metrics: JobMetrics | None = None,
 ) -> None:
-    """Run until cancelled (or SIGTERM/SIGINT when signal handlers are installed)."""
+    """Run until cancelled (or SIGTERM/SIGINT when signal handlers are installed); with
+    `job_metrics`, every job's run time is observed there."""
     settings = services.settings
     async with app.open_async():
         recovery = asyncio.create_task(
@@ -66,6 +91,7 @@ async def run_worker(
                 stalled_worker_timeout=settings.stalled_after_seconds,
                 install_signal_handlers=install_signal_handlers,
                 shutdown_graceful_timeout=30,
+                worker_middleware=[timing_middleware(job_metrics)] if job_metrics is not None else [],
             )
         finally:
             recovery.cancel()

@@ -7,14 +7,12 @@ the page and the API cannot disagree.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from service.db import queries, status
+from service.db import labels, queries, status
 from service.settings import Settings
 
 
@@ -25,13 +23,7 @@ def run_status(session: Session, *, settings: Settings, run_ref: str) -> dict[st
 
 def label_series(session: Session, *, run_id: int) -> dict[str, list[tuple[int, float]]]:
     """Ground-truth labels posted by the trainer: name -> [(step, value), ...] in step order."""
-    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    rows = session.execute(
-        text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY name, step"), {"r": run_id}
-    )
-    for step, name, value in rows:
-        out[name].append((int(step), float(value)))
-    return dict(out)
+    return labels.labels_by_name(session, run_id=run_id)
 
 
 def mean_by_step(rows: Iterable[dict[str, Any]], key: str, *,

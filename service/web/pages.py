@@ -16,11 +16,11 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep, authenticate
+from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
 from service.db.models import Run
-from service.errors import NotFound, Unauthorized
+from service.errors import NotFound
 from service.settings import Settings
 from service.web import data, plots
 from service.web.templates import esc, findings_list, fmt, num, page, risk_class, run_path, table
@@ -43,26 +43,21 @@ def _drawn(section: str, part: Callable[[], str]) -> str:
                 f"from the stored data ({esc(_reason(error))}). The JSON API has the raw numbers.</p>")
 
 
-def _locked(request: Request) -> HTMLResponse | None:
+def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
     """None when the pages may be served to this request, else the 401 page."""
-    if request.app.state.settings.pages_are_public:
+    if request.app.state.settings.pages_are_public or not isinstance(reader, Refusal):
         return None
-    try:
-        with request.app.state.sessions() as session:
-            authenticate(session, request.headers.get("authorization"))
-    except Unauthorized as error:
-        body = (f"<h1>Sign-in needed</h1><p>{esc(error.detail)}</p>"
-                "<p>The pages are served without a token on a loopback address, or anywhere with "
-                "<code>FORGETWATCH_PUBLIC_PAGES=true</code>.</p>")
-        return page("Sign-in needed", body, status_code=401)
-    return None
+    body = (f"<h1>Sign-in needed</h1><p>{esc(reader.detail)}</p>"
+            "<p>The pages are served without a token on a loopback address, or anywhere with "
+            "<code>FORGETWATCH_PUBLIC_PAGES=true</code>.</p>")
+    return page("Sign-in needed", body, status_code=401)
 
 
 # --- the run list ------------------------------------------------------------------------------
 
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, session: SessionDep) -> HTMLResponse:
-    if (denied := _locked(request)) is not None:
+def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
+    if (denied := _locked(request, reader)) is not None:
         return denied
     settings = request.app.state.settings
     runs = queries.list_runs(session)
@@ -124,8 +119,8 @@ def _forgetting_pill(status: dict[str, Any]) -> str:
 # --- one run -----------------------------------------------------------------------------------
 
 @router.get("/runs/{name:path}", response_class=HTMLResponse)
-def run_page(name: str, request: Request, session: SessionDep) -> HTMLResponse:
-    if (denied := _locked(request)) is not None:
+def run_page(name: str, request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
+    if (denied := _locked(request, reader)) is not None:
         return denied
     try:
         run = queries.get_run(session, ref=name)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.auth import create_token
 from service.db.session import make_engine, make_sessionmaker
+from service.db.tokens import create_token
 from service.settings import Settings
 from tests.conftest import create_database, drop_database
 from tests.integration.service_fixture import Service

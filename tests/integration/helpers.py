@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,3 +74,14 @@ def write_sparse_safetensors(path: Path, data_bytes: int, *, dtype: str = "U8") 
         out.write(len(header).to_bytes(8, "little"))
         out.write(header)
         out.truncate(8 + len(header) + data_bytes)
+
+
+def served_port(log: Path, *, timeout: float = 120) -> int:
+    """The port a server started with `--port 0` bound, read back from uvicorn's start-up line."""
+
+    def bound() -> int | None:
+        text = log.read_text() if log.exists() else ""
+        match = re.search(r"Uvicorn running on https?://[^\s:]+:(\d+)", text)
+        return int(match.group(1)) if match else None
+
+    return wait_for(bound, timeout=timeout, what=f"the bound port in {log.name}")

@@ -15,9 +15,9 @@ import httpx
 import pytest
 from sqlalchemy import Engine
 
-from service.auth import create_token
 from service.db.session import make_sessionmaker
-from tests.integration.helpers import free_port, start, stop, wait_for
+from service.db.tokens import create_token
+from tests.integration.helpers import served_port, start, stop, wait_for
 
 MiB = 1 << 20
 BODY = 300 * MiB
@@ -44,11 +44,11 @@ def server(settings, engine: Engine, tmp_path: Path) -> Iterator[tuple[int, int,
     with make_sessionmaker(engine)() as session:
         token = create_token(session, name="attack-test", scope="write")
         session.commit()
-    port = free_port()
     env = {**os.environ, "FORGETWATCH_DATABASE_URL": settings.database_url,
            "FORGETWATCH_DATA_DIR": str(settings.data_dir)}
-    process = start(["serve", "--no-worker", "--port", str(port)], env, tmp_path / "serve.log")
+    process = start(["serve", "--no-worker", "--port", "0"], env, tmp_path / "serve.log")
     try:
+        port = served_port(tmp_path / "serve.log")
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(base), timeout=90, what="serve ready")
         created = httpx.post(base + "/v1/runs", json={"name": "files", "base_model": "/m"},

@@ -11,15 +11,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.helpers import free_port, postmasters, start, wait_for
+from tests.integration.helpers import postmasters, served_port, start, wait_for
 
 
 def _serve(tmp_path: Path) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
     env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    process = start(["serve", "--port", str(port)], env, tmp_path / "serve.log")
+    log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.log')))}.log"
+    process = start(["serve", "--port", "0"], env, log)
+    base = f"http://127.0.0.1:{served_port(log)}"
 
     def ready() -> bool:
         try:

@@ -19,11 +19,11 @@ from experiment.pretrain import BaseConfig
 from experiment.report import ServiceReporter, register_probe_sets
 from experiment.train import run_experiment
 from forgetwatch_client import ForgetwatchClient
-from service.auth import create_token
 from service.db.session import make_engine, make_sessionmaker
+from service.db.tokens import create_token
 from service.settings import Settings
 from tests.conftest import create_database, drop_database, worker_env
-from tests.integration.helpers import free_port, start, stop, wait_for
+from tests.integration.helpers import served_port, start, stop, wait_for
 from tests.web.browser import assert_readable_png, console_errors, screenshot
 
 PLOTS = ("risk", "forecasts", "param-drift", "block-heatmap", "probe-kl", "diversity", "forgetting")
@@ -48,10 +48,9 @@ def experiment(server_url: str, template_database: str, tmp_path_factory: pytest
         token = create_token(session, name="experiment", scope="write")
         session.commit()
     engine.dispose()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    service = start(["serve", "--port", str(port)], worker_env(settings), tmp / "serve.log")
+    service = start(["serve", "--port", "0"], worker_env(settings), tmp / "serve.log")
     try:
+        url = f"http://127.0.0.1:{served_port(tmp / 'serve.log')}"
         wait_for(lambda: _ready(url), timeout=90, what="service ready")
         with ForgetwatchClient(url, token, blocking=True) as setup:
             probe_sets = register_probe_sets(setup)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.helpers import free_port, start, stop, wait_for
+from tests.integration.helpers import served_port, start, stop, wait_for
 
 
 def _ready(base: str) -> int | None:
@@ -28,10 +28,9 @@ def _pg_ctl(pgdata: Path, action: str) -> None:
 def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
     env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start(["serve", "--port", str(port), "--no-worker"], env, tmp_path / "serve.log")
+    server = start(["serve", "--port", "0", "--no-worker"], env, tmp_path / "serve.log")
     try:
+        base = f"http://127.0.0.1:{served_port(tmp_path / 'serve.log')}"
         wait_for(lambda: _ready(base) == 200, timeout=90, what="serve ready")
         headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'local-token').read_text().strip()}"}
         assert httpx.post(base + "/v1/runs", json={"name": "before", "base_model": "/m"}, headers=headers).status_code == 201

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.helpers import FORGETWATCH, free_port, start, stop, wait_for
+from tests.integration.helpers import FORGETWATCH, served_port, start, stop, wait_for
 
 
 def _ready(base: str) -> bool:
@@ -20,12 +20,11 @@ def _ready(base: str) -> bool:
 def test_embedded_serve_comes_up_and_keeps_data_across_restart(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
     env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    args = ["serve", "--port", str(port)]
+    args = ["serve", "--port", "0"]
 
     server = start(args, env, tmp_path / "serve.log")
     try:
+        base = f"http://127.0.0.1:{served_port(tmp_path / 'serve.log')}"
         wait_for(lambda: _ready(base), timeout=90, what="embedded serve ready")
         token_file = tmp_path / "data" / "local-token"
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
@@ -35,21 +34,22 @@ def test_embedded_serve_comes_up_and_keeps_data_across_restart(tmp_path: Path) -
     finally:
         stop(server)
 
-    server = start(args, env, tmp_path / "serve.log")
+    server = start(args, env, tmp_path / "serve-again.log")
     try:
+        base = f"http://127.0.0.1:{served_port(tmp_path / 'serve-again.log')}"
         wait_for(lambda: _ready(base), timeout=90, what="embedded serve ready after restart")
         runs = httpx.get(base + "/v1/runs", headers=headers).json()
         assert [r["name"] for r in runs] == ["kept"]
     finally:
         stop(server)
-    log = (tmp_path / "serve.log").read_text()
+    log = (tmp_path / "serve.log").read_text() + (tmp_path / "serve-again.log").read_text()
     assert token_file.read_text().strip() not in log
 
 
 def test_serve_refuses_an_external_database_behind_head(empty_database_url: str, tmp_path: Path) -> None:
     env = {**os.environ, "FORGETWATCH_DATABASE_URL": empty_database_url,
            "FORGETWATCH_DATA_DIR": str(tmp_path / "data")}
-    result = subprocess.run([FORGETWATCH, "serve", "--port", str(free_port())], check=False, env=env,
+    result = subprocess.run([FORGETWATCH, "serve", "--port", "0"], check=False, env=env,
                             capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0

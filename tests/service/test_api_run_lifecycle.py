@@ -7,8 +7,8 @@ import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.auth import create_token
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 from service.settings import Settings
 
 

@@ -6,8 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.auth import create_token
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/", "/runs/{name}"}
 

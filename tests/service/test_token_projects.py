@@ -6,8 +6,8 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.auth import create_token
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 
 
 def _token(engine: Engine, scope: str, project: str | None) -> dict[str, str]:

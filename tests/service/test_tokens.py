@@ -1,5 +1,6 @@
-"""`forgetwatch token create --expires|list|revoke`: a revoked or expired token is refused from its
-next request on, reads and writes alike, and listing never shows a token or its hash."""
+"""`forgetwatch token create --expires|list|revoke`: an expired token is refused from its next
+request on, a revoked one once the token cache's TTL has passed, reads and writes alike, and listing
+never shows a token or its hash."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from service.auth import create_token, parse_expiry
+from service.api.token_cache import TokenCache
+from service.auth import parse_expiry
 from service.cli import main
 from service.db.session import make_sessionmaker
+from service.db.tokens import create_token
 
 
 @pytest.fixture
@@ -33,9 +36,13 @@ def test_list_shows_every_token_but_never_the_secret(cli, tokens: dict[str, str]
     assert "fw_" not in listing
 
 
-def test_revoked_token_is_refused_on_its_next_request(cli, client: TestClient, tokens: dict[str, str]) -> None:
+def test_revoked_token_is_refused_once_the_cache_ttl_has_passed(cli, client: TestClient, tokens: dict[str, str],
+                                                               settings) -> None:
+    now = [0.0]
+    client.app.state.token_cache = TokenCache(settings.token_cache_seconds, clock=lambda: now[0])
     assert client.post("/v1/runs", json={"name": "r", "base_model": "/m"}).status_code == 201
     assert "revoked at" in cli("revoke", "test-write")
+    now[0] += settings.token_cache_seconds
     write = client.post("/v1/runs", json={"name": "s", "base_model": "/m"})
     assert write.status_code == 401
     assert client.get("/v1/runs").status_code == 401  # the same token, read route

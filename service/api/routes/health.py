@@ -5,8 +5,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.api.deps import authenticate
+from service.api.deps import OptionalReader, Refusal
 from service.db.migrate import current_revision, head_revision
+from service.errors import Unauthorized
 
 router = APIRouter(tags=["health"])
 
@@ -34,9 +35,8 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(request: Request) -> Response:
-    """Prometheus exposition."""
-    if not request.app.state.settings.metrics_are_public:
-        with request.app.state.sessions() as session:
-            authenticate(session, request.headers.get("authorization"))
+def metrics(request: Request, reader: OptionalReader) -> Response:
+    """Prometheus exposition (for read tokens only, unless `Settings.metrics_are_public`)."""
+    if not request.app.state.settings.metrics_are_public and isinstance(reader, Refusal):
+        raise Unauthorized(reader.detail)
     return Response(generate_latest(request.app.state.registry), media_type=CONTENT_TYPE_LATEST)

@@ -5,12 +5,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
-from sqlalchemy import text
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.schemas import Step, Strict
-from service.db import queries, status
+from service.db import labels, queries, status
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["runs"])
 
@@ -30,12 +29,8 @@ def post_labels(run_ref: str, body: LabelsIn, request: Request, session: Session
 
     def action() -> tuple[int, dict[str, Any]]:
         run = queries.get_run(session, ref=run_ref)
-        session.execute(
-            text("INSERT INTO run_labels (run_id, step, name, value) VALUES (:r, :s, :n, :v) "
-                 "ON CONFLICT (run_id, step, name) DO UPDATE SET value = EXCLUDED.value"),
-            [{"r": run.id, "s": body.step, "n": n, "v": v} for n, v in body.labels.items()],
-        )
-        return 202, {"run_id": run.id, "step": body.step, "accepted": len(body.labels)}
+        accepted = labels.upsert_labels(session, run_id=run.id, step=body.step, labels=body.labels)
+        return 202, {"run_id": run.id, "step": body.step, "accepted": accepted}
 
     return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
                           path=request.url.path, payload=body.model_dump_json(), action=action)
@@ -44,11 +39,7 @@ def post_labels(run_ref: str, body: LabelsIn, request: Request, session: Session
 @router.get("/labels")
 def get_labels(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
     run = queries.get_run(session, ref=run_ref)
-    rows = session.execute(text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY step, name"),
-                           {"r": run.id})
-    by_step: dict[int, dict[str, float]] = {}
-    for step, name, value in rows:
-        by_step.setdefault(step, {})[name] = value
+    by_step = labels.labels_by_step(session, run_id=run.id)
     return {"run": run.name, "labels": [{"step": s, **v} for s, v in by_step.items()]}
 
 

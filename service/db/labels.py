@@ -1,0 +1,38 @@
+"""Ground-truth labels a trainer posts per step (`run_labels`): stored, and read back two ways."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+_UPSERT = text(
+    "INSERT INTO run_labels (run_id, step, name, value) VALUES (:r, :s, :n, :v) "
+    "ON CONFLICT (run_id, step, name) DO UPDATE SET value = EXCLUDED.value"
+)
+_ROWS = text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY step, name")
+
+
+def upsert_labels(session: Session, *, run_id: int, step: int, labels: Mapping[str, float]) -> int:
+    """Store the labels of one step (a label posted again replaces its value); returns how many."""
+    if labels:
+        session.execute(_UPSERT, [{"r": run_id, "s": step, "n": n, "v": v} for n, v in labels.items()])
+    return len(labels)
+
+
+def labels_by_step(session: Session, *, run_id: int) -> dict[int, dict[str, float]]:
+    """step -> {name: value}, steps ascending."""
+    out: dict[int, dict[str, float]] = {}
+    for step, name, value in session.execute(_ROWS, {"r": run_id}):
+        out.setdefault(int(step), {})[name] = float(value)
+    return out
+
+
+def labels_by_name(session: Session, *, run_id: int) -> dict[str, list[tuple[int, float]]]:
+    """name -> [(step, value), ...] in step order."""
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for step, name, value in session.execute(_ROWS, {"r": run_id}):
+        out[name].append((int(step), float(value)))
+    return dict(sorted(out.items()))
