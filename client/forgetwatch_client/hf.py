@@ -136,6 +136,20 @@ class ForgetwatchCallback(TrainerCallback):
 
     # ---- Trainer events ----------------------------------------------------------------------
 
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.is_world_process_zero and args.save_total_limit and not self.upload:
+            log.warning(
+                "action=checkpoint_rotation_risk run=%s save_total_limit=%s: the Trainer deletes older "
+                "checkpoints that forgetwatch, registering them by path, may not have read yet (their "
+                "analyses then fail with the reason). Choose one: ForgetwatchCallback(upload=True), which "
+                "copies each checkpoint to the service; or a save_total_limit that outlasts the analyses; "
+                "or none.",
+                self.client.run_name,
+                args.save_total_limit,
+            )
+
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
