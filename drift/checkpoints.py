@@ -11,7 +11,7 @@ from drift.checkpoint_io import Checkpoint, TensorInfo
 from drift.confined import CheckpointError, Roots, member, read_json
 from drift.lora import open_adapter
 
-__all__ = ["list_tensors", "open_checkpoint"]
+__all__ = ["check_adapter_fits", "is_adapter_folder", "list_tensors", "open_checkpoint"]
 
 
 def _index(folder: Path, index: Path, roots: Roots) -> dict[Path, set[str]]:
@@ -83,3 +83,28 @@ def list_tensors(source: str | os.PathLike | Checkpoint, *, roots: Roots = None)
         return list(source.infos.values())
     with open_checkpoint(source, roots=roots) as ckpt:
         return list(ckpt.infos.values())
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """A folder peft saved an adapter into (``adapter_config.json``)."""
+    return Path(path).is_dir() and (Path(path) / "adapter_config.json").is_file()
+
+
+def check_adapter_fits(adapter: str | os.PathLike, base: str | os.PathLike, *, roots: Roots = None) -> None:
+    """Refuse a LoRA adapter that was not trained on ``base``: every adapter tensor must land on a base
+    tensor of a fitting shape (peft would otherwise skip the strays with a warning and the probes would
+    score the bare base). Reads the adapter's tensors and the base's headers. Raises CheckpointError."""
+    with open_adapter(adapter, roots=roots) as lora, open_checkpoint(base, roots=roots) as model:
+        try:
+            _, _, unmatched = lora.resolve(model)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{Path(adapter).name}: this LoRA adapter does not fit the run's base model ({str(error).replace(str(lora.path), 'adapter')}); register "
+                "adapters on a run whose base_model is the model they were trained from"
+            ) from None
+        if unmatched:
+            raise CheckpointError(
+                f"{Path(adapter).name}: {len(unmatched)} of the adapter's {len(lora.infos)} tensors (e.g. "
+                f"{unmatched[0][:120]}) have no counterpart in the run's base model; it was trained on another "
+                "model: register adapters on a run whose base_model is the model they were trained from"
+            )

@@ -156,3 +156,4 @@ def open_adapter(path: str | os.PathLike, *, roots: Roots = None) -> LoraAdapter
     else:
         raise CheckpointError(f"{path}: adapter_config.json found but no adapter_model.safetensors or .bin")
     return adapter
+

@@ -16,7 +16,9 @@ import procrastinate
 from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache, build_base_cache
+from drift.checkpoints import check_adapter_fits, is_adapter_folder
 from drift.confined import check_model_folder
+from drift.encoding import encode_probe_items
 from drift.forgetting import base_scores, evaluate_checkpoint
 from service.db import param_drift as analyses
 from service.db import queries
@@ -96,12 +98,31 @@ GENERATION_TOKENS = 64
 
 def max_new_tokens(model, tokenizer, texts: list[str]) -> int:
     """Up to GENERATION_TOKENS new tokens, but never past the model's context window."""
+    return _cap(model, max((len(tokenizer(t)["input_ids"]) for t in texts), default=0))
+
+
+def _cap(model, longest: int) -> int:
     config = model.config
     context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not context:
         return GENERATION_TOKENS
-    longest = max((len(tokenizer(t)["input_ids"]) for t in texts), default=0)
     return max(1, min(GENERATION_TOKENS, context - longest))
+
+
+def load_checkpoint(checkpoint: Path, base: Path, device: str, roots: tuple[Path, ...]):
+    """The checkpoint's model and tokenizer. A peft adapter folder is applied to a fresh copy of the
+    base in memory (no merged copy is written), after checking it was trained on that base."""
+    tokenizer_folder = _tokenizer_folder(checkpoint, base)
+    if not is_adapter_folder(checkpoint):
+        return load(checkpoint, tokenizer_folder, device, roots)
+    from drift.models import attach_adapter
+
+    check_model_folder(checkpoint, roots)
+    check_adapter_fits(checkpoint, base, roots=roots)
+    model, tokenizer = load(base, tokenizer_folder, device, roots)
+    with _LOADING:
+        model = attach_adapter(model, checkpoint)
+    return model, tokenizer
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,16 +144,18 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     checkpoint = resolve_confined(services, checkpoint_id=checkpoint_id, kind=KIND, uri=row.uri, what="checkpoint")
     base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
     roots = tuple(settings.allowed_roots)
-    if not probe_sets or not is_model_folder(checkpoint) or not is_model_folder(base):
+    probed = is_model_folder(checkpoint) or is_adapter_folder(checkpoint)
+    if not probe_sets or not probed or not is_model_folder(base):
         reason = ("the run has no probe sets" if not probe_sets else
-                  "response drift needs transformers model folders (config.json) for the base and the checkpoint")
+                  "response drift needs a transformers model folder (config.json) for the base and a model "
+                  "folder or a peft adapter folder (adapter_config.json) for the checkpoint")
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=reason, status="skipped")
         return
     with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
         base_model, base_tokenizer = _base_model(str(base), settings.probe_device, roots)
         caches = [(probe_set_id, _base_cache(services, str(base), probe_set_id, probe_set, base_model, base_tokenizer))
                   for probe_set_id, probe_set in probe_sets]
-        model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device, roots)
+        model, tokenizer = load_checkpoint(checkpoint, base, settings.probe_device, roots)
         results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
                    for probe_set_id, cache in caches]
     with services.sessions.begin() as session:
@@ -153,9 +176,8 @@ def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokeni
         data = store.load_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint)
     if data is not None:
         return BaseTopKCache.from_bytes(data)
-    texts = [item.prompt + (item.reference or "") for item in probe_set.items]
-    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base,
-                             max_new_tokens=max_new_tokens(model, tokenizer, texts))
+    longest = max(len(prompt) + len(reference or ()) for prompt, reference in encode_probe_items(tokenizer, probe_set))
+    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base, max_new_tokens=_cap(model, longest))
     with services.sessions.begin() as session:
         store.store_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint,
                                data=cache.to_bytes())
