@@ -56,6 +56,10 @@ def test_lora_adapters_on_a_llama_base_are_probed_with_the_chat_template(
         response = client.post("/v1/runs/llama-lora/checkpoints",
                                json={"step": step, "uri": str(checkpoint_root / f"checkpoint-{step}")})
         assert response.status_code == 202, response.text
+    loops = [{"prompt": f"question {n}: the capital of france is", "response": "paris paris paris paris"}
+             for n in range(8)]
+    assert client.post("/v1/runs/llama-lora/samples", json={"step": 2, "probe_set": "facts", "items": loops}
+                       ).status_code in (200, 201, 202)
     assert client.post("/v1/runs", json={"name": "no-template", "base_model": str(plain),
                                          "probe_sets": ["capitals-chat"]}).status_code == 201
     client.post("/v1/runs/no-template/checkpoints", json={"step": 1, "uri": str(plain)})
@@ -66,6 +70,8 @@ def test_lora_adapters_on_a_llama_base_are_probed_with_the_chat_template(
         untemplated = _finished(client, "no-template", 1)
         results = {step: _response_drift(client, "llama-lora", step) for step in (1, 2, 3)}
         refused = _response_drift(client, "no-template", 1)
+        samples = wait_for(lambda: client.get("/v1/runs/llama-lora/response-drift").json()["samples"],
+                           timeout=120, interval=0.5, what="sample drift")
     finally:
         stop(worker)
     elapsed = time.monotonic() - started
@@ -84,4 +90,7 @@ def test_lora_adapters_on_a_llama_base_are_probed_with_the_chat_template(
     assert str(checkpoint_root) not in results[3]["error"]  # the adapter is named, not where it lies
     assert untemplated["status"] == "failed" and refused["status"] == "failed"
     assert "no chat template" in refused["error"] and "chat_template" in refused["error"], refused
+    # sample statistics in the Llama's own BPE tokens: one repeated subword pattern
+    assert samples[0]["n_samples"] == 8 and samples[0]["repetition_ratio"] > 0.5, samples
+    assert samples[0]["distinct2_base"] is not None and samples[0]["shift_pvalue"] is not None
     print(f"llama-lora chat probes end to end: {elapsed:.1f} s")
