@@ -1,4 +1,4 @@
-"""Checkpoint URIs -> local paths, confined to the allow-list."""
+"""Checkpoint URIs -> local paths or object storage locations, confined to the allow-list."""
 
 from __future__ import annotations
 
@@ -6,7 +6,27 @@ import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from drift.remote import RemotePath
 from service.errors import Forbidden, Unprocessable
+
+
+def resolve_location(uri: str, roots: list[Path], prefixes: list[str]) -> Path | RemotePath:
+    """A local path (`resolve_checkpoint_uri`) or, for `s3://bucket/key`, a `RemotePath` that lies
+    under one of the allowed `prefixes` (segment-wise; no `.` or `..` segments, no query). Raises
+    Forbidden (never saying anything about what the URI points at) or Unprocessable."""
+    if not uri.startswith("s3://"):
+        return resolve_checkpoint_uri(uri, roots)
+    if "\x00" in uri or "?" in uri or "#" in uri:
+        raise Unprocessable(f"object storage URI {uri[:300]!r} holds '?', '#' or NUL; give s3://bucket/key")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    parts = [p for p in key.split("/") if p]
+    if not bucket or any(p in (".", "..") for p in parts):
+        raise Unprocessable(f"object storage URI {uri[:300]!r} needs a bucket and no '.' or '..' segments")
+    normal = "s3://" + "/".join([bucket, *parts])
+    if not any(normal == prefix or normal.startswith(prefix + "/") for prefix in prefixes):
+        raise Forbidden(f"{uri[:300]!r} is outside the allowed checkpoint prefixes; add its prefix "
+                        "(s3://bucket/prefix) to FORGETWATCH_CHECKPOINT_ROOTS on the service")
+    return RemotePath(normal)
 
 
 def resolve_checkpoint_uri(uri: str, roots: list[Path]) -> Path:
@@ -21,7 +41,7 @@ def resolve_checkpoint_uri(uri: str, roots: list[Path]) -> Path:
         raw = unquote(parsed.path)
     elif "://" in uri:
         raise Unprocessable(
-            f"unsupported URI {uri!r}: give an absolute local path or a file:// URI, "
+            f"unsupported URI {uri[:300]!r}: give an absolute local path, a file:// URI, s3://bucket/key, "
             "or upload the files with PUT /v1/runs/{run}/checkpoints/{step}/files/{filename}"
         )
     else:
