@@ -203,7 +203,8 @@ class ForgetwatchCallback(TrainerCallback):
             items = self.client.probe_set_items(name)
             if items is None:  # the service is unreachable: try again at the next sampling step
                 return {}
-            found[name] = [item["prompt"] for item in items]
+            # a chat item's prompt is its last user turn (the service stores it so)
+            found[name] = [item.get("prompt") or item["messages"][-1]["content"] for item in items]
         if not found:
             self._warn_once(
                 "no_prompts",
