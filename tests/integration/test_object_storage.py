@@ -55,6 +55,8 @@ def test_s3_base_and_adapter_are_analysed_with_range_reads_and_a_bounded_cache(
     assert outside.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in outside.json()["detail"]
     sneaky = client.post("/v1/runs/s3-lora/checkpoints", json={"step": 3, "uri": f"{PREFIX}/../secret/x"})
     assert sneaky.status_code == 422
+    answers = [{"prompt": f"question {n}: capital of france?", "response": "paris paris paris"} for n in range(8)]
+    client.post("/v1/runs/s3-lora/samples", json={"step": 1, "probe_set": "chat-s3", "items": answers})
     fs.rm("models/team/checkpoint-2", recursive=True)  # deleted after registration, before analysis
 
     worker = start(["worker"], {**worker_env(settings), **s3_server.env(),
@@ -64,6 +66,8 @@ def test_s3_base_and_adapter_are_analysed_with_range_reads_and_a_bounded_cache(
         adapter, deleted = _finished(client, 1), _finished(client, 2)
         params = client.get("/v1/runs/s3-lora/checkpoints/1/param-drift").json()
         probes = client.get("/v1/runs/s3-lora/checkpoints/1/response-drift").json()
+        samples = wait_for(lambda: client.get("/v1/runs/s3-lora/response-drift").json()["samples"],
+                           timeout=120, interval=0.5, what="sample drift")
     finally:
         stop(worker)
     elapsed = time.monotonic() - started
@@ -72,6 +76,7 @@ def test_s3_base_and_adapter_are_analysed_with_range_reads_and_a_bounded_cache(
     assert params["status"] == "ready" and params["global"]["relative_l2_distance"] > 0
     (chat,) = probes["probe_sets"]
     assert chat["probe_set"] == "chat-s3" and chat["kl_forward"] > 1e-3
+    assert samples[0]["shift_pvalue"] is not None  # measured against the S3 base's own answers
     assert deleted["status"] == "failed" and "missing in object storage" in deleted["error"], deleted
     cache = settings.remote_cache_dir
     staged = [p for p in cache.iterdir() if p.is_dir() and (p / ".complete").exists()]
