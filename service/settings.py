@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     uploads land there. Object storage credentials come from the standard environment
     (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, ...)."""
 
+    hf_cache_dir: Path | None = None
+    """The Hugging Face hub cache `hf://org/name@revision` URIs resolve in (only what it already holds;
+    nothing is downloaded). Unset: huggingface_hub's default (`HF_HUB_CACHE`). Its folder must also be
+    in FORGETWATCH_CHECKPOINT_ROOTS."""
+
     cache_max_bytes: int = Field(20 * 2**30, ge=0)
     """The most bytes of object-storage checkpoints kept on local disk for probe jobs (least recently
     used first out). Parameter drift reads object storage with range requests and needs none."""

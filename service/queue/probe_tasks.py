@@ -235,7 +235,8 @@ def measure_base(context: procrastinate.JobContext, run_id: int) -> None:
     if not probe_sets:
         return
     try:
-        location = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes)
+        location = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
         base = local_folder(settings, location)
         if not is_model_folder(base):
             raise ValueError("the base is not a transformers model folder (no config.json)")

@@ -74,7 +74,8 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
     values: dict = {"n_samples": len(rows)}
     data: dict = {}
     try:  # a base in object storage is copied into the bounded local cache, as for probe jobs
-        base = local_folder(settings, resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes))
+        base = local_folder(settings, resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir))
     except (ForgetwatchError, CheckpointError) as error:
         log.warning("action=sample_base_unavailable run=%s reason=%s", run_id, reason_of(error))
         base = None

@@ -106,7 +106,8 @@ def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str,
     may have changed); the analysis fails otherwise."""
     settings = services.settings
     try:
-        return resolve_location(uri, settings.allowed_roots, settings.remote_prefixes)
+        return resolve_location(uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
     except ForgetwatchError as error:
         message = f"{what}: {error.detail}"
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)

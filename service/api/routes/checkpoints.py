@@ -59,7 +59,8 @@ def upload_dir(settings: Settings, run_id: int, step: int) -> Path:
 
 def _checkpoint_path(settings: Settings, run_id: int, body: CheckpointCreate) -> Path | RemotePath:
     if body.uri is not None:
-        path = resolve_location(body.uri, settings.allowed_roots, settings.remote_prefixes)
+        path = resolve_location(body.uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
         if isinstance(path, RemotePath):
             return path  # not fetched here: the workers read it and fail the analysis with the reason
         if not path.exists():
