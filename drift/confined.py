@@ -114,18 +114,24 @@ class Reader:
     (range requests). ``size`` is the file's length. Close it, or use it as a context manager."""
 
     def __init__(self, path, roots: Roots) -> None:
-        self.path, self._fd, self._remote = path, None, not isinstance(path, Path)  # else a RemotePath
+        self.path, self._fd, self._remote, self._size = path, None, not isinstance(path, Path), None  # else RemotePath
         if self._remote:
             if not remote_inside(str(path), roots):
                 raise CheckpointError(f"{path.name}: lies outside the allowed checkpoint prefixes; keep every file "
                                       "of the checkpoint under its own prefix")
-            info = path.info()
-            if info.get("type") != "file":
-                raise CheckpointError(f"{path.name}: not a file in object storage")
-            self.size = int(info.get("size") or 0)
         else:
             self._fd = open_confined(path, roots)
-            self.size = os.fstat(self._fd).st_size
+            self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        """The file's length (for an object: one metadata request, made only when asked)."""
+        if self._size is None:
+            info = self.path.info()
+            if info.get("type") != "file":
+                raise CheckpointError(f"{self.path.name}: not a file in object storage")
+            self._size = int(info.get("size") or 0)
+        return self._size
 
     def read_at(self, offset: int, nbytes: int) -> bytes:
         if self._remote:

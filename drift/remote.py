@@ -118,21 +118,20 @@ class RemotePath:
     def exists(self) -> bool:
         return bool(self._call("exists", self.key))
 
-    def is_dir(self) -> bool:
+    def _kind(self) -> str | None:
+        """"file", "directory", or None when nothing is there."""
         try:
-            return self.info().get("type") == "directory"
-        except CheckpointError as error:
-            if "missing" in str(error):
-                return False
-            raise
+            return self.fs.info(self.key).get("type")
+        except FileNotFoundError:
+            return None
+        except Exception as error:  # noqa: BLE001 - every storage error becomes an actionable message
+            raise storage_error(error, self.name or str(self)) from None
+
+    def is_dir(self) -> bool:
+        return self._kind() == "directory"
 
     def is_file(self) -> bool:
-        try:
-            return self.info().get("type") == "file"
-        except CheckpointError as error:
-            if "missing" in str(error):
-                return False
-            raise
+        return self._kind() == "file"
 
     def size(self) -> int:
         return int(self.info().get("size") or 0)

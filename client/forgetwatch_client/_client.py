@@ -130,14 +130,11 @@ class ForgetwatchClient:
 
         return self._call(build)
 
-    def probe_set(
-        self, name: str, domain: str, items: Iterable[str | Mapping[str, Any]], description: str = "",
-        format: str = "text",
-    ) -> dict[str, Any] | None:
+    def probe_set(self, name: str, domain: str, items: Iterable[str | Mapping[str, Any]], description: str = "",
+                  format: str = "text") -> dict[str, Any] | None:
         """Create a probe set (immutable; the same one again is a no-op). `domain`: "in_domain" or "ood";
-        items: prompts, or dicts with "prompt" and optional "reference" and "answer". With
-        `format="chat"` items give "messages" (ending with a user turn) instead of "prompt"; the service
-        renders them with the base tokenizer's chat template."""
+        items: prompts, or dicts with "prompt" and optional "reference" and "answer" (`format="chat"`:
+        "messages" ending with a user turn instead of "prompt", rendered with the base's chat template)."""
 
         def build() -> list[dict[str, Any]]:
             rows = [{"prompt": i} if isinstance(i, str) else dict(i) for i in items]
