@@ -82,7 +82,9 @@ def test_sft_trainer_with_a_lora_adapter_reports_checkpoints_the_worker_probes(
     assert [p["step"] for p in drift] == [2, 4] and all(p["kl_forward"] > 0 for p in drift)
     metrics = service.get("/v1/runs/trl-sft-lora/metrics")["series"]
     assert [p["step"] for p in metrics["loss"]] == [2, 4] and "entropy" in metrics  # TRL's own log keys
-    assert service.get("/v1/runs/trl-sft-lora/samples")  # live greedy samples from the adapter model
+    samples = service.get("/v1/runs/trl-sft-lora/samples")  # live greedy samples from the adapter model
+    assert [s["step"] for s in samples] == [2] * 4 + [4] * 4
+    assert samples[0]["prompt"] == "<|im_start|>user\ncapital of france?<|im_end|>\n<|im_start|>assistant\n"
     print(f"trl SFTTrainer + LoRA: train {trained:.1f} s, through analysis {time.monotonic() - started:.1f} s")
 
 
