@@ -114,7 +114,8 @@ class Reader:
     (range requests). ``size`` is the file's length. Close it, or use it as a context manager."""
 
     def __init__(self, path, roots: Roots) -> None:
-        self.path, self._fd, self._remote, self._size = path, None, not isinstance(path, Path), None  # else RemotePath
+        self._remote = hasattr(path, "read_range")  # a drift.remote.RemotePath
+        self.path, self._fd, self._size = (path if self._remote else Path(path)), None, None
         if self._remote:
             if not remote_inside(str(path), roots):
                 raise CheckpointError(f"{path.name}: lies outside the allowed checkpoint prefixes; keep every file "
