@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from drift.encoding import encode_probe_items
 from drift.models import completion_logprob_batches, greedy_generate_ids, model_device, token_entropy
 from drift.probes import ProbeSet
 
@@ -139,16 +140,6 @@ class BaseTopKCache:
         return cls.from_bytes(Path(path).read_bytes())
 
 
-def _tokenize_probes(tokenizer, probe_set: ProbeSet) -> list[list[int]]:
-    prompt_ids = []
-    for n, item in enumerate(probe_set.items):
-        ids = tokenizer(item.prompt)["input_ids"]
-        if not ids:
-            raise ValueError(f"probe {n} of {probe_set.name!r}: prompt {item.prompt!r} tokenizes to no tokens")
-        prompt_ids.append(list(ids))
-    return prompt_ids
-
-
 @torch.no_grad()
 def build_base_cache(
     model,
@@ -168,6 +159,8 @@ def build_base_cache(
     ``max_new_tokens`` tokens, cut after EOS); items with an answer are greedy-decoded too, and
     the decoded text is kept for the accuracy comparison. ``tail_samples`` tokens per position are
     drawn (seeded by ``random_state``) from the base's tail for the unbiased tail correction.
+    Prompts and references become tokens through ``drift.encoding`` (a chat probe set is rendered
+    with the tokenizer's chat template; raises ``NoChatTemplate`` when it has none).
     """
     if k < 1 or tail_samples < 0 or max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"need k >= 1, tail_samples >= 0, max_new_tokens >= 1 and batch_size >= 1, got "
@@ -176,7 +169,8 @@ def build_base_cache(
         raise ValueError(f"probe_set must be a ProbeSet, got {type(probe_set).__name__}")  # noqa: TRY004
     vocab = model.get_output_embeddings().weight.shape[0]
     max_positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
-    prompt_ids = _tokenize_probes(tokenizer, probe_set)
+    encoded = encode_probe_items(tokenizer, probe_set)  # chat sets: rendered with the chat template
+    prompt_ids = [prompt for prompt, _ in encoded]
     need_greedy = [n for n, it in enumerate(probe_set.items) if it.reference is None or it.answer is not None]
     greedy = dict(zip(need_greedy, greedy_generate_ids(
         model, [prompt_ids[n] for n in need_greedy], max_new_tokens=max_new_tokens, batch_size=batch_size,
@@ -185,9 +179,7 @@ def build_base_cache(
     sequences = []
     for n, item in enumerate(probe_set.items):
         if item.reference is not None:
-            completion = list(tokenizer(item.reference, add_special_tokens=False)["input_ids"])
-            if not completion:
-                raise ValueError(f"probe {n} of {probe_set.name!r}: reference {item.reference!r} has no tokens")
+            completion = encoded[n][1]
         else:
             completion = greedy[n]
             if not completion:

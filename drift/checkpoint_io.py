@@ -32,7 +32,8 @@ from typing import Self
 
 import numpy as np
 
-from drift.confined import CheckpointError, Roots, open_confined
+from drift.confined import CheckpointError, Roots, open_confined, open_reader
+from drift.remote import is_remote
 
 __all__ = ["Checkpoint", "CheckpointError", "TensorInfo", "to_float64"]
 
@@ -125,10 +126,9 @@ def _safetensors_header(path: Path, roots: Roots = None) -> tuple[dict[str, tupl
     Every claim is checked before it is used: header length, tensor count, dtype, shape (ints below
     2**63, at most MAX_NDIM of them), integer offsets inside the file, size = shape x itemsize, and
     no two byte ranges overlapping unless identical. Messages never quote the file's bytes."""
-    fd = open_confined(path, roots)
-    with os.fdopen(fd, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        head = f.read(8)
+    with open_reader(path, roots) as f:
+        size = f.size
+        head = f.read_at(0, 8)
         if len(head) < 8:
             raise CheckpointError(f"{path}: file is shorter than a safetensors header; re-save or re-download it")
         n = int.from_bytes(head, "little")
@@ -139,7 +139,9 @@ def _safetensors_header(path: Path, roots: Roots = None) -> tuple[dict[str, tupl
             )
         if n > MAX_HEADER_BYTES:
             raise CheckpointError(f"{path}: header over {MAX_HEADER_BYTES} bytes; not a checkpoint forgetwatch reads")
-        raw = f.read(n)
+        raw = f.read_at(8, n)
+        if len(raw) < n:
+            raise CheckpointError(f"{path}: the file ended inside its header (truncated); re-download it")
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -181,7 +183,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike, kind: str, config: dict | None = None, *,
                  roots: Roots = None) -> None:
-        self.path = Path(path)
+        self.path = path if is_remote(path) else Path(path)
         self.kind = kind  # "safetensors" | "torch" | "lora"
         self.config = config or {}
         self.roots = roots  # every file is opened confined to these folders (None: anywhere)
@@ -200,13 +202,16 @@ class Checkpoint:
                 raise CheckpointError(f"{file}: tensor {name!r} is also stored in {self.infos[name].file}")
             alias = first_at.setdefault((begin, end), name) if end > begin else name
             self.infos[name] = TensorInfo(name, shape, dtype, str(file), None if alias == name else alias)
-            self._loc[name] = ("st", str(file), start + begin, end - begin)
+            self._loc[name] = ("st", file, start + begin, end - begin)
 
     def add_torch(self, file: Path, keep: set[str] | None = None) -> None:
         import pickle
 
         import torch
 
+        if is_remote(file):
+            raise CheckpointError(f"{file.name}: torch pickles are read from local disk only; save checkpoints in "
+                                  "object storage as safetensors (save_pretrained does by default)")
         fd = open_confined(file, self.roots)
         try:
             # Loaded through the confined descriptor itself where /proc is there (no second lookup by name).
@@ -261,11 +266,19 @@ class Checkpoint:
         loc = self._loc[info.alias_of or name]
         if loc[0] == "st":
             _, file, offset, nbytes = loc
-            mm = self._maps.get(file)
+            np_dtype = np.dtype(_STORAGE[info.dtype])
+            if is_remote(file):  # one range request for this tensor's bytes
+                with open_reader(file, self.roots) as reader:
+                    data = reader.read_at(offset, nbytes)
+                if len(data) != nbytes:
+                    raise CheckpointError(f"{file.name}: tensor {name!r} was cut short in object storage; "
+                                          "re-upload the file")
+                return np.frombuffer(data, dtype=np_dtype).reshape(info.shape)
+            key = str(file)
+            mm = self._maps.get(key)
             if mm is None:
                 with os.fdopen(open_confined(Path(file), self.roots), "rb") as f:
-                    mm = self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            np_dtype = np.dtype(_STORAGE[info.dtype])
+                    mm = self._maps[key] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
             flat = np.frombuffer(mm, dtype=np_dtype, count=nbytes // np_dtype.itemsize, offset=offset)
             return flat.reshape(info.shape)
         import torch

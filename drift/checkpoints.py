@@ -8,10 +8,11 @@ import os
 from pathlib import Path
 
 from drift.checkpoint_io import Checkpoint, TensorInfo
-from drift.confined import CheckpointError, Roots, member, read_json
+from drift.confined import CheckpointError, Roots, member, read_json, remote_inside
 from drift.lora import open_adapter
+from drift.remote import RemotePath, as_location
 
-__all__ = ["list_tensors", "open_checkpoint"]
+__all__ = ["check_adapter_fits", "is_adapter_folder", "list_tensors", "open_checkpoint"]
 
 
 def _index(folder: Path, index: Path, roots: Roots) -> dict[Path, set[str]]:
@@ -25,17 +26,22 @@ def _index(folder: Path, index: Path, roots: Roots) -> dict[Path, set[str]]:
     return dict(sorted(shards.items()))
 
 
-def _inside_roots(path: Path, roots: Roots) -> bool:
+def _inside_roots(path: Path | RemotePath, roots: Roots) -> bool:
+    if roots is None:
+        return True
+    if isinstance(path, RemotePath):
+        return remote_inside(str(path), roots)
     real = Path(os.path.realpath(path))
-    return roots is None or any(real == root or real.is_relative_to(root) for root in roots)
+    return any(isinstance(root, Path) and (real == root or real.is_relative_to(root)) for root in roots)
 
 
 def open_checkpoint(path: str | os.PathLike, *, roots: Roots = None) -> Checkpoint:
     """Open a checkpoint folder or file (see the module docstring); raises CheckpointError.
 
     With ``roots`` (resolved folders), the checkpoint and every file read from it, shards named by
-    an index included, must lie inside them (``drift.confined``)."""
-    path = Path(path)
+    an index included, must lie inside them (``drift.confined``). ``s3://`` URIs are read with range
+    requests (``drift.remote``; ``roots`` then holds their allowed prefixes)."""
+    path = as_location(path)
     if not _inside_roots(path, roots):
         raise CheckpointError(f"{path}: lies outside the allowed checkpoint roots")
     if not path.exists():
@@ -83,3 +89,30 @@ def list_tensors(source: str | os.PathLike | Checkpoint, *, roots: Roots = None)
         return list(source.infos.values())
     with open_checkpoint(source, roots=roots) as ckpt:
         return list(ckpt.infos.values())
+
+
+def is_adapter_folder(path: str | os.PathLike) -> bool:
+    """A folder peft saved an adapter into (``adapter_config.json``)."""
+    location = as_location(path)
+    return location.is_dir() and (location / "adapter_config.json").is_file()
+
+
+def check_adapter_fits(adapter: str | os.PathLike, base: str | os.PathLike, *, roots: Roots = None) -> None:
+    """Refuse a LoRA adapter that was not trained on ``base``: every adapter tensor must land on a base
+    tensor of a fitting shape (peft would otherwise skip the strays with a warning and the probes would
+    score the bare base). Reads the adapter's tensors and the base's headers. Raises CheckpointError."""
+    with open_adapter(adapter, roots=roots) as lora, open_checkpoint(base, roots=roots) as model:
+        try:
+            _, _, unmatched = lora.resolve(model)
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{as_location(adapter).name}: this LoRA adapter does not fit the run's base model "
+                f"({str(error).replace(str(lora.path), 'adapter')}); register "
+                "adapters on a run whose base_model is the model they were trained from"
+            ) from None
+        if unmatched:
+            raise CheckpointError(
+                f"{as_location(adapter).name}: {len(unmatched)} of the adapter's {len(lora.infos)} tensors (e.g. "
+                f"{unmatched[0][:120]}) have no counterpart in the run's base model; it was trained on another "
+                "model: register adapters on a run whose base_model is the model they were trained from"
+            )

@@ -13,6 +13,10 @@ given ``roots``:
 Names a checkpoint gives for its own files (shards in an index) must be relative and free of ``..``
 (``member``). Messages name files as the checkpoint names them and never say where a path resolved
 to, nor quote a file's bytes. ``roots=None`` means "no confinement" (the offline ``forgetwatch diff``).
+
+Checkpoints in object storage (``drift.remote.RemotePath``) are confined the same way: ``roots`` may
+hold URI prefixes (``"s3://bucket/prefix"``), and a remote file is read (``open_reader``) only when
+its URI lies under one of them; keys never hold ``..`` (``member`` refuses it in index entries).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Self
 
-__all__ = ["CheckpointError", "Roots", "check_model_folder", "member", "open_confined", "read_json"]
+__all__ = ["CheckpointError", "Reader", "Roots", "check_model_folder", "member", "open_confined", "open_reader",
+           "read_json"]
 
-Roots = Sequence[Path] | None
+Roots = Sequence[Path | str] | None  # local folders, and URI prefixes for object storage
 
 MAX_JSON_BYTES = 16 * 2**20  # config.json, *.index.json, adapter_config.json
 _FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
@@ -36,9 +41,19 @@ class CheckpointError(ValueError):
     """A checkpoint could not be read safely; the message names the file and what to do."""
 
 
-def _inside(path: str, roots: Sequence[Path]) -> bool:
+def _inside(path: str, roots: Sequence[Path | str]) -> bool:
     real = Path(path)
-    return any(real == root or real.is_relative_to(root) for root in roots)
+    return any(isinstance(root, Path) and (real == root or real.is_relative_to(root)) for root in roots)
+
+
+def remote_inside(uri: str, roots: Roots) -> bool:
+    """An object storage URI under one of the URI prefixes in ``roots`` (segment-wise, no ``..``)."""
+    if roots is None:
+        return True
+    if "/../" in f"{uri}/" or "/./" in f"{uri}/":
+        return False
+    prefixes = [str(r).rstrip("/") for r in roots if not isinstance(r, Path)]
+    return any(uri == prefix or uri.startswith(prefix + "/") for prefix in prefixes)
 
 
 def _fd_path(fd: int) -> str | None:
@@ -94,11 +109,81 @@ def open_confined(path: Path, roots: Roots) -> int:
     return fd
 
 
-def read_json(path: Path, roots: Roots, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
+class Reader:
+    """Positional reads of one confined file, local (a descriptor from ``open_confined``) or remote
+    (range requests). ``size`` is the file's length. Close it, or use it as a context manager."""
+
+    def __init__(self, path, roots: Roots) -> None:
+        self._remote = hasattr(path, "read_range")  # a drift.remote.RemotePath
+        self.path, self._fd, self._size = (path if self._remote else Path(path)), None, None
+        if self._remote:
+            if not remote_inside(str(path), roots):
+                raise CheckpointError(f"{path.name}: lies outside the allowed checkpoint prefixes; keep every file "
+                                      "of the checkpoint under its own prefix")
+        else:
+            self._fd = open_confined(path, roots)
+            self._size = os.fstat(self._fd).st_size
+
+    @property
+    def size(self) -> int:
+        """The file's length (for an object: one metadata request, made only when asked)."""
+        if self._size is None:
+            info = self.path.info()
+            if info.get("type") != "file":
+                raise CheckpointError(f"{self.path.name}: not a file in object storage")
+            self._size = int(info.get("size") or 0)
+        return self._size
+
+    def read_at(self, offset: int, nbytes: int) -> bytes:
+        if self._remote:
+            return self.path.read_range(offset, nbytes)
+        chunks, done = [], 0
+        while done < nbytes:
+            chunk = os.pread(self._fd, nbytes - done, offset + done)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            done += len(chunk)
+        return b"".join(chunks)
+
+    def copy_to(self, target: Path, *, chunk_bytes: int = 8 * 2**20) -> int:
+        """Write the whole file to ``target`` in chunks (range requests for a remote file); its size."""
+        done = 0
+        with open(target, "wb") as out:
+            while done < self.size:
+                chunk = self.read_at(done, min(chunk_bytes, self.size - done))
+                if not chunk:
+                    raise CheckpointError(f"{self.path.name}: ended after {done} of {self.size} bytes; re-upload it")
+                out.write(chunk)
+                done += len(chunk)
+        return done
+
+    def fileno(self) -> int:
+        if self._fd is None:
+            raise CheckpointError(f"{self.path.name}: an object storage file cannot be memory-mapped")
+        return self._fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_reader(path, roots: Roots) -> Reader:
+    """A ``Reader`` of ``path`` (a local ``Path`` or a ``RemotePath``), confined to ``roots``."""
+    return Reader(path, roots)
+
+
+def read_json(path: Any, roots: Roots, *, max_bytes: int = MAX_JSON_BYTES) -> dict[str, Any]:
     """A JSON object from a checkpoint's metadata file, at most ``max_bytes`` long."""
-    fd = open_confined(path, roots)
-    with os.fdopen(fd, "rb") as f:
-        raw = f.read(max_bytes + 1)
+    with open_reader(path, roots) as reader:
+        raw = reader.read_at(0, min(reader.size, max_bytes + 1)) if reader.size else b""
     if len(raw) > max_bytes:
         raise CheckpointError(f"{path.name}: larger than {max_bytes} bytes; not a model metadata file")
     try:

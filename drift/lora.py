@@ -25,12 +25,12 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from drift.checkpoint_io import Checkpoint, CheckpointError, to_float64
 from drift.confined import Roots, read_json
+from drift.remote import as_location
 
 __all__ = ["LoraAdapter", "LowRankDelta", "lowrank_inner", "open_adapter"]
 
@@ -139,7 +139,7 @@ def _match(name: str, base_names: set[str]) -> str | None:
 def open_adapter(path: str | os.PathLike, *, roots: Roots = None) -> LoraAdapter:
     """Open a PEFT LoRA adapter folder; refuses adapter types whose delta is not ``s·B·A``.
     With ``roots``, its files are opened confined to them (``drift.confined``)."""
-    path = Path(path)
+    path = as_location(path)
     config = read_json(path / "adapter_config.json", roots)
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA" or config.get("use_dora") or config.get("lora_bias"):
@@ -156,3 +156,4 @@ def open_adapter(path: str | os.PathLike, *, roots: Roots = None) -> LoraAdapter
     else:
         raise CheckpointError(f"{path}: adapter_config.json found but no adapter_model.safetensors or .bin")
     return adapter
+

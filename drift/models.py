@@ -51,6 +51,14 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: s
     return model, tokenizer
 
 
+def attach_adapter(model, folder: str | Path):
+    """``model`` with the peft adapter saved in ``folder`` applied (in memory: no merged copy is
+    written; ``model``'s modules are wrapped in place, so pass a model of its own). Eval mode."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, Path(folder), is_trainable=False, local_files_only=True).eval()
+
+
 MAX_LAYERS = 1024  # above any released model; a hostile config could ask for millions of modules
 
 

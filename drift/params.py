@@ -31,6 +31,7 @@ from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo
 from drift.checkpoints import list_tensors, open_checkpoint
 from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
+from drift.remote import RemotePath, is_remote
 from drift.spectral import SpectralDrift, SpectralOptions, cache_path, spectral_drift
 from drift.streams import DenseStream, LowRankStream, fast_sums, float64_sums, lora_sums
 
@@ -105,11 +106,14 @@ def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[
         return "skipped_size", None
     if not finite:
         return "nonfinite", None
-    st = os.stat(base_info.file)
+    if is_remote(base_info.file):  # object storage: the ETag changes whenever the object does
+        meta = RemotePath(base_info.file).info()
+        identity = {"file": base_info.file, "size": meta.get("size"), "etag": str(meta.get("ETag", ""))}
+    else:
+        st = os.stat(base_info.file)
+        identity = {"file": os.path.abspath(base_info.file), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     key = {
-        "file": os.path.abspath(base_info.file),
-        "size": st.st_size,
-        "mtime_ns": st.st_mtime_ns,
+        **identity,
         "tensor": base_info.alias_of or name,
         "dtype": base_info.dtype,
     }

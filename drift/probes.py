@@ -12,10 +12,18 @@ JSONL format (UTF-8, one JSON object per line, blank lines ignored)::
     {"prompt": "Capital of France?", "reference": " Paris."}
     {"prompt": "Write a haiku about rain."}
 
+A chat probe set (header ``"format": "chat"``) gives each item ``messages`` (a list of
+``{"role": "system" | "user" | "assistant", "content": ...}`` ending with a user turn) instead of a
+prompt; it is rendered with the model's chat template (``drift.encoding``), so the reference is scored
+as the assistant's reply::
+
+    {"probe_set": "capitals", "domain": "ood", "format": "chat"}
+    {"messages": [{"role": "user", "content": "Capital of France?"}], "reference": "Paris."}
+
 The header is recognised by its ``"probe_set"`` key. Name and domain come from the header or
 from the loader's keyword arguments; when both give one they must agree. A file loaded without
 either name falls back to the file's stem; the domain has no default. Item keys other than
-``prompt``, ``reference`` and ``answer`` are rejected (a misspelt ``"refrence"`` would otherwise
+``prompt`` (or ``messages``), ``reference`` and ``answer`` are rejected (a misspelt ``"refrence"`` would otherwise
 silently drop the reference).
 """
 
@@ -29,17 +37,48 @@ from pathlib import Path
 from typing import Any
 
 DOMAINS = ("in_domain", "ood")
-_ITEM_KEYS = frozenset({"prompt", "reference", "answer"})
-_HEADER_KEYS = frozenset({"probe_set", "domain"})
+FORMATS = ("text", "chat")
+ROLES = ("system", "user", "assistant")
+_ITEM_KEYS = frozenset({"prompt", "messages", "reference", "answer"})
+_HEADER_KEYS = frozenset({"probe_set", "domain", "format"})
+
+Message = tuple[str, str]  # (role, content)
+
+
+def check_messages(messages: object, *, where: str = "messages") -> tuple[Message, ...]:
+    """A chat prompt as ``((role, content), ...)``: non-empty, known roles, string contents, ending with
+    a user turn (the reply scored is the assistant's next one). Accepts dicts or pairs."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError(f"{where}: must be a non-empty list of {{'role', 'content'}} objects")
+    out = []
+    for n, message in enumerate(messages):
+        if isinstance(message, dict):
+            if set(message) != {"role", "content"}:
+                raise ValueError(f"{where}[{n}]: needs exactly the keys 'role' and 'content', got {sorted(message)}")
+            role, content = message["role"], message["content"]
+        elif isinstance(message, (list, tuple)) and len(message) == 2:
+            role, content = message
+        else:
+            raise ValueError(f"{where}[{n}]: not a {{'role', 'content'}} object")
+        if role not in ROLES:
+            raise ValueError(f"{where}[{n}]: role must be one of {ROLES}, got {role!r}")
+        if not isinstance(content, str) or not content.strip():
+            raise ValueError(f"{where}[{n}]: 'content' must be a non-empty string")
+        out.append((role, content))
+    if out[-1][0] != "user":
+        raise ValueError(f"{where}: the last message must be the user's (the reply scored is the assistant's)")
+    return tuple(out)
 
 
 @dataclass(frozen=True)
 class ProbeItem:
-    """One probe: a prompt, an optional reference completion and an optional checkable answer."""
+    """One probe: a prompt, an optional reference completion and an optional checkable answer.
+    In a chat probe set ``messages`` is the conversation and ``prompt`` its last user turn (for display)."""
 
     prompt: str
     reference: str | None = None
     answer: str | None = None
+    messages: tuple[Message, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,16 +88,24 @@ class ProbeSet:
     name: str
     domain: str
     items: tuple[ProbeItem, ...]
+    format: str = "text"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"probe set name must be a non-empty string, got {self.name!r}")
         if self.domain not in DOMAINS:
             raise ValueError(f"probe set domain must be one of {DOMAINS}, got {self.domain!r}")
+        if self.format not in FORMATS:
+            raise ValueError(f"probe set format must be one of {FORMATS}, got {self.format!r}")
         if not self.items:
             raise ValueError(f"probe set {self.name!r} has no items")
         if not isinstance(self.items, tuple):
             object.__setattr__(self, "items", tuple(self.items))
+        chat = self.format == "chat"
+        for n, item in enumerate(self.items):
+            if (item.messages is not None) != chat:
+                raise ValueError(f"probe {n} of {self.name!r}: a {self.format} probe set needs "
+                                 f"{'messages' if chat else 'a prompt and no messages'} in every item")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -75,7 +122,9 @@ class ProbeSet:
 def _items_jsonl(items: Iterable[ProbeItem]) -> str:
     lines = []
     for item in items:
-        record = {"prompt": item.prompt}
+        record: dict = {"prompt": item.prompt}
+        if item.messages is not None:
+            record["messages"] = [list(m) for m in item.messages]
         if item.reference is not None:
             record["reference"] = item.reference
         if item.answer is not None:
@@ -86,8 +135,14 @@ def _items_jsonl(items: Iterable[ProbeItem]) -> str:
 
 def dumps_probe_set(probe_set: ProbeSet) -> str:
     """Serialize to JSONL with a header line; `loads_probe_set` reads it back unchanged."""
-    header = json.dumps({"probe_set": probe_set.name, "domain": probe_set.domain}, ensure_ascii=False)
-    return header + "\n" + _items_jsonl(probe_set.items)
+    head = {"probe_set": probe_set.name, "domain": probe_set.domain}
+    if probe_set.format != "text":
+        head["format"] = probe_set.format
+    body = _items_jsonl(probe_set.items)
+    if probe_set.format == "chat":  # the prompt of a chat item is derived from its messages
+        body = "\n".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "prompt"}, ensure_ascii=False,
+                                    sort_keys=True) for line in body.splitlines()) + "\n"
+    return json.dumps(head, ensure_ascii=False) + "\n" + body
 
 
 def _quote(line: str, limit: int = 200) -> str:
@@ -95,7 +150,14 @@ def _quote(line: str, limit: int = 200) -> str:
     return line if len(line) <= limit else line[:limit] + "..."
 
 
-def _parse_item(record: object, *, where: str, line: str) -> ProbeItem:
+def chat_item(messages: object, *, reference: str | None = None, answer: str | None = None,
+              where: str = "messages") -> ProbeItem:
+    """A chat probe item; its ``prompt`` is the last user turn, for display."""
+    checked = check_messages(messages, where=where)
+    return ProbeItem(prompt=checked[-1][1], reference=reference, answer=answer, messages=checked)
+
+
+def _parse_item(record: object, *, where: str, line: str, chat: bool = False) -> ProbeItem:
     if not isinstance(record, dict):
         raise ValueError(  # noqa: TRY004 - the house rule: validation errors are ValueErrors
             f"{where}: expected a JSON object, got {type(record).__name__}: {_quote(line)!r}"
@@ -103,17 +165,23 @@ def _parse_item(record: object, *, where: str, line: str) -> ProbeItem:
     unknown = sorted(set(record) - _ITEM_KEYS)
     if unknown:
         raise ValueError(
-            f"{where}: unknown keys {unknown} (allowed: prompt, reference, answer): {_quote(line)!r}"
+            f"{where}: unknown keys {unknown} (allowed: prompt or messages, reference, answer): {_quote(line)!r}"
         )
-    prompt = record.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: 'prompt' must be a non-empty string: {_quote(line)!r}")
     fields: dict[str, str | None] = {}
     for key in ("reference", "answer"):
         value = record.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ValueError(f"{where}: {key!r} must be a non-empty string or absent: {_quote(line)!r}")
         fields[key] = value
+    if chat:
+        if "prompt" in record or "messages" not in record:
+            raise ValueError(f"{where}: a chat probe set's items give 'messages', not 'prompt': {_quote(line)!r}")
+        return chat_item(record["messages"], where=f"{where}: messages", **fields)
+    if "messages" in record:
+        raise ValueError(f"{where}: 'messages' needs a chat probe set (header \"format\": \"chat\"): {_quote(line)!r}")
+    prompt = record.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"{where}: 'prompt' must be a non-empty string: {_quote(line)!r}")
     return ProbeItem(prompt=prompt, reference=fields["reference"], answer=fields["answer"])
 
 
@@ -151,9 +219,12 @@ def loads_probe_set(
                 raise ValueError(f"{where}: header 'probe_set' must be a non-empty string: {_quote(line)!r}")
             if "domain" in record and record["domain"] not in DOMAINS:
                 raise ValueError(f"{where}: header 'domain' must be one of {DOMAINS}: {_quote(line)!r}")
+            if record.get("format", "text") not in FORMATS:
+                raise ValueError(f"{where}: header 'format' must be one of {FORMATS}: {_quote(line)!r}")
             header = record
             continue
-        items.append(_parse_item(record, where=where, line=line))
+        chat = header is not None and header.get("format") == "chat"
+        items.append(_parse_item(record, where=where, line=line, chat=chat))
 
     resolved_name = _resolve("name", name, header.get("probe_set") if header else None, source)
     resolved_domain = _resolve("domain", domain, header.get("domain") if header else None, source)
@@ -166,7 +237,8 @@ def loads_probe_set(
         raise ValueError(f"{source}: domain must be one of {DOMAINS}, got {resolved_domain!r}")
     if not items:
         raise ValueError(f"{source}: probe set {resolved_name!r} has no items")
-    return ProbeSet(name=resolved_name, domain=resolved_domain, items=tuple(items))
+    return ProbeSet(name=resolved_name, domain=resolved_domain, items=tuple(items),
+                    format=header.get("format", "text") if header else "text")
 
 
 def _resolve(field: str, given: str | None, from_header: str | None, source: str) -> str | None:

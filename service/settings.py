@@ -22,6 +22,18 @@ def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("forgetwatch", appauthor=False))
 
 
+def _remote_prefix(value: str) -> str:
+    """`s3://bucket[/prefix]`, normalised without a trailing slash; anything else is refused."""
+    if not value.startswith("s3://"):
+        raise ValueError(f"FORGETWATCH_CHECKPOINT_ROOTS: {value[:200]!r} is not a folder or an s3://bucket/prefix "
+                         "(the object storage this service reads)")
+    bucket, _, prefix = value.removeprefix("s3://").partition("/")
+    parts = [p for p in prefix.split("/") if p]
+    if not bucket or any(p in (".", "..") for p in parts):
+        raise ValueError(f"FORGETWATCH_CHECKPOINT_ROOTS: {value[:200]!r} needs a bucket and no '.' or '..' segments")
+    return "s3://" + "/".join([bucket, *parts])
+
+
 class Settings(BaseSettings):
     """forgetwatch settings, read from `FORGETWATCH_*` environment variables."""
 
@@ -47,9 +59,20 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir)
     """Where the embedded database, uploads, caches and the local token live."""
 
-    checkpoint_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
-    """Folders checkpoint URIs may point into (comma- or colon-separated). `<data_dir>/checkpoints`
-    is always allowed; uploads land there."""
+    checkpoint_roots: Annotated[list[Path | str], NoDecode] = Field(default_factory=list)
+    """Folders checkpoint URIs may point into, and object storage prefixes (`s3://bucket/prefix`)
+    (comma-separated; folders also colon-separated). `<data_dir>/checkpoints` is always allowed;
+    uploads land there. Object storage credentials come from the standard environment
+    (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, ...)."""
+
+    hf_cache_dir: Path | None = None
+    """The Hugging Face hub cache `hf://org/name@revision` URIs resolve in (only what it already holds;
+    nothing is downloaded). Unset: huggingface_hub's default (`HF_HUB_CACHE`). Its folder must also be
+    in FORGETWATCH_CHECKPOINT_ROOTS."""
+
+    cache_max_bytes: int = Field(20 * 2**30, ge=0)
+    """The most bytes of object-storage checkpoints kept on local disk for probe jobs (least recently
+    used first out). Parameter drift reads object storage with range requests and needs none."""
 
     host: str = "127.0.0.1"
     """Address `forgetwatch serve` binds to."""
@@ -149,9 +172,11 @@ class Settings(BaseSettings):
     @classmethod
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
-            parts = [p for chunk in value.split(",") for p in chunk.split(os.pathsep)]
-            return [p.strip() for p in parts if p.strip()]
-        return value
+            parts = [p for chunk in value.split(",") for p in ([chunk] if "://" in chunk else chunk.split(os.pathsep))]
+            value = [p.strip() for p in parts if p.strip()]
+        if not isinstance(value, list):
+            return value
+        return [_remote_prefix(r) if isinstance(r, str) and "://" in r else Path(r) for r in value]
 
     @field_validator("data_dir", mode="after")
     @classmethod
@@ -193,10 +218,23 @@ class Settings(BaseSettings):
 
     @property
     def allowed_roots(self) -> list[Path]:
-        """Resolved allow-list for checkpoint URIs."""
-        roots = [self.checkpoints_dir, *self.checkpoint_roots]
+        """Resolved allow-list of local folders for checkpoint URIs."""
+        roots = [self.checkpoints_dir, *(r for r in self.checkpoint_roots if isinstance(r, Path))]
         return [Path(os.path.realpath(r.expanduser())) for r in roots]
 
+    @property
+    def remote_prefixes(self) -> list[str]:
+        """Allowed object storage prefixes (`s3://bucket/prefix`, no trailing slash)."""
+        return [r for r in self.checkpoint_roots if isinstance(r, str)]
+
+    @property
+    def confinement_roots(self) -> tuple[Path | str, ...]:
+        """Everything a worker may read: the local roots and the object storage prefixes."""
+        return (*self.allowed_roots, *self.remote_prefixes)
+
+    @property
+    def remote_cache_dir(self) -> Path:
+        return self.cache_dir / "remote"
 
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 and `localhost`; anything else (0.0.0.0, a LAN address, a name) may be reachable

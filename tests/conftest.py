@@ -156,3 +156,12 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "FORGETWATCH_WORKER_HEARTBEAT_SECONDS": str(settings.worker_heartbeat_seconds),
         "FORGETWATCH_STALLED_AFTER_SECONDS": str(settings.stalled_after_seconds),
     }
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server (SeaweedFS) for the whole test session, with a `models` bucket."""
+    from tests.integration.seaweed import seaweedfs
+
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -130,16 +130,16 @@ class ForgetwatchClient:
 
         return self._call(build)
 
-    def probe_set(
-        self, name: str, domain: str, items: Iterable[str | Mapping[str, Any]], description: str = ""
-    ) -> dict[str, Any] | None:
+    def probe_set(self, name: str, domain: str, items: Iterable[str | Mapping[str, Any]], description: str = "",
+                  format: str = "text") -> dict[str, Any] | None:
         """Create a probe set (immutable; the same one again is a no-op). `domain`: "in_domain" or "ood";
-        items: prompts, or dicts with "prompt" and optional "reference" and "answer"."""
+        items: prompts, or dicts with "prompt" and optional "reference" and "answer" (`format="chat"`:
+        "messages" ending with a user turn instead of "prompt", rendered with the base's chat template)."""
 
         def build() -> list[dict[str, Any]]:
             rows = [{"prompt": i} if isinstance(i, str) else dict(i) for i in items]
             self._probe_items[name] = rows
-            body = {"name": name, "domain": domain, "description": description, "items": rows}
+            body = {"name": name, "domain": domain, "format": format, "description": description, "items": rows}
             return [self._request_op("POST", "/v1/probe-sets", body, f"probe set {name}")]
 
         return self._call(build)

@@ -87,7 +87,8 @@ class ForgetwatchCallback(TrainerCallback):
     `sample_every` optimizer steps, greedy responses of the live model to the probe prompts.
 
     probe_prompts: a list of prompts (pushed without a probe set), a {probe set name: prompts} mapping,
-    or None for the prompts of the probe sets the client's run was registered with.
+    or None for the prompts of the probe sets the client's run was registered with (a chat probe set's
+    conversations rendered with the tokenizer's chat template, as the service renders them).
     on_risk: after each save, read the run's status; when ood forgetting is detected, or predicted
     (the service's forecast at or above its alarm threshold, or at or above `risk_threshold` when that
     is set), "warn" logs a warning with the step to roll back to, "stop" also stops training. A
@@ -124,7 +125,7 @@ class ForgetwatchCallback(TrainerCallback):
         self.sample_batch_size = sample_batch_size
         self.flush_timeout = flush_timeout
         self.forward_logs = forward_logs
-        self._prompts: dict[str | None, list[str]] | None
+        self._prompts: dict[str | None, list[str | list[dict[str, str]]]] | None
         if probe_prompts is None:
             self._prompts = None
         elif isinstance(probe_prompts, Mapping):
@@ -211,7 +212,7 @@ class ForgetwatchCallback(TrainerCallback):
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def _probe_prompts(self) -> dict[str | None, list[str]]:
+    def _probe_prompts(self) -> dict[str | None, list[str | list[dict[str, str]]]]:
         if self._prompts is not None:
             return self._prompts
         found: dict[str | None, list[str]] = {}
@@ -219,7 +220,7 @@ class ForgetwatchCallback(TrainerCallback):
             items = self.client.probe_set_items(name)
             if items is None:  # the service is unreachable: try again at the next sampling step
                 return {}
-            found[name] = [item["prompt"] for item in items]
+            found[name] = [item.get("messages") or item["prompt"] for item in items]  # chat sets: messages
         if not found:
             self._warn_once(
                 "no_prompts",
@@ -242,7 +243,8 @@ class ForgetwatchCallback(TrainerCallback):
                 self.client.run_name,
             )
             return
-        for probe_set, prompts in self._probe_prompts().items():
+        for probe_set, items in self._probe_prompts().items():
+            prompts = [self._prompt_text(tokenizer, item) for item in items]
             if not prompts:
                 continue
             responses = generate_responses(
@@ -255,6 +257,17 @@ class ForgetwatchCallback(TrainerCallback):
             self.client.samples(
                 step, [{"prompt": p, "response": r} for p, r in zip(prompts, responses)], probe_set=probe_set
             )
+
+    def _prompt_text(self, tokenizer: PreTrainedTokenizerBase, item: str | list[dict[str, str]]) -> str:
+        """A prompt as text; a conversation rendered with the chat template and the generation prompt
+        (without a template: its last user turn, with a warning)."""
+        if isinstance(item, str):
+            return item
+        if getattr(tokenizer, "chat_template", None):
+            return tokenizer.apply_chat_template(item, add_generation_prompt=True, tokenize=False)
+        self._warn_once("no_chat_template", "action=chat_probes_as_text run=%s (the tokenizer has no chat "
+                        "template: chat probes are sampled as their last user turn)", self.client.run_name)
+        return item[-1]["content"]
 
     def _check_risk(self, state: TrainerState) -> bool:
         """True when the run's status shows an alarm (logged with the step to roll back to)."""

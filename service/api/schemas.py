@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from drift.probes import check_messages
 
 
 def _no_nul(value: str) -> str:
@@ -118,8 +120,15 @@ class SampleOut(BaseModel):
     logprobs: list[float] | None
 
 
+class ChatMessage(Strict):
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, StringConstraints(min_length=1, max_length=200_000), NoNul]
+
+
 class ProbeItemIn(Strict):
-    prompt: Text
+    prompt: Text | None = Field(default=None, description="The prompt (text probe sets)")
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = Field(
+        default=None, description="The conversation, ending with a user turn (chat probe sets)")
     reference: Text | None = None
     answer: Annotated[str, StringConstraints(max_length=10_000), NoNul] | None = None
 
@@ -127,14 +136,39 @@ class ProbeItemIn(Strict):
 class ProbeSetCreate(Strict):
     name: Name
     domain: Literal["in_domain", "ood"]
+    format: Literal["text", "chat"] = Field(
+        default="text", description="chat: items give messages, rendered with the base tokenizer's chat template")
     description: Annotated[str, StringConstraints(max_length=10_000), NoNul] = ""
     items: Annotated[list[ProbeItemIn], Field(min_length=1, max_length=20_000)]
+
+    @model_validator(mode="after")
+    def _items_fit_format(self) -> ProbeSetCreate:
+        for n, item in enumerate(self.items):
+            if self.format == "text" and (item.prompt is None or item.messages is not None):
+                raise ValueError(f"items[{n}]: a text probe set's items give 'prompt' and no 'messages' "
+                                 "(for conversations use \"format\": \"chat\")")
+            if self.format == "chat":
+                if item.messages is None or item.prompt is not None:
+                    raise ValueError(f"items[{n}]: a chat probe set's items give 'messages' and no 'prompt'")
+                check_messages([m.model_dump() for m in item.messages], where=f"items[{n}].messages")
+        return self
+
+    def stored_items(self) -> list[dict[str, Any]]:
+        """Items as stored: a chat item's prompt is its last user turn (for display)."""
+        out = []
+        for item in self.items:
+            row = item.model_dump()
+            if item.messages is not None:
+                row["prompt"] = item.messages[-1].content
+            out.append(row)
+        return out
 
 
 class ProbeSetOut(BaseModel):
     id: int
     name: str
     domain: str
+    format: str = "text"
     description: str
     items: list[ProbeItemIn]
 

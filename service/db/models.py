@@ -54,6 +54,7 @@ class ProbeSet(Base):
     name: Mapped[str] = mapped_column(Text, unique=True)
     domain: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text, server_default="")
+    format: Mapped[str] = mapped_column(Text, server_default="text")
     created_at: Mapped[datetime] = _now()
 
 
@@ -66,6 +67,7 @@ class ProbeItem(Base):
     prompt: Mapped[str] = mapped_column(Text)
     reference: Mapped[str | None] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text)
+    messages: Mapped[list[dict[str, str]] | None] = mapped_column(JSONB)
 
 
 class RunProbeSet(Base):

@@ -246,21 +246,24 @@ def list_probe_sets(session: Session) -> Sequence[ProbeSet]:
 
 
 def create_probe_set(
-    session: Session, *, name: str, domain: str, description: str, items: Sequence[dict[str, Any]]
+    session: Session, *, name: str, domain: str, description: str, items: Sequence[dict[str, Any]],
+    format: str = "text",
 ) -> tuple[ProbeSet, bool]:
-    """Probe sets are immutable: the same content again is a no-op, different content conflicts."""
+    """Probe sets are immutable: the same content again is a no-op, different content conflicts.
+    Items are dicts with prompt, reference, answer and (chat sets) messages."""
     existing = session.scalar(select(ProbeSet).where(ProbeSet.name == name))
     if existing is not None:
         _, old_items = get_probe_set(session, name=name)
-        old = [{"prompt": i.prompt, "reference": i.reference, "answer": i.answer} for i in old_items]
-        new = [{"prompt": i["prompt"], "reference": i.get("reference"), "answer": i.get("answer")} for i in items]
-        if (existing.domain, existing.description, old) != (domain, description, new):
+        keys = ("prompt", "reference", "answer", "messages")
+        old = [{k: getattr(i, k) for k in keys} for i in old_items]
+        new = [{k: i.get(k) for k in keys} for i in items]
+        if (existing.domain, existing.description, existing.format, old) != (domain, description, format, new):
             raise Conflict(
                 f"probe set {name!r} already exists with other content; probe sets are immutable so "
                 f"results stay comparable: create a new name (e.g. {name}-v2)"
             )
         return existing, False
-    probe_set = ProbeSet(name=name, domain=domain, description=description)
+    probe_set = ProbeSet(name=name, domain=domain, description=description, format=format)
     session.add(probe_set)
     session.flush()
     session.execute(
@@ -272,6 +275,7 @@ def create_probe_set(
                 "prompt": item["prompt"],
                 "reference": item.get("reference"),
                 "answer": item.get("answer"),
+                "messages": item.get("messages"),
             }
             for position, item in enumerate(items)
         ],

@@ -17,15 +17,16 @@ from service.db.encoding import json_safe
 
 def run_probe_sets(session: Session, *, run_id: int) -> list[tuple[int, ProbeSet]]:
     sets = session.execute(
-        text("SELECT p.id, p.name, p.domain FROM probe_sets p JOIN run_probe_sets r ON r.probe_set_id = p.id "
-             "WHERE r.run_id = :r ORDER BY p.name"), {"r": run_id}).all()
+        text("SELECT p.id, p.name, p.domain, p.format FROM probe_sets p JOIN run_probe_sets r "
+             "ON r.probe_set_id = p.id WHERE r.run_id = :r ORDER BY p.name"), {"r": run_id}).all()
     out = []
-    for probe_set_id, name, domain in sets:
+    for probe_set_id, name, domain, fmt in sets:
         items = session.execute(
-            text("SELECT prompt, reference, answer FROM probe_items WHERE probe_set_id = :p ORDER BY position"),
-            {"p": probe_set_id}).all()
-        out.append((probe_set_id, ProbeSet(name=name, domain=domain,
-                                           items=tuple(ProbeItem(p, r, a) for p, r, a in items))))
+            text("SELECT prompt, reference, answer, messages FROM probe_items WHERE probe_set_id = :p "
+                 "ORDER BY position"), {"p": probe_set_id}).all()
+        out.append((probe_set_id, ProbeSet(name=name, domain=domain, format=fmt, items=tuple(
+            ProbeItem(p, r, a, None if m is None else tuple((x["role"], x["content"]) for x in m))
+            for p, r, a, m in items))))
     return out
 
 

@@ -66,7 +66,7 @@ def plan_param_drift(context: procrastinate.JobContext, checkpoint_id: int) -> N
         base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
         checkpoint = resolve_confined(services, checkpoint_id=checkpoint_id, kind=KIND, uri=row.uri,
                                       what="checkpoint")
-        roots = settings.allowed_roots
+        roots = settings.confinement_roots
         sizes = {t.name: t.numel for t in list_tensors(checkpoint, roots=roots)}
         parts = split_by_size(shard_groups(base, checkpoint, roots=roots), sizes, settings.param_part_elements)
     # The base is step "zero" of the history: the first checkpoint's update is measured against it.
@@ -97,7 +97,7 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
             before_previous=previous[1],
             spectral=settings.spectral, spectral_options=SpectralOptions(k=settings.spectral_k,
                                                                          max_elements=settings.spectral_max_elements),
-            cache_dir=settings.cache_dir / "spectral", roots=settings.allowed_roots,
+            cache_dir=settings.cache_dir / "spectral", roots=settings.confinement_roots,
         )
     with services.sessions.begin() as session:
         remaining = store.store_part(session, checkpoint_id=checkpoint_id, part=part, rows=rows)

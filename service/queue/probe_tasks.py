@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -16,13 +17,17 @@ import procrastinate
 from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache, build_base_cache
+from drift.checkpoints import check_adapter_fits, is_adapter_folder
 from drift.confined import check_model_folder
+from drift.encoding import encode_probe_items
 from drift.forgetting import base_scores, evaluate_checkpoint
+from drift.remote import RemotePath
+from drift.staging import stage_folder
 from service.db import param_drift as analyses
 from service.db import queries
 from service.db import response_drift as store
 from service.db.models import Run
-from service.paths import resolve_checkpoint_uri
+from service.paths import resolve_location
 from service.queue.defer import defer_job, enqueue_risk, task_name
 from service.queue.tasks import (
     TRANSIENT,
@@ -56,6 +61,20 @@ def enqueue(session: Session, checkpoint_id: int) -> None:
 
 def is_model_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
+
+
+def local_folder(settings, location: Path | RemotePath) -> Path:
+    """A folder transformers can load: local folders as they are, object storage folders copied into
+    the bounded local cache (FORGETWATCH_CACHE_MAX_BYTES)."""
+    if not isinstance(location, RemotePath):
+        return location
+    return stage_folder(location, settings.remote_cache_dir, max_bytes=settings.cache_max_bytes,
+                        roots=settings.confinement_roots)
+
+
+def loading_roots(settings) -> tuple[Path, ...]:
+    """Where model files may be opened from: the allowed roots and the service's own remote cache."""
+    return (*settings.allowed_roots, Path(os.path.realpath(settings.remote_cache_dir)))
 
 
 def _tokenizer_folder(checkpoint: Path, base: Path) -> Path:
@@ -96,12 +115,31 @@ GENERATION_TOKENS = 64
 
 def max_new_tokens(model, tokenizer, texts: list[str]) -> int:
     """Up to GENERATION_TOKENS new tokens, but never past the model's context window."""
+    return _cap(model, max((len(tokenizer(t)["input_ids"]) for t in texts), default=0))
+
+
+def _cap(model, longest: int) -> int:
     config = model.config
     context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not context:
         return GENERATION_TOKENS
-    longest = max((len(tokenizer(t)["input_ids"]) for t in texts), default=0)
     return max(1, min(GENERATION_TOKENS, context - longest))
+
+
+def load_checkpoint(checkpoint: Path, base: Path, device: str, roots: tuple[Path, ...]):
+    """The checkpoint's model and tokenizer. A peft adapter folder is applied to a fresh copy of the
+    base in memory (no merged copy is written), after checking it was trained on that base."""
+    tokenizer_folder = _tokenizer_folder(checkpoint, base)
+    if not is_adapter_folder(checkpoint):
+        return load(checkpoint, tokenizer_folder, device, roots)
+    from drift.models import attach_adapter
+
+    check_model_folder(checkpoint, roots)
+    check_adapter_fits(checkpoint, base, roots=roots)
+    model, tokenizer = load(base, tokenizer_folder, device, roots)
+    with _LOADING:
+        model = attach_adapter(model, checkpoint)
+    return model, tokenizer
 
 
 @functools.lru_cache(maxsize=1)
@@ -113,7 +151,6 @@ def _base_model(path: str, device: str, roots: tuple[Path, ...]):
 @blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)
 def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     services = services_of(context)
-    settings = services.settings
     with services.sessions.begin() as session:
         row = queries.checkpoint_for_analysis(session, checkpoint_id=checkpoint_id)
         if row is None:
@@ -122,19 +159,16 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
         analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="processing")
     checkpoint = resolve_confined(services, checkpoint_id=checkpoint_id, kind=KIND, uri=row.uri, what="checkpoint")
     base = resolve_base(services, checkpoint_id=checkpoint_id, kind=KIND, base_uri=row.base_model)
-    roots = tuple(settings.allowed_roots)
-    if not probe_sets or not is_model_folder(checkpoint) or not is_model_folder(base):
-        reason = ("the run has no probe sets" if not probe_sets else
-                  "response drift needs transformers model folders (config.json) for the base and the checkpoint")
-        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=reason, status="skipped")
+    if not probe_sets:
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message="the run has no probe sets",
+                      status="skipped")
         return
     with failing_analysis(services, checkpoint_id=checkpoint_id, kind=KIND):
-        base_model, base_tokenizer = _base_model(str(base), settings.probe_device, roots)
-        caches = [(probe_set_id, _base_cache(services, str(base), probe_set_id, probe_set, base_model, base_tokenizer))
-                  for probe_set_id, probe_set in probe_sets]
-        model, tokenizer = load(checkpoint, _tokenizer_folder(checkpoint, base), settings.probe_device, roots)
-        results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
-                   for probe_set_id, cache in caches]
+        outcome = _evaluate(services, probe_sets, checkpoint, base)
+    if isinstance(outcome, str):
+        fail_analysis(services, checkpoint_id=checkpoint_id, kind=KIND, message=outcome, status="skipped")
+        return
+    caches, results = outcome
     with services.sessions.begin() as session:
         for probe_set_id, cache in caches:
             store.store_base_scores(session, run_id=row.run_id, probe_set_id=probe_set_id, scores=base_scores(cache))
@@ -146,6 +180,31 @@ def probe_drift(context: procrastinate.JobContext, checkpoint_id: int) -> None:
     log.info("action=probe_drift_ready checkpoint=%s probe_sets=%s", checkpoint_id, len(results))
 
 
+NOT_A_MODEL = ("response drift needs a transformers model folder (config.json) for the base and a model "
+               "folder or a peft adapter folder (adapter_config.json) for the checkpoint")
+
+
+def _evaluate(services, probe_sets, checkpoint: Path | RemotePath, base: Path | RemotePath):
+    """(base caches, results) per probe set, or the reason the checkpoint is skipped. The base is
+    loaded (and its caches built) before the checkpoint is fetched, so a small local cache may evict
+    the base's files while the checkpoint's are copied."""
+    settings, roots = services.settings, loading_roots(services.settings)
+    base_key = str(base)  # the base's probe caches are stored under the URI the run gives
+    base = local_folder(settings, base)
+    if not is_model_folder(base):
+        return NOT_A_MODEL
+    base_model, base_tokenizer = _base_model(str(base), settings.probe_device, roots)
+    caches = [(probe_set_id, _base_cache(services, base_key, probe_set_id, probe_set, base_model, base_tokenizer))
+              for probe_set_id, probe_set in probe_sets]
+    checkpoint = local_folder(settings, checkpoint)
+    if not (is_model_folder(checkpoint) or is_adapter_folder(checkpoint)):
+        return NOT_A_MODEL
+    model, tokenizer = load_checkpoint(checkpoint, base, settings.probe_device, roots)
+    results = [(probe_set_id, evaluate_checkpoint(model, tokenizer, cache, random_state=0))
+               for probe_set_id, cache in caches]
+    return caches, results
+
+
 def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokenizer) -> BaseTopKCache:
     k = services.settings.probe_topk
     fingerprint = probe_set.fingerprint()
@@ -153,9 +212,8 @@ def _base_cache(services, base: str, probe_set_id: int, probe_set, model, tokeni
         data = store.load_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint)
     if data is not None:
         return BaseTopKCache.from_bytes(data)
-    texts = [item.prompt + (item.reference or "") for item in probe_set.items]
-    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base,
-                             max_new_tokens=max_new_tokens(model, tokenizer, texts))
+    longest = max(len(prompt) + len(reference or ()) for prompt, reference in encode_probe_items(tokenizer, probe_set))
+    cache = build_base_cache(model, tokenizer, probe_set, k=k, base_model=base, max_new_tokens=_cap(model, longest))
     with services.sessions.begin() as session:
         store.store_base_cache(session, base_model=base, probe_set_id=probe_set_id, k=k, fingerprint=fingerprint,
                                data=cache.to_bytes())
@@ -177,11 +235,13 @@ def measure_base(context: procrastinate.JobContext, run_id: int) -> None:
     if not probe_sets:
         return
     try:
-        base = resolve_checkpoint_uri(base_uri, settings.allowed_roots)
+        location = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
+        base = local_folder(settings, location)
         if not is_model_folder(base):
             raise ValueError("the base is not a transformers model folder (no config.json)")
-        model, tokenizer = _base_model(str(base), settings.probe_device, tuple(settings.allowed_roots))
-        scores = [(probe_set_id, base_scores(_base_cache(services, str(base), probe_set_id, probe_set, model,
+        model, tokenizer = _base_model(str(base), settings.probe_device, loading_roots(settings))
+        scores = [(probe_set_id, base_scores(_base_cache(services, str(location), probe_set_id, probe_set, model,
                                                          tokenizer)))
                   for probe_set_id, probe_set in probe_sets]
     except TRANSIENT_ERRORS:

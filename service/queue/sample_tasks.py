@@ -14,6 +14,7 @@ from pathlib import Path
 import procrastinate
 from sqlalchemy.orm import Session
 
+from drift.confined import CheckpointError
 from drift.diversity import collapse_signals
 from drift.embeddings import load_embedder
 from drift.models import sample_responses
@@ -21,10 +22,16 @@ from drift.shift import classifier_two_sample_test, embedding_shift_test
 from service.db import queries
 from service.db import response_drift as store
 from service.errors import ForgetwatchError
-from service.paths import resolve_checkpoint_uri
+from service.paths import resolve_location
 from service.queue.defer import defer_job, enqueue_risk, task_name
-from service.queue.probe_tasks import _base_model, is_model_folder, max_new_tokens
-from service.queue.tasks import TRANSIENT, blueprint, services_of
+from service.queue.probe_tasks import (
+    _base_model,
+    is_model_folder,
+    loading_roots,
+    local_folder,
+    max_new_tokens,
+)
+from service.queue.tasks import TRANSIENT, blueprint, reason_of, services_of
 
 log = logging.getLogger("forgetwatch")
 NAME = "sample_drift"
@@ -63,14 +70,16 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
     responses = [r.response for r in rows]
     values: dict = {"n_samples": len(rows)}
     data: dict = {}
-    try:
-        base = resolve_checkpoint_uri(base_uri, settings.allowed_roots)
-    except ForgetwatchError:
+    try:  # a base in object storage is copied into the bounded local cache, as for probe jobs
+        base = local_folder(settings, resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir))
+    except (ForgetwatchError, CheckpointError) as error:
+        log.warning("action=sample_base_unavailable run=%s reason=%s", run_id, reason_of(error))
         base = None
     tokenize = None
     if base is not None and is_model_folder(base):
         # n-gram diversity in the model's own tokens: whitespace words say nothing about short answers
-        roots = tuple(settings.allowed_roots)
+        roots = loading_roots(settings)
         tokenize = _base_model(str(base), settings.probe_device, roots)[1].tokenize
         embedder = _embedder(str(base), settings.probe_device, roots)
         base_responses = [_base_response(str(base), settings.probe_device, roots, r.prompt) for r in rows]

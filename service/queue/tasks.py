@@ -14,8 +14,9 @@ from sqlalchemy import Engine, exc
 from sqlalchemy.orm import Session, sessionmaker
 
 from drift.confined import CheckpointError
+from drift.remote import RemotePath
 from service.errors import ForgetwatchError
-from service.paths import resolve_checkpoint_uri
+from service.paths import resolve_location
 from service.queue.defer import enqueue_risk
 from service.settings import Settings
 
@@ -106,17 +107,21 @@ def sweep_orphaned_analyses(services: WorkerServices) -> list[int]:
     return touched
 
 
-def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str, uri: str, what: str) -> Path:
-    """`uri` on this worker's disk, re-checked against the allowed roots now (what was inside at
-    registration may since have become a symlink elsewhere); the analysis fails otherwise."""
+def resolve_confined(services: WorkerServices, *, checkpoint_id: int, kind: str, uri: str,
+                     what: str) -> Path | RemotePath:
+    """`uri` on this worker's disk (or in object storage), re-checked against the allowed roots now
+    (what was inside at registration may since have become a symlink elsewhere, or the allow-list
+    may have changed); the analysis fails otherwise."""
+    settings = services.settings
     try:
-        return resolve_checkpoint_uri(uri, services.settings.allowed_roots)
+        return resolve_location(uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
     except ForgetwatchError as error:
         message = f"{what}: {error.detail}"
         fail_analysis(services, checkpoint_id=checkpoint_id, kind=kind, message=message)
         raise AnalysisFailed(message) from error
 
 
-def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path:
+def resolve_base(services: WorkerServices, *, checkpoint_id: int, kind: str, base_uri: str) -> Path | RemotePath:
     """The run's base model on this worker's disk, inside the allowed roots."""
     return resolve_confined(services, checkpoint_id=checkpoint_id, kind=kind, uri=base_uri, what="base model")

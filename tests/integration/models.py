@@ -51,3 +51,63 @@ def tiny_gpt2(tokenizer: PreTrainedTokenizerFast, *, n_positions: int = 128) -> 
         pad_token_id=tokenizer.pad_token_id,
     )
     return GPT2LMHeadModel(config)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "the capital of france is paris", "the capital of italy is rome", "two plus two is four",
+    "three plus four is seven", "what is the capital of spain? madrid", "cats and dogs are animals",
+    "the quick brown fox jumps over the lazy dog", "answer with one word please",
+] * 4
+
+
+def bpe_tokenizer(*, chat_template: bool = True, vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on a small corpus, with ChatML markers as special tokens."""
+    from tokenizers import trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    special = ["<pad>", "<s>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="<|im_end|>",
+        additional_special_tokens=["<|im_start|>"], chat_template=CHAT_TEMPLATE if chat_template else None,
+    )
+
+
+def tiny_llama(tokenizer: PreTrainedTokenizerFast, *, hidden_size: int = 32, seed: int = 0):
+    """A 2-layer Llama-architecture causal LM (grouped-query attention, RoPE, SwiGLU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config)
+
+
+def save_lora_adapter(model, folder: Path, *, scale: float, seed: int = 1) -> Path:
+    """A peft LoRA adapter (q_proj, v_proj, rank 4) on `model`, its B factors filled with
+    N(0, scale²) noise (0: the adapter changes nothing), saved with save_pretrained."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    peft_model.save_pretrained(folder)
+    return folder

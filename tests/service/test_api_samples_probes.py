@@ -83,3 +83,33 @@ def test_request_metrics_use_route_templates(client: TestClient, run_id: int) ->
     text = client.get("/metrics").text
     assert 'route="/v1/runs/{run_ref}"' in text
     assert f'/v1/runs/{run_id}"' not in text
+
+
+CHAT = [{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"}],
+         "reference": "4", "answer": "4"}]
+
+
+def test_chat_probe_sets_round_trip_and_are_immutable(client: TestClient) -> None:
+    created = client.post("/v1/probe-sets", json={"name": "chat", "domain": "ood", "format": "chat", "items": CHAT})
+    assert created.status_code == 201, created.text
+    body = client.get("/v1/probe-sets/chat").json()
+    assert body["format"] == "chat" and body["items"][0]["messages"] == CHAT[0]["messages"]
+    assert body["items"][0]["prompt"] == "2+2?"  # the last user turn, for display
+    again = client.post("/v1/probe-sets", json={"name": "chat", "domain": "ood", "format": "chat", "items": CHAT})
+    assert again.status_code == 200
+    other = [{**CHAT[0], "messages": CHAT[0]["messages"][1:]}]  # without the system turn: another probe
+    assert client.post("/v1/probe-sets", json={"name": "chat", "domain": "ood", "format": "chat",
+                                               "items": other}).status_code == 409
+    as_text = client.post("/v1/probe-sets", json={"name": "chat", "domain": "ood", "items": [{"prompt": "2+2?"}]})
+    assert as_text.status_code == 409  # same name, another format
+
+
+@pytest.mark.parametrize(("fmt", "item", "says"), [
+    ("text", {"messages": [{"role": "user", "content": "hi"}]}, "format"),
+    ("chat", {"prompt": "hi"}, "messages"),
+    ("chat", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}, "user"),
+    ("chat", {"messages": [{"role": "tool", "content": "hi"}]}, "role"),
+])
+def test_chat_items_that_do_not_fit_their_format_are_422(client: TestClient, fmt: str, item: dict, says: str) -> None:
+    response = client.post("/v1/probe-sets", json={"name": "bad", "domain": "ood", "format": fmt, "items": [item]})
+    assert response.status_code == 422 and says in json.dumps(response.json()["detail"]), response.text

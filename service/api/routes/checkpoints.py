@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
+from drift.remote import RemotePath
 from service.api.deps import IdempotencyKey, Principal, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import remember, replay, request_fingerprint, run_idempotent
 from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadOut
@@ -23,7 +24,7 @@ from service.db import queries
 from service.db.models import Checkpoint
 from service.errors import Conflict, InsufficientStorage, Unprocessable
 from service.lifecycle import run_uploads
-from service.paths import directory_size, resolve_checkpoint_uri
+from service.paths import directory_size, resolve_location
 from service.queue import param_tasks, probe_tasks
 from service.settings import Settings
 
@@ -56,9 +57,12 @@ def upload_dir(settings: Settings, run_id: int, step: int) -> Path:
     return run_uploads(settings, run_id) / str(step)
 
 
-def _checkpoint_path(settings: Settings, run_id: int, body: CheckpointCreate) -> Path:
+def _checkpoint_path(settings: Settings, run_id: int, body: CheckpointCreate) -> Path | RemotePath:
     if body.uri is not None:
-        path = resolve_checkpoint_uri(body.uri, settings.allowed_roots)
+        path = resolve_location(body.uri, settings.allowed_roots, settings.remote_prefixes,
+                          hf_cache=settings.hf_cache_dir)
+        if isinstance(path, RemotePath):
+            return path  # not fetched here: the workers read it and fail the analysis with the reason
         if not path.exists():
             raise Unprocessable(f"checkpoint path {body.uri!r} does not exist on the service's disk")
         return path
@@ -85,7 +89,8 @@ def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, 
         existing = queries.find_checkpoint(session, run_id=run.id, step=body.step)
         if existing is None:
             existing = queries.insert_checkpoint(session, run_id=run.id, step=body.step, uri=str(path),
-                                                 size_bytes=directory_size(path))
+                                                 size_bytes=None if isinstance(path, RemotePath)
+                                                 else directory_size(path))
             if existing is not None:
                 enqueue_checkpoint_jobs(session, existing)
                 session.flush()

@@ -14,8 +14,10 @@ router = APIRouter(prefix="/v1/probe-sets", tags=["probe sets"])
 def probe_set_out(session, name: str) -> ProbeSetOut:
     probe_set, items = queries.get_probe_set(session, name=name)
     return ProbeSetOut(
-        id=probe_set.id, name=probe_set.name, domain=probe_set.domain, description=probe_set.description,
-        items=[ProbeItemIn(prompt=i.prompt, reference=i.reference, answer=i.answer) for i in items],
+        id=probe_set.id, name=probe_set.name, domain=probe_set.domain, format=probe_set.format,
+        description=probe_set.description,
+        items=[ProbeItemIn(prompt=i.prompt, messages=i.messages, reference=i.reference, answer=i.answer)
+               for i in items],
     )
 
 
@@ -23,13 +25,14 @@ def probe_set_out(session, name: str) -> ProbeSetOut:
              responses={200: {"model": ProbeSetOut, "description": "Already existed, identical"}})
 def create_probe_set(body: ProbeSetCreate, request: Request, session: SessionDep, principal: Writer,
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Create an immutable probe set: prompts with optional reference completions and answers."""
+    """Create an immutable probe set: prompts (or, with `format: "chat"`, conversations rendered with
+    the base tokenizer's chat template) with optional reference completions and answers."""
     principal.check_may_write(body.name, "probe set")
 
     def action() -> tuple[int, ProbeSetOut]:
         _, created = queries.create_probe_set(
-            session, name=body.name, domain=body.domain, description=body.description,
-            items=[item.model_dump() for item in body.items],
+            session, name=body.name, domain=body.domain, description=body.description, format=body.format,
+            items=body.stored_items(),
         )
         return (201 if created else 200), probe_set_out(session, body.name)
 
