@@ -113,9 +113,11 @@ class Reader:
     """Positional reads of one confined file, local (a descriptor from ``open_confined``) or remote
     (range requests). ``size`` is the file's length. Close it, or use it as a context manager."""
 
-    def __init__(self, path, roots: Roots) -> None:
+    def __init__(self, path: Any, roots: Roots) -> None:
         self._remote = hasattr(path, "read_range")  # a drift.remote.RemotePath
-        self.path, self._fd, self._size = (path if self._remote else Path(path)), None, None
+        self.path: Any = path if self._remote else Path(path)
+        self._fd: int | None = None
+        self._size: int | None = None
         if self._remote:
             if not remote_inside(str(path), roots):
                 raise CheckpointError(f"{path.name}: lies outside the allowed checkpoint prefixes; keep every file "
@@ -136,7 +138,8 @@ class Reader:
 
     def read_at(self, offset: int, nbytes: int) -> bytes:
         if self._remote:
-            return self.path.read_range(offset, nbytes)
+            return bytes(self.path.read_range(offset, nbytes))
+        assert self._fd is not None
         chunks, done = [], 0
         while done < nbytes:
             chunk = os.pread(self._fd, nbytes - done, offset + done)
@@ -171,11 +174,11 @@ class Reader:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def open_reader(path, roots: Roots) -> Reader:
+def open_reader(path: Any, roots: Roots) -> Reader:
     """A ``Reader`` of ``path`` (a local ``Path`` or a ``RemotePath``), confined to ``roots``."""
     return Reader(path, roots)
 

@@ -122,7 +122,7 @@ class ProbeSet:
 def _items_jsonl(items: Iterable[ProbeItem]) -> str:
     lines = []
     for item in items:
-        record: dict = {"prompt": item.prompt}
+        record: dict[str, Any] = {"prompt": item.prompt}
         if item.messages is not None:
             record["messages"] = [list(m) for m in item.messages]
         if item.reference is not None:
