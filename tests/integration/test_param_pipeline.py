@@ -20,6 +20,12 @@ def _finished(client: TestClient, run: str, step: int):
     return checkpoint if checkpoint["status"] in ("ready", "failed") else None
 
 
+def _job_ended(checkpoint: dict | None) -> dict | None:
+    """The checkpoint once its first job has ended too (not only its analysis)."""
+    jobs = checkpoint["jobs"] if checkpoint else []
+    return checkpoint if jobs and jobs[0]["status"] in ("succeeded", "failed") else None
+
+
 def _register_tiny_run(client: TestClient, root: Path, steps: int = 2) -> list[Path]:
     paths = save_tiny_gpt2_run(root, steps=steps)
     client.post("/v1/runs", json={"name": "tiny", "base_model": str(paths[0]), "method": "sft"})
@@ -101,7 +107,8 @@ def test_bad_checkpoint_fails_with_a_readable_message(client: TestClient, settin
     client.post("/v1/runs/tiny/checkpoints", json={"step": 1, "uri": str(paths[1])})
     worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
     try:
-        failed = wait_for(lambda: _finished(client, "tiny", 1), timeout=60, what="checkpoint failed")
+        # The analysis is marked failed inside the job; procrastinate records the job's end just after.
+        failed = wait_for(lambda: _job_ended(_finished(client, "tiny", 1)), timeout=60, what="checkpoint failed")
     finally:
         stop(worker)
     assert failed["status"] == "failed"
