@@ -9,9 +9,10 @@ calibrated conformally on the non-forgetting runs of the *other* families (leave
 or methods (leave one method out); metrics are defined in `drift.evaluation`. With a single family
 in the corpus the leave-one-family-out alarm metrics are reported as n/a, never replaced by an
 in-sample figure; the last line then comes from leave-one-method-out and says ``families=1``.
-A discrete-time hazard model (`drift.hazard`, not served) is fitted and scored on the same splits
-for comparison; a round 0.5 and the configured threshold are reported beside the held-out conformal
-ones.
+Two discrete-time hazard models (`drift.hazard`, not served: ``hazard/1`` on the drops,
+``hazard/2`` adding ood KL as a share of the base's entropy) are fitted and scored on the same
+splits for comparison, with their own held-out conformal thresholds; a round 0.5 and the configured
+threshold are reported beside the held-out conformal ones.
 
 Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
 false_alarm_runs=… detect_rate=… persistence_auc=…``.
@@ -22,7 +23,7 @@ from __future__ import annotations
 import argparse
 
 from drift.evaluation import evaluate, first_alarm, held_out
-from drift.hazard import held_out_auc
+from drift.hazard import held_out_alarms, held_out_auc
 from service.calibrate import report, traces
 from service.cli import database_url, ensure_schema
 from service.db.session import make_engine, make_sessionmaker
@@ -63,10 +64,14 @@ def main() -> None:
     print(report(by_method))
     print(report(by_family))
     for by in ("method", "family"):
-        hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon)
-        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
-        print(f"hazard/1 fitted leaving one {by} out: auc_h3={fmt(hazard)} vs trend/1 auc_h3={fmt(trend)} "
-              f"on the same {n} risk-set checkpoints")
+        for inputs in ("hazard/1", "hazard/2"):
+            hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon, inputs=inputs)
+            fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
+            print(f"{inputs} fitted leaving one {by} out: auc_h3={fmt(hazard)} vs trend/1 auc_h3={fmt(trend)} "
+                  f"on the same {n} risk-set checkpoints")
+            record = held_out_alarms(runs, by=by, inputs=inputs, alpha=args.alpha, horizon=horizon)
+            if record is not None:
+                print(report(record))
     last = by_family if len(families) >= 2 else by_method
     if len(families) < 2:
         print("leave-one-family-out: not possible with one family; the line below is leave-one-method-out")

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["HeldOut", "RunTrace", "conformal_threshold", "evaluate", "first_alarm", "held_out"]
+__all__ = ["HeldOut", "RunTrace", "conformal_threshold", "evaluate", "first_alarm", "held_out", "refit",
+           "why_worse"]
 
 
 @dataclass(frozen=True)
@@ -173,3 +174,39 @@ def _no_split(result: HeldOut, by: str) -> HeldOut:
     return HeldOut(result.split + f": one {by} only, nothing held out", result.families, result.methods,
                    result.n_runs, result.n_forgetting, None, result.auc_h3, result.persistence_auc, result.kl_auc,
                    result.risk_set_size, result.forecast_coverage, None, None, None, None)
+
+
+def refit(traces: Sequence[RunTrace], *, shipped_maxima: Sequence[float], shipped_threshold: float,
+          alpha: float = 0.10, horizon: int = 3) -> tuple[float | None, HeldOut, HeldOut]:
+    """The alarm threshold refitted on a user's labelled runs by shrinking toward the shipped one.
+
+    Shrinkage is pooling: the conformal quantile over the user's non-forgetting runs *and* the shipped
+    corpus's (``shipped_maxima``, their largest forecasts), so three user runs move the threshold a
+    little and three hundred move it almost entirely. Returns the refitted threshold (over all the
+    user's runs), its held-out record on the user's runs (each judged with the threshold refitted
+    without it, leave one run out) and the shipped threshold's record on the same runs.
+    """
+    thresholds = [conformal_threshold([*(_max_forecast(o) for o in traces if o is not t and o.onset is None),
+                                       *shipped_maxima], alpha=alpha) for t in traces]
+    refitted = conformal_threshold([*(_max_forecast(t) for t in traces if t.onset is None), *shipped_maxima],
+                                   alpha=alpha)
+    return (refitted, evaluate(traces, thresholds, horizon=horizon, split="refit, leave one run out"),
+            evaluate(traces, [shipped_threshold] * len(traces), horizon=horizon,
+                     split=f"shipped threshold {shipped_threshold:g}"))
+
+
+def why_worse(refitted: HeldOut, shipped: HeldOut, *, alpha: float = 0.10) -> str | None:
+    """Why the refit did worse than the shipped threshold on the same runs, or None when it did not.
+
+    Worse is: more non-forgetting runs alarmed than both the shipped threshold and ``alpha`` allow, or
+    fewer forgetting runs warned ≥ 2 checkpoints ahead without fewer false alarms, or more false
+    alarms without more early warnings."""
+    fa_r, fa_s = refitted.false_alarm_runs or 0.0, shipped.false_alarm_runs or 0.0
+    early_r, early_s = refitted.early2_share or 0.0, shipped.early2_share or 0.0
+    if fa_r > max(fa_s, alpha):
+        return f"more runs that never forgot alarmed ({fa_r:.0%} vs {fa_s:.0%}, above the allowed {alpha:.0%})"
+    if early_r < early_s and fa_r >= fa_s:
+        return f"fewer forgetting runs warned 2 checkpoints ahead ({early_r:.0%} vs {early_s:.0%}) with no fewer false alarms"
+    if fa_r > fa_s and early_r <= early_s:
+        return f"more false alarms ({fa_r:.0%} vs {fa_s:.0%}) with no more early warnings"
+    return None

@@ -1,9 +1,10 @@
 """A small, real continual post-training experiment on a tiny GPT-2, built entirely in code.
 
-A character-level GPT-2 is pretrained on two-digit addition (task A, the ``ood`` probe set), then
-continued on a letters task with several correct answers per prompt (task B, ``in_domain``) by SFT,
-GRPO or on-policy self-distillation; every checkpoint is saved with ``save_pretrained`` and labelled
-with ground-truth accuracy on both tasks. Only torch, transformers, tokenizers, numpy, safetensors
+A small model of one of several families (`FAMILIES`: GPT-2, Llama or Qwen2, character or word
+tokenizer) is pretrained on an old skill (e.g. two-digit addition, the ``ood`` probe set), then
+continued on a new skill with several correct answers per prompt (e.g. letter pairs, ``in_domain``)
+by SFT, GRPO or on-policy self-distillation (frozen or EMA teacher); every checkpoint is saved with
+``save_pretrained`` and labelled with ground-truth accuracy on both tasks. Only torch, transformers, tokenizers, numpy, safetensors
 and tqdm are imported here: no web, database or queue code.
 """
 

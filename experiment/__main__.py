@@ -8,6 +8,8 @@ import logging
 import os
 
 from experiment.demo import Plan, run
+from experiment.model import DEFAULT_FAMILY, FAMILIES
+from experiment.tasks import DEFAULT_SKILLS, SKILL_PAIRS
 from service.settings import Settings
 
 
@@ -19,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")
+    parser.add_argument("--family", default=DEFAULT_FAMILY, choices=sorted(FAMILIES), help="model family")
+    parser.add_argument("--skills", default=DEFAULT_SKILLS, choices=sorted(SKILL_PAIRS),
+                        help="old/new skill pair")
     parser.add_argument("--url", help="an existing forgetwatch service (default: start the embedded one)")
     parser.add_argument("--token", help="write token for --url (default: FORGETWATCH_TOKEN)")
     parser.add_argument("--keep", action="store_true", help="keep the started service running afterwards")
@@ -36,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("python -m experiment: --url needs --token (or FORGETWATCH_TOKEN)")
     run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
                        lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep,
-                       checkpoint_every=args.checkpoint_every))
+                       checkpoint_every=args.checkpoint_every, family=args.family, skills=args.skills))
 
 
 if __name__ == "__main__":

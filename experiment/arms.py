@@ -1,13 +1,13 @@
-"""The three ways of continuing from the base on task B: SFT, GRPO and on-policy self-distillation.
+"""The three ways of continuing from the base on the new task: SFT, GRPO and on-policy self-distillation.
 
 Every arm has the same shape::
 
     arm(base_dir, out_dir, *, config=ArmConfig(), reporter=None, progress=False) -> ArmResult
 
-It loads the base from ``base_dir``, trains on task-B training prompts, and at step 0 and every
-``config.checkpoint_every`` steps (and at the last step) saves ``out_dir/step-{N}`` with
-``save_pretrained``, measures ground truth (greedy accuracy on held-out probe prompts of both
-tasks) and calls the reporter.
+It loads the base from ``base_dir``, trains on the new task's training prompts (of the skill pair
+``config.skills``), and at step 0 and every ``config.checkpoint_every`` steps (and at the last
+step) saves ``out_dir/step-{N}`` with ``save_pretrained``, measures ground truth (greedy accuracy
+on held-out items of both tasks that no probe set contains) and calls the reporter.
 """
 
 from __future__ import annotations
@@ -34,8 +34,7 @@ from experiment.model import (
 )
 from experiment.pretrain import lm_loss, pack
 from experiment.tasks import (
-    ARITHMETIC,
-    LETTERS,
+    DEFAULT_SKILLS,
     PROBE_SETS,
     canonical_answer,
     correct_answers,
@@ -44,6 +43,7 @@ from experiment.tasks import (
     label_items,
     probe_items,
     sample_prompts,
+    skill_pair,
 )
 
 OOD_ACCURACY = "ood_accuracy"
@@ -97,8 +97,11 @@ class ArmConfig:
     n_samples: int = 16
     """Responses per probe set passed to ``reporter.on_samples`` at each checkpoint."""
     max_grad_norm: float = 1.0
+    skills: str = DEFAULT_SKILLS
+    """The skill pair (`experiment.tasks.SKILL_PAIRS`): its new task is trained, both are labelled."""
 
     def __post_init__(self) -> None:
+        skill_pair(self.skills)
         if self.steps < 1 or self.checkpoint_every < 1 or self.batch_size < 1 or self.group_size < 1:
             raise ValueError(f"steps, checkpoint_every, batch_size and group_size must be >= 1: {self}")
         if not self.lr > 0 or self.n_eval < 1 or self.n_samples < 0:
@@ -144,18 +147,19 @@ class _State:
     """GRPO's base for the KL term, or the self-distillation teacher."""
 
 
-def _labels(model: torch.nn.Module, codec: Codec, n_eval: int) -> dict[str, float]:
+def _labels(model: torch.nn.Module, codec: Codec, n_eval: int, skills: str) -> dict[str, float]:
+    old, new = skill_pair(skills)
     return {
-        OOD_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(ARITHMETIC, n_eval)]),
-        IN_DOMAIN_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(LETTERS, n_eval)]),
+        OOD_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(old, n_eval)]),
+        IN_DOMAIN_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(new, n_eval)]),
     }
 
 
 def _samples(
-    model: torch.nn.Module, codec: Codec, n: int, generator: torch.Generator
+    model: torch.nn.Module, codec: Codec, n: int, generator: torch.Generator, skills: str
 ) -> list[dict[str, str]]:
     items = []
-    for task in (ARITHMETIC, LETTERS):
+    for task in skill_pair(skills):
         prompts = [it["prompt"] for it in probe_items(task, n)]
         # Greedy, like the Trainer callback: the service compares against the base's greedy responses.
         responses = generate(model, codec, prompts, temperature=0.0, generator=generator)
@@ -200,19 +204,20 @@ def _run(
     def checkpoint(step: int) -> None:
         model.eval()
         path = save_checkpoint(model, tokenizer, out_dir / f"step-{step}")
-        labels = _labels(model, codec, config.n_eval)
+        labels = _labels(model, codec, config.n_eval, config.skills)
         train = {k: float(np.mean(v)) for k, v in pending.items()}
         pending.clear()
         checkpoints.append(CheckpointResult(step=step, path=path, labels=labels, train=train))
         reporter.on_checkpoint(step, path, labels)
         if config.n_samples:
-            reporter.on_samples(step, _samples(model, codec, config.n_samples, sample_gen))
+            reporter.on_samples(step, _samples(model, codec, config.n_samples, sample_gen, config.skills))
         model.train()
 
+    new_task = skill_pair(config.skills)[1]
     checkpoint(0)
     bar = tqdm(range(1, config.steps + 1), desc=arm, disable=not progress, mininterval=1.0)
     for step in bar:
-        prompts = sample_prompts(LETTERS, config.batch_size, state.rng)
+        prompts = sample_prompts(new_task, config.batch_size, state.rng)
         loss, stats = step_fn(model, prompts, state)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -340,7 +345,7 @@ def train_sft(
     reporter: Reporter | None = None,
     progress: bool = False,
 ) -> ArmResult:
-    """Supervised fine-tuning on one fixed correct answer per prompt (the two smallest letters)."""
+    """Supervised fine-tuning on one fixed correct answer per prompt (`canonical_answer`)."""
     return _run("sft", _sft_step, base_dir, out_dir, config, reporter, progress)
 
 

@@ -1,17 +1,20 @@
-"""The tiny GPT-2, its character-level tokenizer, sampling and ground-truth evaluation.
+"""The experiment's model families, their tokenizers, sampling and ground-truth evaluation.
 
-Everything is built locally from code: a `tokenizers` WordLevel model over single characters wrapped
-in `PreTrainedTokenizerFast`, and a `GPT2LMHeadModel` from a `GPT2Config`; both are saved with
-``save_pretrained`` so ``AutoTokenizer`` / ``AutoModelForCausalLM`` load a checkpoint folder with
-``local_files_only=True``.
+Everything is built locally from code: a `tokenizers` WordLevel model wrapped in
+`PreTrainedTokenizerFast` (over single characters, or over words where every whole number below
+200 is one token), and a GPT-2, Llama or Qwen2 causal LM from its config (`FAMILIES`); both are saved
+with ``save_pretrained`` so ``AutoTokenizer`` / ``AutoModelForCausalLM`` load a checkpoint folder
+with ``local_files_only=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -20,21 +23,37 @@ from transformers import (
     AutoTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 from transformers.utils import logging as hf_logging
 
 from experiment.tasks import LETTER_ALPHABET, is_correct
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
-VOCAB = (PAD, EOS, UNK, *"0123456789+=", *"B:>;", *LETTER_ALPHABET)
-MAX_NEW_TOKENS = 4  # three sum digits + <eos>; two letters + <eos> fit too
+SPECIAL = (PAD, EOS, UNK)
+SYMBOLS = "+=B:>;RN,"
+VOCAB = (*SPECIAL, *"0123456789", *SYMBOLS, *LETTER_ALPHABET)
+"""The character vocabulary: every character of every task."""
+WORD_VOCAB = (*SPECIAL, *SYMBOLS, *LETTER_ALPHABET, *(str(n) for n in range(200)))
+"""The word vocabulary: whole numbers below 200 (every operand, sum and answer) are single tokens."""
+PATTERNS = {"char": r".", "word": r"\d+|."}
+"""How a tokenizer kind splits text into tokens (its `tokenizers` pre-tokenizer)."""
+MAX_NEW_TOKENS = 5  # four reversed letters + <eos>; three sum digits or two letters + <eos> fit too
+
+Architecture = Literal["gpt2", "llama", "qwen2"]
+TokenizerKind = Literal["char", "word"]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Size of the tiny GPT-2; the defaults give about 0.4M parameters.
+    """Architecture, tokenizer and size of a model family; the defaults are the demo's 0.4M-parameter
+    character-level GPT-2.
 
     Two layers rather than three: on a shared 2-core CPU a third layer made pretraining to 98 %
     addition accuracy take about twice as long.
@@ -44,36 +63,64 @@ class ModelConfig:
     n_embd: int = 128
     n_head: int = 4
     n_positions: int = 32
+    architecture: Architecture = "gpt2"
+    tokenizer: TokenizerKind = "char"
+    intermediate_size: int = 0
+    """Llama / Qwen2 MLP width (GPT-2 uses 4 * n_embd)."""
+    n_kv_head: int = 0
+    """Llama / Qwen2 key-value heads (0: as many as query heads)."""
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, int | str]:
         return asdict(self)
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level tokenizer over `VOCAB`, with ``<pad>`` and ``<eos>``."""
-    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(VOCAB)}, unk_token=UNK))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+FAMILIES: dict[str, ModelConfig] = {
+    "tiny-gpt2-char": ModelConfig(),
+    "small-llama-word": ModelConfig(architecture="llama", tokenizer="word", n_layer=4, n_embd=192, n_head=4,
+                                    intermediate_size=512, n_positions=32),
+    "micro-qwen2-char": ModelConfig(architecture="qwen2", tokenizer="char", n_layer=3, n_embd=64, n_head=4,
+                                    n_kv_head=2, intermediate_size=192, n_positions=32),
+}
+"""The model families of the labelled corpus: architecture, tokenizer and size all differ."""
+DEFAULT_FAMILY = "tiny-gpt2-char"
+
+
+def family_config(name: str) -> ModelConfig:
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; choose from {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def build_tokenizer(kind: TokenizerKind = "char") -> PreTrainedTokenizerFast:
+    """A WordLevel tokenizer over `VOCAB` (``char``) or `WORD_VOCAB` (``word``), with ``<pad>`` and ``<eos>``."""
+    if kind not in PATTERNS:
+        raise ValueError(f"tokenizer kind must be one of {sorted(PATTERNS)}, got {kind!r}")
+    vocab = VOCAB if kind == "char" else WORD_VOCAB
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(vocab)}, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(PATTERNS[kind]), behavior="isolated")
     tok.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, eos_token=EOS, unk_token=UNK)
 
 
-def build_model(config: ModelConfig = ModelConfig(), *, seed: int = 0) -> GPT2LMHeadModel:
-    """A freshly initialised GPT-2 without dropout (on-policy log-probs must match sampling)."""
+def build_model(config: ModelConfig = ModelConfig(), *, seed: int = 0) -> PreTrainedModel:
+    """A freshly initialised model of the family without dropout (on-policy log-probs must match sampling)."""
     torch.manual_seed(seed)
-    cfg = GPT2Config(
-        vocab_size=len(VOCAB),
-        n_positions=config.n_positions,
-        n_embd=config.n_embd,
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-        bos_token_id=VOCAB.index(EOS),
-        eos_token_id=VOCAB.index(EOS),
-        pad_token_id=VOCAB.index(PAD),
-    )
-    return GPT2LMHeadModel(cfg)
+    vocab = VOCAB if config.tokenizer == "char" else WORD_VOCAB
+    ids = {"bos_token_id": vocab.index(EOS), "eos_token_id": vocab.index(EOS), "pad_token_id": vocab.index(PAD)}
+    if config.architecture == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=len(vocab), n_positions=config.n_positions, n_embd=config.n_embd, n_layer=config.n_layer,
+            n_head=config.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **ids))
+    shared = {"vocab_size": len(vocab), "hidden_size": config.n_embd, "num_hidden_layers": config.n_layer,
+              "num_attention_heads": config.n_head, "num_key_value_heads": config.n_kv_head or config.n_head,
+              "intermediate_size": config.intermediate_size or 4 * config.n_embd,
+              "max_position_embeddings": config.n_positions, "attention_dropout": 0.0,
+              "tie_word_embeddings": True, **ids}
+    if config.architecture == "llama":
+        return LlamaForCausalLM(LlamaConfig(**shared))
+    if config.architecture == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**shared))
+    raise ValueError(f"architecture must be gpt2, llama or qwen2, got {config.architecture!r}")
 
 
 @contextlib.contextmanager
@@ -106,28 +153,38 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBas
 
 
 class Codec:
-    """Fast character <-> id conversion consistent with the tokenizer's vocabulary."""
+    """Fast text <-> id conversion consistent with the tokenizer (the same split, the same ids).
+
+    A vocabulary with multi-character tokens is a ``word`` tokenizer (`PATTERNS`), otherwise ``char``.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         vocab = tokenizer.get_vocab()
-        self.to_id = {t: i for t, i in vocab.items() if len(t) == 1}
+        special = set(tokenizer.all_special_tokens)
+        self.to_id = {t: i for t, i in vocab.items() if t not in special}
         self.to_char = {i: t for t, i in self.to_id.items()}
+        self._split = re.compile(PATTERNS["word" if any(len(t) > 1 for t in self.to_id) else "char"]).findall
         self.pad_id = tokenizer.pad_token_id
         self.eos_id = tokenizer.eos_token_id
         self.vocab_size = len(vocab)
 
     def encode(self, text: str) -> list[int]:
         try:
-            return [self.to_id[c] for c in text]
+            return [self.to_id[t] for t in self._split(text)]
         except KeyError as exc:
-            raise ValueError(f"character {exc.args[0]!r} of {text!r} is not in the vocabulary") from None
+            raise ValueError(f"token {exc.args[0]!r} of {text!r} is not in the vocabulary") from None
+
+    def length(self, text: str) -> int:
+        """Number of tokens of ``text``."""
+        return len(self._split(text))
 
     def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
-        """Equal-length texts -> ids, shape (batch, len)."""
-        lengths = {len(t) for t in texts}
+        """Texts of equal token length -> ids, shape (batch, len)."""
+        rows = [self.encode(t) for t in texts]
+        lengths = {len(r) for r in rows}
         if len(lengths) != 1:
-            raise ValueError(f"encode_batch needs equal-length texts, got lengths {sorted(lengths)}")
-        return torch.tensor([self.encode(t) for t in texts], dtype=torch.long)
+            raise ValueError(f"encode_batch needs texts of equal token length, got lengths {sorted(lengths)}")
+        return torch.tensor(rows, dtype=torch.long)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Ids up to the first ``<eos>``; other special tokens dropped."""
@@ -173,9 +230,9 @@ def sample_ids(
         done = done | (nxt == eos_id)
         if done.all():
             break
-        # The KV cache is passed positionally: transformers 5 calls it `cache`, 4.x `past_key_values`.
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        out = model(nxt[:, None], cache, use_cache=True)
+        # transformers 5 names the KV cache `cache`, 4.x `past_key_values`
+        key = "cache" if "cache" in out else "past_key_values"
+        out = model(input_ids=nxt[:, None], use_cache=True, **{key: out[key]})
     return torch.stack(tokens, 1), torch.stack(mask, 1)
 
 
@@ -192,7 +249,7 @@ def generate(
     out: list[str | None] = [None] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, p in enumerate(prompts):
-        by_length.setdefault(len(p), []).append(i)
+        by_length.setdefault(codec.length(p), []).append(i)
     was_training = model.training
     model.eval()
     for idx in by_length.values():

@@ -1,11 +1,11 @@
 """Pretraining the base model on the old skill, cached on disk by config and seed.
 
-The pretraining mixture is mostly task A (addition), plus two kinds of letter data that carry no
-information about task B's rule but give the base what a pretrained LLM brings to post-training:
-``"B:dgbe>qz"`` with a random letter pair teaches the answer format (so sampling from the base hits
-a correct task-B answer about 1 time in 12 and GRPO gets a learning signal), and
-``"B:dgbe>qz;B:dgbe>qz"`` teaches copying an in-context example (so a model shown a demonstration
-can act as the SDFT teacher).
+The pretraining mixture is mostly the old task (e.g. addition), plus two kinds of new-task data that
+carry no information about the new task's rule but give the base what a pretrained LLM brings to
+post-training: ``"B:dgbe>qz"`` with a random answer in the new task's format teaches the format (so
+sampling from the base hits a correct letters answer about 1 time in 12 and GRPO gets a learning
+signal), and ``"B:dgbe>qz;B:dgbe>qz"`` teaches copying an in-context example (so a model shown a
+demonstration can act as the SDFT teacher).
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from experiment.model import (
     save_checkpoint,
 )
 from experiment.tasks import (
-    ARITHMETIC,
-    LETTER_ALPHABET,
-    LETTERS,
+    DEFAULT_SKILLS,
     canonical_answer,
     demonstration_prompt,
     probe_items,
+    random_answer,
     sample_prompts,
+    skill_pair,
 )
 
 CACHE_VERSION = 1
@@ -64,7 +64,12 @@ class BaseConfig:
     target_accuracy: float = 0.98
     """Stop once greedy addition accuracy on 256 training prompts reaches this ..."""
     target_copy_accuracy: float = 0.95
-    """... and greedy copying of an in-context letter pair (see `copy_accuracy`) reaches this."""
+    """... and greedy copying of an in-context new-task answer (see `copy_accuracy`) reaches this."""
+    skills: str = DEFAULT_SKILLS
+    """The skill pair (`experiment.tasks.SKILL_PAIRS`): the base learns its old task."""
+
+    def __post_init__(self) -> None:
+        skill_pair(self.skills)  # a clear error for an unknown pair, before any training
 
     def cache_key(self, seed: int) -> str:
         payload = json.dumps({"v": CACHE_VERSION, "seed": seed, **asdict(self)}, sort_keys=True)
@@ -87,13 +92,14 @@ def pack(codec: Codec, prompts: list[str], answers: list[str]) -> tuple[torch.Te
 
     Returns ``input_ids`` and ``labels``, both (batch, max_len).
     """
-    rows = [codec.encode(p) + codec.encode(a) + [codec.eos_id] for p, a in zip(prompts, answers, strict=True)]
+    encoded = [codec.encode(p) for p in prompts]
+    rows = [e + codec.encode(a) + [codec.eos_id] for e, a in zip(encoded, answers, strict=True)]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), codec.pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    for i, (row, p) in enumerate(zip(rows, prompts, strict=True)):
+    for i, (row, e) in enumerate(zip(rows, encoded, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
-        labels[i, len(p) : len(row)] = ids[i, len(p) : len(row)]
+        labels[i, len(e) : len(row)] = ids[i, len(e) : len(row)]
     return ids, labels
 
 
@@ -107,18 +113,18 @@ def pretrain_batch(
     """
     n_format = rng.binomial(config.batch_size, config.letter_format_fraction)
     n_copy = rng.binomial(config.batch_size - n_format, config.letter_copy_fraction)
-    n_add = config.batch_size - n_format - n_copy
-    prompts = sample_prompts(ARITHMETIC, n_add, rng)
+    n_old = config.batch_size - n_format - n_copy
+    old, new = skill_pair(config.skills)
+    prompts = sample_prompts(old, n_old, rng)
     answers = [canonical_answer(p) for p in prompts]
-    letters = np.array(list(LETTER_ALPHABET))
-    for p in sample_prompts(LETTERS, n_format, rng):
+    for p in sample_prompts(new, n_format, rng):
         prompts.append(p)
-        answers.append("".join(rng.choice(letters, 2)))
+        answers.append(random_answer(new, rng))
     groups = [pack(codec, prompts, answers)]
     if n_copy:
         copy_prompts, copy_answers = [], []
-        for p in sample_prompts(LETTERS, n_copy, rng):
-            demo = "".join(rng.choice(letters, 2))
+        for p in sample_prompts(new, n_copy, rng):
+            demo = random_answer(new, rng)
             copy_prompts.append(demonstration_prompt(p, demo))
             copy_answers.append(demo)
         groups.append(pack(codec, copy_prompts, copy_answers))
@@ -140,11 +146,11 @@ def lm_loss(model: torch.nn.Module, groups: list[tuple[torch.Tensor, torch.Tenso
 
 
 def copy_accuracy(
-    model: torch.nn.Module, codec: Codec, prompts: list[str], rng: np.random.Generator
+    model: torch.nn.Module, codec: Codec, prompts: list[str], rng: np.random.Generator, *, task: str
 ) -> float:
-    """How often the model, shown ``"B:dgbe>qz;B:dgbe>"`` with a random pair ``qz``, answers ``qz``."""
-    letters = np.array(list(LETTER_ALPHABET))
-    demos = ["".join(rng.choice(letters, 2)) for _ in prompts]
+    """How often the model, shown ``"B:dgbe>qz;B:dgbe>"`` with a random answer ``qz`` of the new
+    ``task``'s format, answers ``qz``."""
+    demos = [random_answer(task, rng) for _ in prompts]
     responses = generate(
         model, codec, [demonstration_prompt(p, d) for p, d in zip(prompts, demos, strict=True)]
     )
@@ -168,19 +174,20 @@ def pretrain(
     """Train a base from scratch and ``save_pretrained`` it to ``out_dir``.
 
     AdamW with linear warm-up and cosine decay to 10 % over ``max_steps``, stopping early once
-    addition accuracy reaches ``config.target_accuracy``. Returns the path and ``{"steps", "loss", "train_accuracy"}``.
+    old-task accuracy reaches ``config.target_accuracy``. Returns the path and ``{"steps", "loss", "train_accuracy"}``.
     """
     rng = np.random.default_rng(seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_tokenizer(config.model.tokenizer)
     codec = Codec(tokenizer)
     model = build_model(config.model, seed=seed)
+    old, new = skill_pair(config.skills)
     model.train()
     opt = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98)
     )
     check_rng = np.random.default_rng([seed, 1])
-    check_prompts = sample_prompts(ARITHMETIC, 256, check_rng)
-    copy_prompts = sample_prompts(LETTERS, 128, check_rng)
+    check_prompts = sample_prompts(old, 256, check_rng)
+    copy_prompts = sample_prompts(new, 128, check_rng)
     ema_loss, train_acc, copy_acc, step = float("nan"), 0.0, 0.0, 0
     bar = tqdm(range(1, config.max_steps + 1), desc="pretrain", disable=not progress, mininterval=1.0)
     for step in bar:
@@ -194,8 +201,8 @@ def pretrain(
         ema_loss = loss.item() if step == 1 else 0.9 * ema_loss + 0.1 * loss.item()
         if step % config.eval_every == 0:
             train_acc = accuracy(model, codec, check_prompts)
-            copy_acc = copy_accuracy(model, codec, copy_prompts, np.random.default_rng(step))
-            bar.set_postfix(loss=f"{ema_loss:.3f}", add=f"{train_acc:.3f}", copy=f"{copy_acc:.3f}")
+            copy_acc = copy_accuracy(model, codec, copy_prompts, np.random.default_rng(step), task=new)
+            bar.set_postfix(loss=f"{ema_loss:.3f}", old=f"{train_acc:.3f}", copy=f"{copy_acc:.3f}")
             if train_acc >= config.target_accuracy and copy_acc >= config.target_copy_accuracy:
                 break
     model.eval()
@@ -232,7 +239,7 @@ def pretrained_base(
     try:
         _, stats = pretrain(tmp, config=config, seed=seed, progress=progress)
         model, tokenizer = load_checkpoint(tmp)  # measure the saved artifact, not the live object
-        prompts = [it["prompt"] for it in probe_items(ARITHMETIC, 256)]
+        prompts = [it["prompt"] for it in probe_items(skill_pair(config.skills)[0], 256)]
         stats["ood_accuracy"] = accuracy(model, Codec(tokenizer), prompts)
         (tmp / STATS_FILE).write_text(json.dumps(stats))  # written last: marks the base complete
         try:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from drift.probes import load_probe_set
-from experiment.tasks import PROBESET_DIR
+from experiment.tasks import DEFAULT_SKILLS, PROBE_SETS, PROBESET_DIR, skill_pair
 from forgetwatch_client import ForgetwatchClient
 
 METHODS = {"sft": "sft", "grpo": "grpo"}
@@ -16,15 +16,14 @@ def probe_set_files() -> list[Path]:
     return sorted(PROBESET_DIR.glob("*.jsonl"))
 
 
-def register_probe_sets(client: ForgetwatchClient) -> list[str]:
-    """Create the shipped probe sets on the service (a no-op when they exist) and return their names."""
-    names = []
+def register_probe_sets(client: ForgetwatchClient, skills: str = DEFAULT_SKILLS) -> list[str]:
+    """Create the shipped probe sets on the service (a no-op when they exist) and return the names of
+    the skill pair's two (old skill, ``ood``; new skill, ``in_domain``)."""
     for path in probe_set_files():
         probe_set = load_probe_set(path)
         items = [{"prompt": i.prompt, "reference": i.reference, "answer": i.answer} for i in probe_set.items]
         client.probe_set(probe_set.name, probe_set.domain, items)
-        names.append(probe_set.name)
-    return names
+    return [PROBE_SETS[task][0] for task in skill_pair(skills)]
 
 
 def method_of(arm: str) -> str:

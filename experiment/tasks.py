@@ -1,14 +1,19 @@
-"""The two tasks of the continual post-training experiment, their verifiers and probe sets.
+"""The tasks of the continual post-training experiment, their verifiers and probe sets.
 
-Task A, ``arithmetic`` (the old skill, later the ``ood`` probe set): two-digit addition,
-``"12+34="`` -> ``"46"``; one correct answer.
+Two pairs of skills (`SKILL_PAIRS`), each an old skill the base is pretrained on (later the ``ood``
+probe set) and a new one post-training teaches (``in_domain``):
 
-Task B, ``letters`` (the new skill, ``in_domain``): ``"B:dgbe>"`` -> any two distinct letters
-of the input in alphabetical order (``"bd"``, ``"be"``, ``"de"``, ...); six correct answers per
-prompt, so methods can learn different distributions over them, as RL's Razor's ParityMNIST does
-(arXiv:2509.04259).
+``add-letters``
+    old ``arithmetic``: two-digit addition, ``"12+34="`` -> ``"46"``; one correct answer.
+    new ``letters``: ``"B:dgbe>"`` -> any two distinct letters of the input in alphabetical order
+    (``"bd"``, ``"be"``, ``"de"``, ...); six correct answers per prompt, so methods can learn
+    different distributions over them, as RL's Razor's ParityMNIST does (arXiv:2509.04259).
+``reverse-between``
+    old ``reverse``: ``"R:dgbe>"`` -> ``"ebgd"``; one correct answer.
+    new ``between``: ``"N:37,52>"`` -> any whole number strictly between the two (``"38"`` ...
+    ``"51"``); at least one and up to 87 correct answers.
 
-Both tasks split their prompts once, with a fixed seed independent of any training seed, into a
+Every task splits its prompts once, with a fixed seed independent of any training seed, into a
 training pool and a held-out pool; probe sets and ground-truth evaluation only use held-out prompts.
 """
 
@@ -25,22 +30,36 @@ import numpy as np
 
 ARITHMETIC = "arithmetic"
 LETTERS = "letters"
-TASKS = (ARITHMETIC, LETTERS)
+REVERSE = "reverse"
+BETWEEN = "between"
+TASKS = (ARITHMETIC, LETTERS, REVERSE, BETWEEN)
+
+SKILL_PAIRS: dict[str, tuple[str, str]] = {
+    "add-letters": (ARITHMETIC, LETTERS),
+    "reverse-between": (REVERSE, BETWEEN),
+}
+"""skill pair -> (old task, new task)."""
+DEFAULT_SKILLS = "add-letters"
 
 LETTER_ALPHABET = "abcdefgh"
 LETTERS_IN_PROMPT = 4
 LETTERS_PREFIX = "B:"
 LETTERS_SEPARATOR = ">"
+REVERSE_PREFIX = "R:"
+BETWEEN_PREFIX = "N:"
+REVERSE_LENGTH = 4
 DEMO_SEPARATOR = ";"
 ANSWER_SEPARATOR = "|"
 
 SPLIT_SEED = 20_240_601
 PROBE_SEED = 7
-N_HELD_OUT = {ARITHMETIC: 1024, LETTERS: 336}
+N_HELD_OUT = {ARITHMETIC: 1024, LETTERS: 336, REVERSE: 512, BETWEEN: 768}
 
 PROBE_SETS = {
     ARITHMETIC: ("arithmetic_ood", "ood"),
     LETTERS: ("letters_in_domain", "in_domain"),
+    REVERSE: ("reverse_ood", "ood"),
+    BETWEEN: ("between_in_domain", "in_domain"),
 }
 """task -> (probe set name, domain)."""
 
@@ -62,10 +81,22 @@ def _resolve_task(task: str) -> str:
     raise ValueError(f"task must be one of {known}, got {task!r}")
 
 
+def skill_pair(name: str) -> tuple[str, str]:
+    """(old task, new task) of a skill pair."""
+    if name not in SKILL_PAIRS:
+        raise ValueError(f"unknown skill pair {name!r}; choose from {sorted(SKILL_PAIRS)}")
+    return SKILL_PAIRS[name]
+
+
 @cache
 def _all_prompts(task: str) -> tuple[str, ...]:
     if task == ARITHMETIC:
         return tuple(f"{a}+{b}=" for a in range(10, 100) for b in range(10, 100))
+    if task == REVERSE:
+        return tuple(REVERSE_PREFIX + "".join(p) + LETTERS_SEPARATOR
+                     for p in itertools.permutations(LETTER_ALPHABET, REVERSE_LENGTH))
+    if task == BETWEEN:
+        return tuple(f"{BETWEEN_PREFIX}{a},{b}{LETTERS_SEPARATOR}" for a in range(10, 98) for b in range(a + 2, 100))
     return tuple(
         LETTERS_PREFIX + "".join(p) + LETTERS_SEPARATOR
         for p in itertools.permutations(LETTER_ALPHABET, LETTERS_IN_PROMPT)
@@ -86,26 +117,45 @@ def split(task: str) -> Split:
 
 
 def task_of(prompt: str) -> str:
-    return LETTERS if prompt.startswith(LETTERS_PREFIX) else ARITHMETIC
+    for prefix, task in ((LETTERS_PREFIX, LETTERS), (REVERSE_PREFIX, REVERSE), (BETWEEN_PREFIX, BETWEEN)):
+        if prompt.startswith(prefix):
+            return task
+    return ARITHMETIC
 
 
-def _letters_input(prompt: str) -> str:
-    if not (prompt.startswith(LETTERS_PREFIX) and prompt.endswith(LETTERS_SEPARATOR)):
-        raise ValueError(f"not a letters prompt: {prompt!r}")
-    return prompt[len(LETTERS_PREFIX) : -len(LETTERS_SEPARATOR)]
+def _input(prompt: str, prefix: str) -> str:
+    if not (prompt.startswith(prefix) and prompt.endswith(LETTERS_SEPARATOR)):
+        raise ValueError(f"not a {prefix!r} prompt: {prompt!r}")
+    return prompt[len(prefix) : -len(LETTERS_SEPARATOR)]
 
 
 def correct_answers(prompt: str) -> tuple[str, ...]:
-    """Every correct answer to a prompt, sorted."""
-    if task_of(prompt) == LETTERS:
-        letters = sorted(set(_letters_input(prompt)))
+    """Every correct answer to a prompt (sorted, the canonical one first)."""
+    task = task_of(prompt)
+    if task == LETTERS:
+        letters = sorted(set(_input(prompt, LETTERS_PREFIX)))
         return tuple(a + b for a, b in itertools.combinations(letters, 2))
+    if task == REVERSE:
+        return (_input(prompt, REVERSE_PREFIX)[::-1],)
+    if task == BETWEEN:
+        low, high = (int(x) for x in _input(prompt, BETWEEN_PREFIX).split(","))
+        return tuple(str(n) for n in range(low + 1, high))
     left, right = prompt.rstrip("=").split("+")
     return (str(int(left) + int(right)),)
 
 
+def random_answer(task: str, rng: np.random.Generator) -> str:
+    """An answer in the new task's format that carries no information about its rule (pretraining)."""
+    if task == LETTERS:
+        return "".join(rng.choice(np.array(list(LETTER_ALPHABET)), 2))
+    if task == BETWEEN:
+        return str(int(rng.integers(10, 100)))
+    raise ValueError(f"random_answer is defined for new tasks ({LETTERS}, {BETWEEN}), got {task!r}")
+
+
 def canonical_answer(prompt: str) -> str:
-    """The one fixed answer SFT trains on: the sum, or the two smallest letters."""
+    """The one fixed answer SFT trains on: the sum, the two smallest letters, the reversal, or the
+    smallest number in between."""
     return correct_answers(prompt)[0]
 
 
@@ -167,7 +217,8 @@ def label_items(task: str, n: int, seed: int = PROBE_SEED) -> list[dict[str, str
 def write_probe_sets(
     directory: Path = PROBESET_DIR, *, n: int = PROBE_SET_SIZE, seed: int = PROBE_SEED, tasks: Sequence[str] = TASKS
 ) -> list[Path]:
-    """(Re)generate the committed probe set files ``<probe set name>.jsonl`` in ``directory``.
+    """(Re)generate the committed probe set files ``<probe set name>.jsonl`` in ``directory``
+    (one per task).
 
     The first line is a header ``{"probe_set": name, "domain": "ood" | "in_domain"}``, then one item
     per line.

@@ -133,24 +133,24 @@ def run_experiment(
     every arm (a value) or per arm (a mapping); ``arm_configs[arm]`` replaces an arm's config
     entirely. Arms: ``sft``, ``grpo``, ``self_distillation`` (EMA teacher unless the config says
     otherwise), ``self_distillation_frozen``, ``self_distillation_ema``. The same ``seed`` pretrains
-    the base and seeds every arm.
+    the base and seeds every arm; every arm trains the new task of the base's skill pair.
     """
     if not arms:
         raise ValueError("arms must name at least one arm")
     if len(set(arms)) != len(arms):
         raise ValueError(f"arms must not repeat: {list(arms)}")
     out_dir = Path(out_dir)
+    base_config = base_config or BaseConfig()
     configs = {}
     for arm in arms:
         config = (arm_configs or {}).get(arm) or arm_config(
             arm, steps=steps, checkpoint_every=checkpoint_every, lr=lr, batch_size=batch_size, seed=seed
         )
-        configs[arm] = resolve_arm(arm, config)  # validates the name before any training
+        # validates the name before any training
+        configs[arm] = resolve_arm(arm, replace(config, skills=base_config.skills))
     factory = reporter_factory or (lambda arm, name, base_dir: NullReporter())
     with torch_threads(num_threads or default_num_threads()):
-        base = pretrained_base(
-            cache_dir or DEFAULT_CACHE_DIR, config=base_config or BaseConfig(), seed=seed, progress=progress
-        )
+        base = pretrained_base(cache_dir or DEFAULT_CACHE_DIR, config=base_config, seed=seed, progress=progress)
         results, names = {}, {}
         for arm, (fn, config) in configs.items():
             names[arm] = run_name(arm, config, run_prefix)

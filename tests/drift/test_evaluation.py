@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from drift.evaluation import RunTrace, conformal_threshold, evaluate, first_alarm, held_out
@@ -76,3 +77,45 @@ def test_hazard_model_learns_onset_from_the_risk_set_and_scores_held_out_runs():
     assert n > 0 and 0.5 < hazard_auc <= 1.0 and trend_auc is not None
     with pytest.raises(ValueError, match="events"):
         HazardModel().fit([runs[0]])
+
+
+def test_hazard_2_reads_a_moving_distribution_before_the_answers_fall():
+    """Forgetting runs whose ood KL share climbs while their answers still hold: hazard/2 (with KL share)
+    ranks and alarms ahead of the onset on held-out families; hazard/1 (drops only) cannot."""
+    from drift.hazard import held_out_alarms, held_out_auc
+
+    rng = np.random.default_rng(0)
+
+    def run(name, family, forgets):
+        n = 12
+        onset = 7 if forgets else None
+        drop = [float(rng.normal(0, 0.01)) + (0.3 if forgets and i >= onset else 0.0) for i in range(n)]
+        share = [float(abs(rng.normal(0.02, 0.005))) + (0.15 * i if forgets else 0.0) for i in range(n)]
+        forecast = tuple(None if i < 2 else 0.1 for i in range(n))
+        return RunTrace(name, family, "m", forecast, tuple([False] * n), tuple(drop), tuple(share), onset)
+
+    runs = [run(f"{f}{k}", f, k < 6) for f in "abc" for k in range(18)]
+    with_kl, _, n = held_out_auc(runs, by="family", inputs="hazard/2")
+    drops_only, _, _ = held_out_auc(runs, by="family", inputs="hazard/1")
+    assert n > 0 and with_kl > 0.9 and with_kl > drops_only + 0.2
+    record = held_out_alarms(runs, by="family", inputs="hazard/2")
+    assert record is not None and record.families == 3
+    assert record.early2_share >= 0.8 and record.false_alarm_runs <= 0.2
+    assert held_out_alarms([r for r in runs if r.family == "a"], by="family") is None  # nothing to hold out
+
+
+def test_refit_shrinks_toward_the_shipped_threshold_and_says_when_it_is_worse():
+    from drift.evaluation import refit, why_worse
+
+    shipped = [0.2 + 0.01 * i for i in range(30)]  # the shipped corpus's quiet maxima, 0.20 .. 0.49
+    quiet = [trace(f"q{i}", [None, None, 0.3, 0.35, 0.3, 0.3, 0.3]) for i in range(3)]
+    late = [trace(f"f{i}", [None, None, 0.4, 0.6, 0.65, 0.8, 0.9], onset=6) for i in range(3)]
+    threshold, refitted, record = refit(quiet + late, shipped_maxima=shipped, shipped_threshold=0.69)
+    assert threshold == pytest.approx(conformal_threshold([0.35] * 3 + shipped))  # pooled, not the 3 alone
+    assert 0.47 < threshold < 0.5
+    assert refitted.early2_share == 1.0 and record.early2_share == 0.0  # refit alarms at index 3, shipped at 5
+    assert refitted.false_alarm_runs == 0.0 and why_worse(refitted, record) is None
+    # A threshold that alarms on quiet runs more than allowed is refused, with the reason.
+    noisy = [trace(f"n{i}", [None, None, 0.3, 0.8, 0.3, 0.3, 0.3]) for i in range(3)]
+    _, refitted, record = refit(noisy + late, shipped_maxima=[0.1] * 30, shipped_threshold=0.9)
+    assert refitted.false_alarm_runs == 1.0 and "never forgot alarmed" in why_worse(refitted, record)

@@ -6,6 +6,7 @@ import itertools
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +39,9 @@ from experiment import (
     train_sft,
     write_probe_sets,
 )
-from experiment.model import Codec, sample_ids
+from experiment.model import FAMILIES, Codec, family_config, sample_ids
 from experiment.pretrain import lm_loss, pretrain_batch
-from experiment.tasks import PROBESET_DIR, split
+from experiment.tasks import BETWEEN, PROBESET_DIR, REVERSE, SKILL_PAIRS, TASKS, canonical_answer, split
 
 TINY = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32)
 TINY_BASE = BaseConfig(model=TINY, max_steps=20, batch_size=32, warmup_steps=5, eval_every=10_000)
@@ -111,8 +112,58 @@ def test_arithmetic_verifier_accepts_only_the_sum():
     assert correct_answers("99+99=") == ("198",)
 
 
+def test_reverse_and_between_verifiers():
+    assert correct_answers("R:dgbe>") == ("ebgd",) and is_correct("R:dgbe>", "ebgd")
+    assert not is_correct("R:dgbe>", "dgbe")
+    assert correct_answers("N:37,40>") == ("38", "39")
+    assert is_correct("N:37,52>", "51") and not is_correct("N:37,52>", "52") and not is_correct("N:37,52>", "37")
+    assert {len(p) for p in split(REVERSE).held_out} == {7} and {len(p) for p in split(BETWEEN).train} == {8}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_tokenizes_every_task_like_its_codec_and_round_trips(family, tmp_path):
+    """The fast codec the arms use and the saved tokenizer the service loads agree on every task,
+    and prompts of a task have one token length (batches need no padding)."""
+    config = family_config(family)
+    tokenizer = build_tokenizer(config.tokenizer)
+    model = build_model(config, seed=0).eval()
+    save_checkpoint(model, tokenizer, tmp_path)
+    loaded_tok = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    codec = Codec(loaded_tok)
+    for task in TASKS:
+        prompts = list(split(task).held_out[:50])
+        assert len({codec.length(p) for p in prompts}) == 1, (family, task)
+        for p in prompts[:10]:
+            text = p + canonical_answer(p)
+            assert loaded_tok(text).input_ids == codec.encode(text) and loaded_tok.decode(codec.encode(text)) == text
+    if config.tokenizer == "word":
+        assert codec.encode("12+34=46") == [codec.to_id[t] for t in ("12", "+", "34", "=", "46")]
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, local_files_only=True).eval()
+    x = torch.tensor([codec.encode("R:dgbe>ebgd")])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, model(input_ids=x).logits)
+
+
+def test_a_word_level_llama_runs_every_arm_on_the_other_skill_pair(tmp_path):
+    config = replace(family_config("small-llama-word"), n_layer=1, n_embd=32, n_head=2, intermediate_size=64)
+    base = BaseConfig(model=config, skills="reverse-between", max_steps=20, batch_size=32, warmup_steps=5,
+                      eval_every=10_000)
+    reporters: dict[str, RecordingReporter] = {}
+    result = run_experiment(tmp_path / "runs", arms=["sft", "grpo", "self_distillation_ema"], steps=2,
+                            checkpoint_every=2, seed=0, cache_dir=tmp_path / "cache", base_config=base,
+                            arm_configs=None, progress=False, num_threads=1,
+                            reporter_factory=lambda arm, name, d: reporters.setdefault(arm, RecordingReporter()))
+    assert set(result.arms) == {"sft", "grpo", "self_distillation_ema"}
+    for arm, reporter in reporters.items():
+        assert [step for step, _, _ in reporter.checkpoints] == [0, 2], arm
+        assert {it["probe_set"] for it in reporter.samples[0][1]} == {"reverse_ood", "between_in_domain"}
+    with pytest.raises(ValueError, match="unknown skill pair"):
+        BaseConfig(skills="chemistry")
+    assert set(SKILL_PAIRS) == {"add-letters", "reverse-between"}
+
+
 def test_label_items_are_held_out_and_disjoint_from_every_probe_item():
-    for task in (ARITHMETIC, LETTERS):
+    for task in TASKS:
         probes = {it["prompt"] for it in probe_items(task, 64)}
         labels = label_items(task, 256)
         assert len({it["prompt"] for it in labels}) == 256
@@ -120,7 +171,7 @@ def test_label_items_are_held_out_and_disjoint_from_every_probe_item():
 
 
 def test_probe_items_are_held_out_and_their_answer_field_grades_like_the_verifier():
-    for task in (ARITHMETIC, LETTERS):
+    for task in TASKS:
         items = probe_items(task, 64)
         assert probe_items(task, 8) == items[:8]  # smaller n is a prefix
         held_out, train = set(split(task).held_out), set(split(task).train)
