@@ -7,12 +7,18 @@ checkpoints. Each run is replayed checkpoint by checkpoint with the service's ow
 to it only, so the result does not depend on what the service stored at the time. The forecast has
 no fitted parameters; what is fitted here is the alarm threshold, conformally from the runs that
 never forgot (`drift.evaluation.conformal_threshold`).
+
+The threshold the service uses is replaced only by a refit that is not worse: the user's runs are
+pooled with the shipped corpus's non-forgetting runs (`SHIPPED`; shrinkage toward the shipped
+threshold), the refit is judged leave-one-run-out on the user's runs next to the threshold in force
+on the same runs, and it is installed (written with ``"installed": true``, which `Settings` reads
+from the data dir) only when `drift.evaluation.why_worse` finds nothing.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from drift.alarms import forecast_detection
-from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out
+from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out, refit, why_worse
 from drift.features import kl_entropy_share
 from drift.risk import forgetting_onset
 from service.db.features import ood_history, run_history
@@ -28,6 +34,37 @@ from service.db.response_drift import run_base_scores
 from service.risk import ood_drops
 
 FORMAT = "forgetwatch.alarm_threshold/1"
+SHIPPED = Path(__file__).with_name("shipped_calibration.json")
+"""The project corpus's calibration: its threshold and the largest forecast of each run that never forgot."""
+
+
+@dataclass(frozen=True)
+class Refit:
+    threshold: float | None
+    installed: bool
+    reason: str
+    refit: HeldOut
+    in_force: HeldOut
+
+
+def shipped_maxima(path: Path = SHIPPED) -> list[float]:
+    document = json.loads(path.read_text())
+    if document.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a {FORMAT} document")
+    return [float(v) for v in document["quiet_run_maxima"]]
+
+
+def refit_threshold(runs: list[RunTrace], *, in_force: float, alpha: float, horizon: int,
+                    shipped: list[float]) -> Refit:
+    """The refit (pooled with ``shipped``) and whether it may replace the threshold ``in_force``."""
+    threshold, record, current = refit(runs, shipped_maxima=shipped, shipped_threshold=in_force, alpha=alpha,
+                                       horizon=horizon)
+    if threshold is None:
+        return Refit(None, False, "too few runs that never forgot to bound false alarms", record, current)
+    worse = why_worse(record, current, alpha=alpha)
+    if worse is not None:
+        return Refit(threshold, False, f"the refit is worse than the threshold in force: {worse}", record, current)
+    return Refit(threshold, True, "the refit is no worse than the threshold in force on these runs", record, current)
 
 
 def labelled_runs(session: Session, *, label: str) -> list[tuple[int, str, str, str]]:
@@ -105,8 +142,14 @@ def report(result: HeldOut) -> str:
 
 
 def save(path: Path, *, threshold: float | None, alpha: float, runs: list[RunTrace], record: list[HeldOut],
-         recipe: dict[str, Any]) -> None:
+         recipe: dict[str, Any], decision: Refit | None = None) -> None:
     document = {"format": FORMAT, "alarm_probability": threshold, "alpha": alpha,
                 "n_non_forgetting_runs": sum(t.onset is None for t in runs), "n_runs": len(runs),
-                "held_out": [asdict(r) for r in record], "recipe": recipe}
+                "held_out": [asdict(r) for r in record], "recipe": recipe,
+                "quiet_run_maxima": sorted(max((p for p in t.forecast if p is not None), default=0.0)
+                                           for t in runs if t.onset is None)}
+    if decision is not None:
+        document |= {"alarm_probability": decision.threshold, "installed": decision.installed,
+                     "reason": decision.reason, "refit": asdict(decision.refit),
+                     "in_force": asdict(decision.in_force)}
     path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")

@@ -201,7 +201,7 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
-    from service.calibrate import calibrate, report, save, traces
+    from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, traces
     from service.db.session import make_engine, make_sessionmaker
 
     with database_url(settings) as (url, embedded):
@@ -211,24 +211,27 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
             runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
                           horizon=settings.forecast_horizon_checkpoints, runs=args.runs or None)
         engine.dispose()
+    horizon = settings.forecast_horizon_checkpoints
     try:
-        threshold, record = calibrate(runs, alpha=args.alpha, horizon=settings.forecast_horizon_checkpoints)
+        threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon)
+        decision = refit_threshold(runs, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
+                                   horizon=horizon, shipped=[] if args.from_scratch else shipped_maxima())
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
-    for result in record:
+    for result in [*record, decision.refit, decision.in_force]:
         print(f"calibrate {report(result)}")
     out = Path(args.out or settings.data_dir / "alarm_threshold.json")
-    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record,
-         recipe={"label": args.label, "horizon": settings.forecast_horizon_checkpoints,
+    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision,
+         recipe={"label": args.label, "horizon": horizon, "from_scratch": args.from_scratch,
                  "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)
-    if threshold is None:
-        print(f"forgetwatch: {quiet} labelled runs never forgot; at least {round(1 / args.alpha) - 1} are needed "
-              f"to bound false alarms at {args.alpha:.0%}. No threshold written; record in {out}")
+    if decision.installed and decision.threshold is not None:
+        print(f"forgetwatch: alarm threshold {decision.threshold:.4g} installed in {out} ({quiet} of your runs never "
+              f"forgot, pooled with the shipped corpus's); the service reads it at its next start unless "
+              f"FORGETWATCH_FORECAST_ALARM_PROBABILITY is set")
     else:
-        print(f"forgetwatch: alarm threshold {threshold:.4g} from {quiet} runs that never forgot (at most "
-              f"{args.alpha:.0%} of such runs alarm); use it with FORGETWATCH_FORECAST_ALARM_PROBABILITY={threshold:.4g}"
-              f" (record in {out})")
+        print(f"forgetwatch: not installed ({decision.reason}); the threshold in force stays "
+              f"{settings.forecast_alarm_probability:.4g}. Record in {out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,7 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--alpha", type=float, default=0.10,
                            help="largest share of non-forgetting runs allowed to alarm")
     calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
-    calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json)")
+    calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json, "
+                           "which the service reads)")
+    calibrate.add_argument("--from-scratch", action="store_true",
+                           help="use only these runs, without pooling them with the shipped corpus's")
     calibrate.set_defaults(func=cmd_calibrate)
 
     run_commands.add_parser(sub)

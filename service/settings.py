@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "FORGETWATCH_"
@@ -146,6 +147,25 @@ class Settings(BaseSettings):
     `last_safe_step` is the checkpoint before the first alarm, predicted or detected. The default is
     `forgetwatch calibrate`'s conformal threshold on the project's own corpus (docs/risk_model.md);
     refit it on your runs."""
+
+    @model_validator(mode="after")
+    def _installed_threshold(self) -> Settings:
+        """Unless the variable is set, the threshold `forgetwatch calibrate` installed in the data dir."""
+        if "forecast_alarm_probability" in self.model_fields_set:
+            return self
+        path = self.data_dir / "alarm_threshold.json"
+        try:
+            document = json.loads(path.read_text())
+        except FileNotFoundError:
+            return self
+        except (OSError, ValueError) as error:
+            raise ValueError(f"{path} is unreadable ({error}); run `forgetwatch calibrate` again or delete it") from None
+        value = document.get("alarm_probability") if isinstance(document, dict) else None
+        if isinstance(document, dict) and document.get("installed") is True:
+            if not (isinstance(value, int | float) and 0 < value < 1):
+                raise ValueError(f"{path}: alarm_probability must be a number in (0, 1), got {value!r}")
+            self.forecast_alarm_probability = float(value)
+        return self
 
     forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
     """The forecast is the probability that forgetting is detected within this many checkpoints."""
