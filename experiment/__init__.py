@@ -7,11 +7,11 @@ with ground-truth accuracy on both tasks. Only torch, transformers, tokenizers, 
 and tqdm are imported here: no web, database or queue code.
 """
 
+from experiment.arm_config import ArmConfig
 from experiment.arms import (
     ARMS,
     IN_DOMAIN_ACCURACY,
     OOD_ACCURACY,
-    ArmConfig,
     ArmResult,
     CheckpointResult,
     NullReporter,
