@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import Checkpoint, ProbeItem, ProbeSet, Run, RunProbeSet, Sample
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import Conflict, NotFound
 
 
 def get_run(session: Session, *, ref: str) -> Run:
@@ -87,7 +87,7 @@ def probe_set_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
     found = dict(session.execute(select(ProbeSet.name, ProbeSet.id).where(ProbeSet.name.in_(names))).all())
     missing = sorted(set(names) - set(found))
     if missing:
-        raise Unprocessable(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
+        raise NotFound(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
     return found
 
 
