@@ -8,11 +8,11 @@ by SFT, GRPO or on-policy self-distillation (frozen or EMA teacher); every check
 and tqdm are imported here: no web, database or queue code.
 """
 
+from experiment.arm_config import ArmConfig
 from experiment.arms import (
     ARMS,
     IN_DOMAIN_ACCURACY,
     OOD_ACCURACY,
-    ArmConfig,
     ArmResult,
     CheckpointResult,
     NullReporter,

@@ -23,10 +23,10 @@ from typing import TypeVar
 
 import torch
 
+from experiment.arm_config import ArmConfig
 from experiment.arms import (
     IN_DOMAIN_ACCURACY,
     OOD_ACCURACY,
-    ArmConfig,
     ArmResult,
     NullReporter,
     Reporter,

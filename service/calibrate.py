@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from drift.alarms import forecast_detection
@@ -30,6 +29,8 @@ from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out, r
 from drift.features import kl_entropy_share
 from drift.risk import forgetting_onset
 from service.db.features import ood_history, run_history
+from service.db.labels import label_values, runs_labelled_at_base
+from service.db.queries import last_step
 from service.db.response_drift import run_base_scores
 from service.risk import ood_drops
 
@@ -69,18 +70,14 @@ def refit_threshold(runs: list[RunTrace], *, in_force: float, alpha: float, hori
 
 def labelled_runs(session: Session, *, label: str) -> list[tuple[int, str, str, str]]:
     """(id, name, method, family tag) of runs with ground truth ``label`` at step 0."""
-    rows = session.execute(
-        text("SELECT r.id, r.name, r.method, coalesce(r.tags->>'family', 'unknown') FROM runs r "
-             "JOIN run_labels l ON l.run_id = r.id AND l.name = :l AND l.step = 0 ORDER BY r.name"), {"l": label})
-    return [tuple(r) for r in rows]
+    return runs_labelled_at_base(session, name=label)
 
 
 def run_trace(session: Session, *, run_id: int, name: str, method: str, family: str, label: str,
               relative_drop: float, horizon: int) -> RunTrace | None:
     """The run replayed through the alarms; None when it has no checkpoint after the base."""
-    values = dict(session.execute(text("SELECT step, value FROM run_labels WHERE run_id = :r AND name = :l"),
-                                  {"r": run_id, "l": label}).all())
-    last = session.execute(text("SELECT max(step) FROM checkpoints WHERE run_id = :r"), {"r": run_id}).scalar()
+    values = label_values(session, run_id=run_id, name=label)
+    last = last_step(session, run_id=run_id)
     if last is None:
         return None
     ood = ood_history(session, run_id=run_id, up_to_step=last)

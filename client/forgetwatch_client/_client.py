@@ -6,30 +6,22 @@ import atexit
 import logging
 import math
 import os
-import threading
-import time
-import uuid
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote
 
 import httpx
 
+from forgetwatch_client._blocking import BlockingSender
 from forgetwatch_client._delivery import Delivery, Refusal
 from forgetwatch_client._journal import default_journal_path
+from forgetwatch_client._ops import Ops, batches, sample_row
+from forgetwatch_client._ops import segment as _segment
 from forgetwatch_client._status import RunStatus
-from forgetwatch_client._transport import ForgetwatchError, Outcome, backoff_seconds, classify, deliver
+from forgetwatch_client._transport import ForgetwatchError, Outcome, classify
 
 log = logging.getLogger("forgetwatch.client")
-
-MAX_BATCH_ITEMS = 500
-MAX_BATCH_BYTES = 4 * 2**20  # estimated; the service refuses JSON bodies over 16 MiB by default
-
-
-def _segment(name: str) -> str:
-    return quote(name, safe="")
 
 
 class ForgetwatchClient:
@@ -70,18 +62,15 @@ class ForgetwatchClient:
         self.blocking = blocking
         self._token = token
         self._timeout = timeout
-        self._max_retries = max_retries
-        self._backoff = (backoff_base, backoff_cap)
         self._status_timeout = status_timeout
         self._http = self._new_http()  # the caller's (status, probe sets, blocking sends)
+        self._ops = Ops()
+        self._sender = BlockingSender(self._http, max_retries=max_retries, backoff=(backoff_base, backoff_cap))
         self._run: str | None = None
         self._run_probe_sets: tuple[str, ...] = ()
         self._probe_items: dict[str, list[dict[str, Any]]] = {}
         self._once: set[str] = set()
-        self._counts = {"sent": 0, "retried": 0, "dropped": 0, "journaled": 0, "refused": 0}  # blocking mode's
         self._closed = False
-        self._seq_lock = threading.Lock()
-        self._last_seq = 0
         self._journal_path = Path(journal_path) if journal_path is not None else None
         self._delivery: Delivery | None = None
         if not blocking:
@@ -90,7 +79,7 @@ class ForgetwatchClient:
                 make_http=self._new_http,
                 queue_size=queue_size,
                 max_retries=max_retries,
-                backoff=self._backoff,
+                backoff=(backoff_base, backoff_cap),
             )
             if self._journal_path is not None:
                 self._delivery.open_journal(self._journal_path)
@@ -158,7 +147,7 @@ class ForgetwatchClient:
             what = f"checkpoint run={run} step={step}"
             if not upload:
                 return [self._request_op("POST", base, {"step": int(step), "uri": folder}, what)]
-            return [self._new_op("upload", what, path=base, step=int(step), folder=folder, skip=list(skip))]
+            return [self._ops.new("upload", what, path=base, step=int(step), folder=folder, skip=list(skip))]
 
         return self._call(build)
 
@@ -179,7 +168,7 @@ class ForgetwatchClient:
                     {"step": int(step), "probe_set": probe_set, "items": batch},
                     f"samples run={run} step={step} items={len(batch)}",
                 )
-                for batch in _batches(rows)
+                for batch in batches(rows)
             ]
 
         return self._call(build)
@@ -262,7 +251,7 @@ class ForgetwatchClient:
         """Counters: sent, retried, dropped (refused calls included), refused, journaled (calls written to
         the journal), pending."""
         if self._delivery is None:
-            return {**self._counts, "pending": 0}
+            return {**self._sender.counts, "pending": 0}
         return {**self._delivery.counts, "pending": self._delivery.pending()}
 
     def failed(self) -> list[Refusal]:
@@ -310,21 +299,8 @@ class ForgetwatchClient:
             headers={"Authorization": f"Bearer {self._token}", "User-Agent": "forgetwatch-client/1"},
         )
 
-    def _new_op(self, kind: str, what: str, **fields: Any) -> dict[str, Any]:
-        with self._seq_lock:
-            self._last_seq = max(time.time_ns(), self._last_seq + 1)
-            seq = self._last_seq
-        return {
-            "id": uuid.uuid4().hex,
-            "seq": seq,
-            "key": f"fw-{uuid.uuid4().hex}",
-            "kind": kind,
-            "what": what,
-            **fields,
-        }
-
     def _request_op(self, method: str, path: str, body: Any, what: str) -> dict[str, Any]:
-        return self._new_op("request", what, method=method, path=path, body=body)
+        return self._ops.request(method, path, body, what)
 
     def _require_run(self, call: str) -> str:
         if self._run is None:
@@ -332,29 +308,19 @@ class ForgetwatchClient:
         return self._run
 
     def _sample_row(self, item: Mapping[str, Any] | tuple[str, str]) -> dict[str, Any]:
-        if isinstance(item, Mapping):
-            row = {"prompt": str(item["prompt"]), "response": str(item["response"])}
-            logprobs = item.get("logprobs")
-            if logprobs is not None:
-                values = [float(x) for x in logprobs]
-                if all(math.isfinite(x) for x in values):
-                    row["logprobs"] = values
-                else:
-                    self._log_once(
-                        "logprobs_inf",
-                        logging.WARNING,
-                        "action=logprobs_left_out reason=non-finite "
-                        "(JSON cannot carry inf/nan; such items are sent without logprobs)",
-                    )
-            return row
-        prompt, response = item
-        return {"prompt": str(prompt), "response": str(response)}
+        row, left_out = sample_row(item)
+        if left_out:
+            self._log_once("logprobs_inf", logging.WARNING, "action=logprobs_left_out reason=non-finite "
+                           "(JSON cannot carry inf/nan; such items are sent without logprobs)")
+        return row
 
     def _call(self, build: Callable[[], list[dict[str, Any]]]) -> dict[str, Any] | None:
         if self.blocking:
             result = None
             for op in build():
-                result = self._send_blocking(op)
+                if self._closed:
+                    raise ForgetwatchError("the client is closed")
+                result = self._sender.send(op)
             return result
         assert self._delivery is not None
         try:
@@ -383,52 +349,6 @@ class ForgetwatchClient:
         if key not in self._once:
             self._once.add(key)
             log.log(level, message, *args)
-
-    # ---- blocking delivery -------------------------------------------------------------------
-
-    def _send_blocking(self, op: dict[str, Any]) -> Any:
-        if self._closed:
-            raise ForgetwatchError("the client is closed")
-        for attempt in range(self._max_retries + 1):
-            outcome = deliver(self._http, op, lambda name: op.setdefault("uploaded", []).append(name))
-            if outcome.kind == "ok":
-                self._counts["sent"] += 1
-                return outcome.body
-            if outcome.kind == "drop":
-                self._counts["dropped"] += 1
-                raise ForgetwatchError(
-                    f"{op['what']}: {outcome.describe()}",
-                    status_code=outcome.status_code,
-                    detail=outcome.detail,
-                )
-            if attempt < self._max_retries:
-                self._counts["retried"] += 1
-                time.sleep(
-                    backoff_seconds(
-                        attempt, base=self._backoff[0], cap=self._backoff[1], retry_after=outcome.retry_after
-                    )
-                )
-        raise ForgetwatchError(
-            f"{op['what']}: gave up after {self._max_retries + 1} attempts: {outcome.describe()}",
-            status_code=outcome.status_code,
-            detail=outcome.detail,
-        )
-
-
-def _batches(rows: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """At most MAX_BATCH_ITEMS rows and about MAX_BATCH_BYTES of JSON per batch (6 bytes per
-    character, the worst case of JSON escapes, so no batch can exceed the service's body limit)."""
-    batch: list[dict[str, Any]] = []
-    size = 0
-    for row in rows:
-        estimate = 64 + 6 * (len(row["prompt"]) + len(row["response"])) + 24 * len(row.get("logprobs") or ())
-        if batch and (len(batch) >= MAX_BATCH_ITEMS or size + estimate > MAX_BATCH_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(row)
-        size += estimate
-    if batch:
-        yield batch
 
 
 def _close_at_exit(ref: weakref.ref[ForgetwatchClient]) -> None:

@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.api.guard import RequestGuard
 from service.api.middleware import RequestMetricsMiddleware
@@ -104,6 +105,16 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     return app
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app answers at the request's path (one route per method)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One place maps errors to statuses; every error body is JSON with a readable `detail`."""
 
@@ -120,8 +131,11 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": problems}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        headers = error.headers
+        if error.status_code == 405:  # every method of the path, not only those of the first route matched
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=headers)
 
     async def database_down(_: Request, error: Exception) -> JSONResponse:
         log.warning("action=database_unavailable error=%s", type(error).__name__)

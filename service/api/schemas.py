@@ -5,9 +5,41 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    StringConstraints,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from drift.probes import check_messages
+
+# The OpenAPI document states every rule the API enforces, so that generated clients and fuzzers agree
+# with the server. Where a validator below gives the readable message, `Documented` puts the same rule
+# in the schema as a pattern (ECMA-262, as JSON Schema reads it).
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+# A run name: a Name that is not all digits (those are ids in /v1/runs/{id or name}) and holds no '/'.
+RUN_NAME_PATTERN = r"^(?:[A-Za-z][A-Za-z0-9._:@+\-]*|[0-9]+[A-Za-z._:@+\-][A-Za-z0-9._:@+\-]*)$"
+# Python's str.isspace() characters: chat contents need one character outside them.
+_SPACE = r"\t\n\u000b\u000c\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# For dicts whose keys follow a pattern: a key that does not is refused, not ignored.
+ONLY_DECLARED_KEYS: dict[str, Any] = {"additionalProperties": False}
+NOT_BLANK_PATTERN = rf"^[^\u0000]*[^\u0000{_SPACE}][^\u0000]*$"
+
+
+class Documented:
+    """Adds `pattern` to a string's JSON schema (the rule itself is enforced by a validator beside it)."""
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return {**handler(schema), "pattern": self.pattern}
 
 
 def _no_nul(value: str) -> str:
@@ -24,11 +56,19 @@ def _usable_in_urls(value: str) -> str:
     return value
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must hold a character other than white space")
+    return value
+
+
 NoNul = AfterValidator(_no_nul)
+NoNulText = Annotated[str, NoNul, Documented(NO_NUL_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$")]
+RunName = Annotated[Name, AfterValidator(_usable_in_urls), Documented(RUN_NAME_PATTERN)]
 Step = Annotated[int, Field(ge=0, le=2**53, description="Training step (optimizer steps, >= 0)")]
-Text = Annotated[str, StringConstraints(max_length=200_000), NoNul]
-TagValue = Annotated[str, StringConstraints(max_length=10_000), NoNul] | int | float | bool | None
+Text = Annotated[NoNulText, StringConstraints(max_length=200_000)]
+TagValue = Annotated[NoNulText, StringConstraints(max_length=10_000)] | int | float | bool | None
 
 
 class Strict(BaseModel):
@@ -36,14 +76,15 @@ class Strict(BaseModel):
 
 
 class RunCreate(Strict):
-    name: Annotated[Name, AfterValidator(_usable_in_urls)]
-    base_model: Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul] = Field(
+    name: RunName
+    base_model: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] = Field(
         description="Where the base model's weights are: a local path or file:// URI"
     )
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,64}$")] = Field(
         default="unspecified", description="Training method label: sft, grpo, self_distillation, ..."
     )
-    tags: Annotated[dict[Annotated[str, StringConstraints(max_length=100), NoNul], TagValue], Field(max_length=64)] = {}
+    tags: Annotated[dict[Annotated[NoNulText, StringConstraints(max_length=100)], TagValue],
+                    Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)] = {}
     probe_sets: Annotated[list[Name], Field(max_length=32)] = []
 
 
@@ -69,7 +110,7 @@ class JobOut(BaseModel):
 
 class CheckpointCreate(Strict):
     step: Step
-    uri: Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul] | None = Field(
+    uri: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] | None = Field(
         default=None,
         description="Local path or file:// URI inside the allowed roots; omit after uploading files",
     )
@@ -122,46 +163,68 @@ class SampleOut(BaseModel):
 
 class ChatMessage(Strict):
     role: Literal["system", "user", "assistant"]
-    content: Annotated[str, StringConstraints(min_length=1, max_length=200_000), NoNul]
+    content: Annotated[str, StringConstraints(min_length=1, max_length=200_000), NoNul, AfterValidator(_not_blank),
+                       Documented(NOT_BLANK_PATTERN)]
 
 
 class ProbeItemIn(Strict):
+    """A probe item as stored and served: `prompt` (text probe sets) or `messages` (chat)."""
+
     prompt: Text | None = Field(default=None, description="The prompt (text probe sets)")
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = Field(
         default=None, description="The conversation, ending with a user turn (chat probe sets)")
     reference: Text | None = None
-    answer: Annotated[str, StringConstraints(max_length=10_000), NoNul] | None = None
+    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
 
 
-class ProbeSetCreate(Strict):
+class TextProbeItem(Strict):
+    prompt: Text = Field(description="The prompt")
+    reference: Text | None = None
+    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
+
+
+class ChatProbeItem(Strict):
+    messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] = Field(
+        description="The conversation; the last message must be the user's (the reply scored is the assistant's)")
+    reference: Text | None = None
+    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
+
+
+class _ProbeSetCreate(Strict):
     name: Name
     domain: Literal["in_domain", "ood"]
-    format: Literal["text", "chat"] = Field(
-        default="text", description="chat: items give messages, rendered with the base tokenizer's chat template")
-    description: Annotated[str, StringConstraints(max_length=10_000), NoNul] = ""
-    items: Annotated[list[ProbeItemIn], Field(min_length=1, max_length=20_000)]
+    description: Annotated[NoNulText, StringConstraints(max_length=10_000)] = ""
 
-    @model_validator(mode="after")
-    def _items_fit_format(self) -> ProbeSetCreate:
-        for n, item in enumerate(self.items):
-            if self.format == "text" and (item.prompt is None or item.messages is not None):
-                raise ValueError(f"items[{n}]: a text probe set's items give 'prompt' and no 'messages' "
-                                 "(for conversations use \"format\": \"chat\")")
-            if self.format == "chat":
-                if item.messages is None or item.prompt is not None:
-                    raise ValueError(f"items[{n}]: a chat probe set's items give 'messages' and no 'prompt'")
-                check_messages([m.model_dump() for m in item.messages], where=f"items[{n}].messages")
-        return self
+
+class TextProbeSetCreate(_ProbeSetCreate):
+    format: Literal["text"] = Field(default="text", description="text: items give prompts")
+    items: Annotated[list[TextProbeItem], Field(min_length=1, max_length=20_000)]
+
+    def stored_items(self) -> list[dict[str, Any]]:
+        return [{"prompt": i.prompt, "messages": None, "reference": i.reference, "answer": i.answer}
+                for i in self.items]
+
+
+class ChatProbeSetCreate(_ProbeSetCreate):
+    format: Literal["chat"] = Field(
+        description="chat: items give messages, rendered with the base tokenizer's chat template")
+    items: Annotated[list[ChatProbeItem], Field(min_length=1, max_length=20_000)]
 
     def stored_items(self) -> list[dict[str, Any]]:
         """Items as stored: a chat item's prompt is its last user turn (for display)."""
-        out = []
-        for item in self.items:
-            row = item.model_dump()
-            if item.messages is not None:
-                row["prompt"] = item.messages[-1].content
-            out.append(row)
-        return out
+        return [{"prompt": i.messages[-1].content, "messages": [m.model_dump() for m in i.messages],
+                 "reference": i.reference, "answer": i.answer} for i in self.items]
+
+    @model_validator(mode="after")
+    def _conversations_end_with_the_user(self) -> ChatProbeSetCreate:
+        # The one rule JSON Schema cannot state (a condition on the last array element); the schema says it in words.
+        for n, item in enumerate(self.items):
+            check_messages([m.model_dump() for m in item.messages], where=f"items[{n}].messages")
+        return self
+
+
+# A text probe set (the default format) or a chat probe set: the items' shape follows `format`.
+ProbeSetCreate = TextProbeSetCreate | ChatProbeSetCreate
 
 
 class ProbeSetOut(BaseModel):

@@ -13,6 +13,11 @@ _UPSERT = text(
     "ON CONFLICT (run_id, step, name) DO UPDATE SET value = EXCLUDED.value"
 )
 _ROWS = text("SELECT step, name, value FROM run_labels WHERE run_id = :r ORDER BY step, name")
+_VALUES = text("SELECT step, value FROM run_labels WHERE run_id = :r AND name = :n")
+_LABELLED_RUNS = text(
+    "SELECT r.id, r.name, r.method, coalesce(r.tags->>'family', 'unknown') FROM runs r "
+    "JOIN run_labels l ON l.run_id = r.id AND l.name = :n AND l.step = 0 ORDER BY r.name"
+)
 
 
 def upsert_labels(session: Session, *, run_id: int, step: int, labels: Mapping[str, float]) -> int:
@@ -36,3 +41,14 @@ def labels_by_name(session: Session, *, run_id: int) -> dict[str, list[tuple[int
     for step, name, value in session.execute(_ROWS, {"r": run_id}):
         out[name].append((int(step), float(value)))
     return dict(sorted(out.items()))
+
+
+def label_values(session: Session, *, run_id: int, name: str) -> dict[int, float]:
+    """step -> value of one label of the run."""
+    return {int(step): float(value) for step, value in session.execute(_VALUES, {"r": run_id, "n": name})}
+
+
+def runs_labelled_at_base(session: Session, *, name: str) -> list[tuple[int, str, str, str]]:
+    """(id, name, method, family tag or "unknown") of the runs with label ``name`` at step 0, by run name."""
+    return [(int(i), str(run), str(method), str(family))
+            for i, run, method, family in session.execute(_LABELLED_RUNS, {"n": name})]

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.db.models import Checkpoint, ProbeItem, ProbeSet, Run, RunProbeSet, Sample
-from service.errors import Conflict, NotFound, Unprocessable
+from service.errors import Conflict, NotFound
 
 
 def get_run(session: Session, *, ref: str) -> Run:
@@ -67,6 +67,17 @@ def run_probe_set_names(session: Session, *, run_id: int) -> list[str]:
     )
 
 
+def last_step(session: Session, *, run_id: int) -> int | None:
+    """The run's latest checkpoint step, or None when it has none."""
+    return session.scalar(select(func.max(Checkpoint.step)).where(Checkpoint.run_id == run_id))
+
+
+def checkpoint_run_step(session: Session, *, checkpoint_id: int) -> tuple[int, int] | None:
+    """(run_id, step) of a checkpoint, or None once it is deleted."""
+    row = session.execute(select(Checkpoint.run_id, Checkpoint.step).where(Checkpoint.id == checkpoint_id)).first()
+    return None if row is None else (row.run_id, row.step)
+
+
 def last_steps(session: Session) -> dict[int, int]:
     rows = session.execute(select(Checkpoint.run_id, func.max(Checkpoint.step)).group_by(Checkpoint.run_id))
     return {run_id: step for run_id, step in rows}
@@ -76,7 +87,7 @@ def probe_set_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
     found = dict(session.execute(select(ProbeSet.name, ProbeSet.id).where(ProbeSet.name.in_(names))).all())
     missing = sorted(set(names) - set(found))
     if missing:
-        raise Unprocessable(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
+        raise NotFound(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
     return found
 
 

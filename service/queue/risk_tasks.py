@@ -6,11 +6,11 @@ import dataclasses
 import logging
 
 import procrastinate
-from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
 from service.db.encoding import json_safe
 from service.db.features import ood_history, run_history
+from service.db.queries import checkpoint_run_step
 from service.db.response_drift import run_base_scores
 from service.db.status import store_assessment
 from service.queue.defer import RISK_TASK
@@ -31,12 +31,13 @@ def compute_risk(context: procrastinate.JobContext, checkpoint_id: int) -> None:
 def assess_checkpoint(sessions: sessionmaker, settings: Settings, checkpoint_id: int) -> None:
     """Assess one checkpoint from what is stored up to its step, and replace its stored assessment."""
     with sessions.begin() as session:
-        row = session.execute(text("SELECT run_id, step FROM checkpoints WHERE id = :c"), {"c": checkpoint_id}).first()
-        if row is None:
+        found = checkpoint_run_step(session, checkpoint_id=checkpoint_id)
+        if found is None:
             return
-        history = run_history(session, run_id=row.run_id, up_to_step=row.step)
-        ood = ood_history(session, run_id=row.run_id, up_to_step=row.step)
-        base = [b["entropy"] for b in run_base_scores(session, run_id=row.run_id)
+        run_id, step = found
+        history = run_history(session, run_id=run_id, up_to_step=step)
+        ood = ood_history(session, run_id=run_id, up_to_step=step)
+        base = [b["entropy"] for b in run_base_scores(session, run_id=run_id)
                 if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
     result = assess(history, ood, relative_drop=settings.forgetting_relative_drop,
                     horizon=settings.forecast_horizon_checkpoints, ood_kl_nats=settings.forecast_ood_kl_nats,

@@ -9,11 +9,6 @@ from pathlib import Path
 
 SERVICE = Path(__file__).resolve().parents[2] / "service"
 BUILDERS = {"text", "select", "insert", "update", "delete"}
-# Modules that still hold raw SQL; each leaves this list once its statements live in service/db/.
-NOT_YET_MOVED = {
-    "calibrate.py",  # run labels and last steps for calibration
-    "queue/risk_tasks.py",  # a checkpoint's run and step
-}
 
 
 def sql_in(path: Path) -> list[str]:
@@ -35,7 +30,7 @@ def outside_db() -> list[Path]:
 
 def test_no_sql_outside_service_db() -> None:
     offenders = {str(p.relative_to(SERVICE)): sql_in(p) for p in outside_db()}
-    offenders = {name: found for name, found in offenders.items() if found and name not in NOT_YET_MOVED}
+    offenders = {name: found for name, found in offenders.items() if found}
     assert not offenders, f"SQL outside service/db/ (move it into a named query function): {offenders}"
 
 
@@ -45,7 +40,3 @@ def test_the_check_sees_sql_where_it_is(tmp_path: Path) -> None:
                       "    s.exec_driver_sql(f'SELECT {1}')\n")
     assert sql_in(sample) == ["1: imports text from sqlalchemy", "5: exec_driver_sql() of a string"]
 
-
-def test_the_allow_list_names_only_modules_that_still_hold_sql() -> None:
-    stale = {name for name in NOT_YET_MOVED if not sql_in(SERVICE / name)}
-    assert not stale, f"no SQL left in {sorted(stale)}: drop them from NOT_YET_MOVED"

@@ -1,5 +1,6 @@
 """The package layout stays layered: no import cycles in drift/ or service/ (imports inside functions
-count too), and drift/ stays a pure library with no web, database, queue or metrics imports."""
+count too), drift/ stays a pure library with no web, database, queue or metrics imports, and no
+module grows past 400 lines."""
 
 from __future__ import annotations
 
@@ -85,3 +86,13 @@ def test_drift_imports_no_web_database_or_queue_code() -> None:
         if module.startswith("drift"):
             leaked = {n for n in _imports(module, path) if n.split(".")[0] in NOT_IN_DRIFT}
             assert not leaked, (module, leaked)
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_400_lines() -> None:
+    """A module past 400 lines usually does two jobs: split it by responsibility."""
+    long = {str(p.relative_to(ROOT)): n for package in ("drift", "service", "client", "experiment")
+            for p in (ROOT / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split each by responsibility): {long}"

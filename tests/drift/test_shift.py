@@ -2,20 +2,17 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
+from drift.gram import gram_to_squared_distances, rbf_kernel, squared_distances, whitened_gram
 from drift.shift import (
     ShiftResult,
     centroid_cosine_distance,
     classifier_two_sample_test,
     embedding_shift_test,
-    gram_to_squared_distances,
     label_signs,
     mmd_rbf,
     prompt_similarity,
-    rbf_kernel,
     ridge_cv_operator,
-    squared_distances,
     unbiased_mmd2,
-    whitened_gram,
 )
 
 N_SEEDS = 300

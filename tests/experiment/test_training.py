@@ -22,13 +22,13 @@ from experiment import (
     ArmConfig,
     BaseConfig,
     ModelConfig,
-    arms,
     build_model,
     build_tokenizer,
     correct_answers,
     grade,
     is_correct,
     label_items,
+    objectives,
     pretrain,
     pretrained_base,
     probe_items,
@@ -272,9 +272,9 @@ def test_grpo_step_raises_the_probability_of_rewarded_responses(monkeypatch):
     model = build_model(TINY, seed=0)
     target = codec.to_id["a"]
     # Reward responses that start with "a": about 1 in 27 samples of an untrained model.
-    monkeypatch.setattr(arms, "is_correct", lambda prompt, response: response.startswith("a"))
+    monkeypatch.setattr(objectives, "is_correct", lambda prompt, response: response.startswith("a"))
     config = ArmConfig(group_size=16, lr=3e-3)
-    state = arms._State(
+    state = objectives.StepState(
         codec=codec, config=config, rng=np.random.default_rng(0), generator=torch.Generator().manual_seed(0)
     )
     prompts = [it["prompt"] for it in probe_items(LETTERS, 8)]
@@ -287,7 +287,7 @@ def test_grpo_step_raises_the_probability_of_rewarded_responses(monkeypatch):
     before = p_first_a()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=0.0)
     for _ in range(10):
-        loss, _ = arms._grpo_step(model, prompts, state)
+        loss, _ = objectives.grpo_step(model, prompts, state)
         opt.zero_grad()
         loss.backward()
         opt.step()

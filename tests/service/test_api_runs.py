@@ -38,9 +38,9 @@ def test_invalid_bodies_are_422_with_detail(client: TestClient) -> None:
         assert response.json()["detail"]
 
 
-def test_run_with_unknown_probe_set_is_rejected(client: TestClient) -> None:
+def test_run_with_unknown_probe_set_is_404(client: TestClient) -> None:
     response = client.post("/v1/runs", json={"name": "r", "base_model": "/a", "probe_sets": ["nope"]})
-    assert response.status_code == 422
+    assert response.status_code == 404
     assert "nope" in response.json()["detail"]
 
 

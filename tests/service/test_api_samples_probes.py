@@ -50,9 +50,9 @@ def test_invalid_utf8_is_400_and_broken_json_is_422(client: TestClient, run_id: 
     assert client.get(f"/v1/runs/{run_id}/samples").json() == []
 
 
-def test_samples_for_unknown_probe_set_are_422(client: TestClient, run_id: int) -> None:
+def test_samples_for_unknown_probe_set_are_404(client: TestClient, run_id: int) -> None:
     body = {"step": 1, "probe_set": "nope", "items": [{"prompt": "p", "response": "r"}]}
-    assert client.post(f"/v1/runs/{run_id}/samples", json=body).status_code == 422
+    assert client.post(f"/v1/runs/{run_id}/samples", json=body).status_code == 404
 
 
 def test_probe_set_round_trip_and_immutability(client: TestClient) -> None:

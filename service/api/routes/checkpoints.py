@@ -31,6 +31,8 @@ from service.settings import Settings
 router = APIRouter(prefix="/v1/runs/{run_ref}/checkpoints", tags=["checkpoints"])
 
 SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]{0,254}$")
+# Checked in the route (for its message) and stated in the schema.
+FileName = Annotated[str, PathParam(json_schema_extra={"pattern": SAFE_FILENAME.pattern})]
 StepParam = Annotated[int, PathParam(ge=0, le=2**53)]
 
 
@@ -162,14 +164,14 @@ def _keep_upload(request: Request, principal: Principal, *, run_id: int, step: i
 @router.put("/{step}/files/{filename:path}", status_code=201, response_model=UploadOut,
             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
                 "type": "string", "format": "binary"}}}, "required": True}})
-async def upload_file(run_ref: str, step: StepParam, filename: str, request: Request, settings: SettingsDep,
+async def upload_file(run_ref: str, step: StepParam, filename: FileName, request: Request, settings: SettingsDep,
                       principal: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Stream one checkpoint file to the service (for trainers that share no disk with it).
     Then register the checkpoint with POST .../checkpoints {"step": N} and no uri.
 
     The file is hashed while it streams and fsynced (file and folder) before the 201; an
     Idempotency-Key is bound to the content, so a retry with other bytes under the same key is 409."""
-    if not SAFE_FILENAME.match(filename) or filename in (".", ".."):
+    if not SAFE_FILENAME.fullmatch(filename):  # '.' and '..' cannot match: the first character is no '.'
         raise Unprocessable(
             f"filename {filename!r} is not allowed: use a plain file name (letters, digits, '.', '_', '-'), "
             "no folders; sharded checkpoints upload each shard under its own name"

@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import Step, Strict
+from service.api.schemas import ONLY_DECLARED_KEYS, Step, Strict
 from service.db import labels, queries, status
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["runs"])
@@ -18,7 +18,7 @@ LabelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.\-]{1,64}$")]
 
 class LabelsIn(Strict):
     step: Step
-    labels: Annotated[dict[LabelName, float], Field(min_length=1, max_length=64)]
+    labels: Annotated[dict[LabelName, float], Field(min_length=1, max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)]
 
 
 @router.post("/labels", status_code=202)

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from service import lifecycle
 from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import RunCreate, RunOut
+from service.api.schemas import NO_NUL_PATTERN, Documented, RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
@@ -51,8 +51,8 @@ def list_runs(request: Request, response: Response, session: SessionDep, _: Read
               limit: Annotated[int, Query(ge=1, le=1000, description="runs per page")] = 100,
               after: Annotated[int | None, Query(ge=0, le=2**53, description=(
                   "cursor: the id of the last run of the previous page (the Link header carries it)"))] = None,
-              method: Annotated[str | None, Query(max_length=64)] = None,
-              tag: Annotated[list[str] | None, Query(max_length=20, description=(
+              method: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
+              tag: Annotated[list[Annotated[str, Documented(TAG_FILTER_PATTERN)]] | None, Query(max_length=20, description=(
                   "KEY=VALUE, repeatable: runs whose tag KEY equals VALUE (compared as text)"))] = None,
               archived: Annotated[bool, Query(description="list the archived runs instead")] = False,
               ) -> list[RunOut]:
@@ -66,10 +66,14 @@ def list_runs(request: Request, response: Response, session: SessionDep, _: Read
     return [run_out(session, run, last.get(run.id)) for run in runs]
 
 
+# What _tag_filter accepts, for the schema: a non-empty KEY, '=', a VALUE; no NUL anywhere.
+TAG_FILTER_PATTERN = r"^[^=\u0000]+=[^\u0000]*$"
+
+
 def _tag_filter(text: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise Unprocessable(f"tag filter {text!r} is not KEY=VALUE (e.g. ?tag=method=grpo)")
+    if not sep or not key or "\x00" in text:
+        raise Unprocessable(f"tag filter {text!r} is not KEY=VALUE without NUL characters (e.g. ?tag=method=grpo)")
     return key, value
 
 

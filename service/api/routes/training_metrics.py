@@ -11,7 +11,7 @@ from pydantic import Field, StringConstraints
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import Step, Strict
+from service.api.schemas import ONLY_DECLARED_KEYS, Step, Strict
 from service.db import queries
 from service.db import training_metrics as store
 
@@ -23,7 +23,7 @@ FiniteValue = Annotated[float, Field(allow_inf_nan=False)]
 
 class MetricPoint(Strict):
     step: Step
-    values: Annotated[dict[MetricName, FiniteValue], Field(min_length=1, max_length=128)]
+    values: Annotated[dict[MetricName, FiniteValue], Field(min_length=1, max_length=128, json_schema_extra=ONLY_DECLARED_KEYS)]
 
 
 class MetricsIn(Strict):
