@@ -11,7 +11,8 @@ from tests.integration.service_fixture import Service
 def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for i in range(7):
-            writer.run(f"read-{i}", base_model="/base", method="grpo" if i % 2 else "sft", tags={"seed": i})
+            writer.run(f"read-{i}", base_model=service.base_model, method="grpo" if i % 2 else "sft",
+                       tags={"seed": i})
         writer.labels(5, {"ood_accuracy": 0.75})
     with ForgetwatchReader(service.url, service.token, page_size=3) as fw:
         names = [r["name"] for r in fw.runs() if r["name"].startswith("read-")]

@@ -7,12 +7,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from service import lifecycle
-from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, Writer
+from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import RunCreate, RunOut
+from service.api.schemas import Problem, RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
+from service.paths import check_base_model
 from service.queue import probe_tasks
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -26,15 +27,25 @@ def run_out(session: Session, run: Run, last_step: int | None = None) -> RunOut:
     )
 
 
-@router.post("", status_code=201, response_model=RunOut,
-             responses={200: {"model": RunOut, "description": "The run already existed, identical"}})
-def create_run(body: RunCreate, request: Request, session: SessionDep, principal: Writer,
+@router.post("", status_code=201, response_model=RunOut, responses={
+    200: {"model": RunOut, "description": "The run already existed, identical"},
+    403: {"model": Problem, "description": "Token scope, or base_model outside FORGETWATCH_CHECKPOINT_ROOTS"},
+    422: {"model": Problem,
+          "description": "Invalid body, or base_model missing, unreadable, not a model or a bare Hub id"}})
+def create_run(body: RunCreate, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer,
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Register a training run. The same definition again returns the existing run (200)."""
+    """Register a training run. The same definition again returns the existing run (200).
+
+    `base_model` is checked now, so that a run no job could measure is refused at once: a local
+    folder must exist, be readable, hold a model and lie under FORGETWATCH_CHECKPOINT_ROOTS (403
+    otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
+    `s3://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
 
     principal.check_may_write(body.name)
 
     def action() -> tuple[int, RunOut]:
+        check_base_model(body.base_model, settings.allowed_roots, settings.remote_prefixes,
+                         hf_cache=settings.hf_cache_dir)
         run, created = queries.create_run(session, **body.model_dump())
         if body.probe_sets:
             probe_tasks.enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
