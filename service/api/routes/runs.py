@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from service import lifecycle
 from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, page
 from service.api.schemas import Problem, RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
@@ -56,10 +57,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[RunOut], responses={200: {"headers": {"Link": {
-    "description": '`<URL>; rel="next"` when there are more runs: the next page', "schema": {"type": "string"}}}}})
-def list_runs(request: Request, response: Response, session: SessionDep, _: Reader,
-              limit: Annotated[int, Query(ge=1, le=1000, description="runs per page")] = 100,
+@router.get("", response_model=list[RunOut], responses=LINK_HEADER)
+def list_runs(request: Request, response: Response, session: SessionDep, _: Reader, limit: Limit = 100,
               after: Annotated[int | None, Query(ge=0, le=2**53, description=(
                   "cursor: the id of the last run of the previous page (the Link header carries it)"))] = None,
               method: Annotated[str | None, Query(max_length=64)] = None,
@@ -70,11 +69,9 @@ def list_runs(request: Request, response: Response, session: SessionDep, _: Read
     """Runs in creation order, a page at a time; the `Link` header points to the next page."""
     tags = dict(_tag_filter(t) for t in tag or [])
     runs = queries.list_runs(session, after=after, limit=limit + 1, method=method, tags=tags, archived=archived)
-    if len(runs) > limit:
-        runs = runs[:limit]
-        response.headers["Link"] = f'<{request.url.include_query_params(after=runs[-1].id)}>; rel="next"'
     last = queries.last_steps(session)
-    return [run_out(session, run, last.get(run.id)) for run in runs]
+    return [run_out(session, run, last.get(run.id))
+            for run in page(request, response, runs, limit=limit, cursor=lambda r: r.id)]
 
 
 def _tag_filter(text: str) -> tuple[str, str]:
