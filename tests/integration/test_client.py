@@ -190,6 +190,9 @@ def test_blocking_mode_raises_with_the_services_detail(service: Service, tmp_pat
     with pytest.raises(ForgetwatchError) as refused:
         client.checkpoint(1, tmp_path / "outside-the-roots")
     assert refused.value.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in refused.value.detail
+    with pytest.raises(ForgetwatchError) as remote:  # an s3:// URI is sent as given, not made a local path
+        client.checkpoint(1, "s3://models/elsewhere/checkpoint-1")
+    assert remote.value.status_code == 403 and "'s3://models/elsewhere/checkpoint-1'" in remote.value.detail
     status = client.status()
     assert status is not None and (status.run, status.last_step, status.forecast, status.detection) == (
         "blocking", None, None, None)
