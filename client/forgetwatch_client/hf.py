@@ -96,6 +96,9 @@ class ForgetwatchCallback(TrainerCallback):
     is set), "warn" logs a warning with the step to roll back to, "stop" also stops training. A
     forecast that abstains ("not applicable") never acts. The client is flushed (up to `flush_timeout` seconds) when training ends.
     forward_logs: send what the trainer logs (`on_log`: loss, reward, entropy, KL, ...) as training metrics.
+    checkpoint_uri: where the service reads each saved checkpoint instead of `output_dir`, with `{step}`
+    replaced (`s3://models/team/run/checkpoint-{step}`): copy it there from a callback placed before
+    this one in `callbacks`.
     """
 
     def __init__(
@@ -111,6 +114,7 @@ class ForgetwatchCallback(TrainerCallback):
         sample_batch_size: int = 16,
         flush_timeout: float = 30.0,
         forward_logs: bool = True,
+        checkpoint_uri: str | None = None,
     ) -> None:
         if sample_every is not None and sample_every < 1:
             raise ValueError(f"sample_every must be a positive number of steps or None, got {sample_every}")
@@ -121,6 +125,7 @@ class ForgetwatchCallback(TrainerCallback):
         self.max_new_tokens = max_new_tokens
         self.on_risk = on_risk
         self.upload = upload
+        self.checkpoint_uri = checkpoint_uri
         self.sample_batch_size = sample_batch_size
         # What is reported at each save and log, and the stop decision: the same object a plain loop uses.
         self.reporter = ForgetwatchLoop(client, on_risk=on_risk, risk_threshold=risk_threshold, upload=upload,
@@ -140,7 +145,7 @@ class ForgetwatchCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if state.is_world_process_zero and args.save_total_limit and not self.upload:
+        if state.is_world_process_zero and args.save_total_limit and not self.upload and not self.checkpoint_uri:
             log.warning(
                 "action=checkpoint_rotation_risk run=%s save_total_limit=%s: the Trainer deletes older "
                 "checkpoints that forgetwatch, registering them by path, may not have read yet (their "
@@ -177,7 +182,9 @@ class ForgetwatchCallback(TrainerCallback):
         alarm = False
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if folder.is_dir():
+            if self.checkpoint_uri is not None:
+                self.reporter.register(state.global_step, self.checkpoint_uri.format(step=state.global_step))
+            elif folder.is_dir():
                 self.reporter.register(state.global_step, folder)
             else:
                 log.warning(
