@@ -50,6 +50,11 @@ class ForgetwatchReader:
         params: list[tuple[str, str | int]] = [("domain", domain)] if domain else []
         return [p for r in self._pages("/v1/probe-sets", params) for p in r.json()]
 
+    def samples(self, run: str, *, step: int | None = None) -> list[dict[str, Any]]:
+        """The responses pushed for the run (only those of `step` when given) in step order, every page."""
+        params: list[tuple[str, str | int]] = [("step", step)] if step is not None else []
+        return [s for r in self._pages(f"/v1/runs/{_segment(run)}/samples", params) for s in r.json()]
+
     def param_drift(self, run: str) -> dict[str, Any]:
         """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base."""
         return self._get(f"/v1/runs/{_segment(run)}/param-drift")

@@ -1,6 +1,7 @@
 """Cursor pagination for every list that can grow: `?limit=N&after=CURSOR`, the next page's URL in
 the `Link` header (RFC 8288, `rel="next"`), absent on the last page. The cursor is the sort key of
-the last item of a page (an id, a step or a name), so pages stay stable while rows are added."""
+the last item of a page (an id, a step, a name, or STEP:ID for samples), so pages stay stable while
+rows are added."""
 
 from __future__ import annotations
 

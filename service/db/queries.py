@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -231,10 +231,14 @@ def add_samples(
     return len(items)
 
 
-def list_samples(session: Session, *, run_id: int, step: int | None, limit: int) -> Sequence[Sample]:
+def list_samples(session: Session, *, run_id: int, step: int | None, limit: int,
+                 after: tuple[int, int] | None = None) -> Sequence[Sample]:
+    """A run's samples in (step, id) order: those after the cursor `after` (step, id), at most `limit`."""
     query = select(Sample).where(Sample.run_id == run_id)
     if step is not None:
         query = query.where(Sample.step == step)
+    if after is not None:
+        query = query.where(tuple_(Sample.step, Sample.id) > tuple_(*after))
     return session.scalars(query.order_by(Sample.step, Sample.id).limit(limit)).all()
 
 

@@ -18,6 +18,8 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
             writer.metrics(step, {"loss": 2.0 / step, "reward": step / 10})
         for i in range(4):
             writer.probe_set(f"read-set-{i}", "ood" if i % 2 else "in_domain", ["1+1="])
+        for step in (2, 1):
+            writer.samples(step, [{"prompt": f"{step}+{i}=", "response": str(step + i)} for i in range(2)])
     with ForgetwatchReader(service.url, service.token, page_size=3) as fw:
         names = [r["name"] for r in fw.runs() if r["name"].startswith("read-")]
         assert names == [f"read-{i}" for i in range(7)]
@@ -33,6 +35,8 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
         assert [p["name"] for p in fw.probe_sets(domain="ood") if p["name"].startswith("read-set-")] == [
             "read-set-1", "read-set-3"]
         assert fw.checkpoints("read-6") == []
+        assert [s["prompt"] for s in fw.samples("read-6")] == ["1+0=", "1+1=", "2+0=", "2+1="]
+        assert [s["response"] for s in fw.samples("read-6", step=2)] == ["2", "3"]
         assert fw.param_drift("read-6")["global"] == []
         assert fw.response_drift("read-6")["probe_sets"] == {}
         assert fw.metrics("read-5") == {}

@@ -65,3 +65,15 @@ def test_labels_and_training_metrics_come_a_page_of_steps_at_a_time(client: Test
     rewards = _pages(client, "/v1/runs/logged/metrics?limit=1&name=reward")
     assert [p["series"] for p in rewards] == [{"reward": [{"step": 1, "value": 0.1}]},
                                              {"reward": [{"step": 3, "value": 0.3}]}]
+
+
+def test_samples_come_a_page_at_a_time_in_step_order(client: TestClient, base_model: str) -> None:
+    client.post("/v1/runs", json={"name": "sampled", "base_model": base_model})
+    for step in (20, 10):
+        items = [{"prompt": f"p{step}-{i}", "response": "r"} for i in range(3)]
+        assert client.post("/v1/runs/sampled/samples", json={"step": step, "items": items}).status_code == 202
+    pages = _pages(client, "/v1/runs/sampled/samples?limit=4")
+    assert [[s["prompt"] for s in p] for p in pages] == [["p10-0", "p10-1", "p10-2", "p20-0"], ["p20-1", "p20-2"]]
+    only = _pages(client, "/v1/runs/sampled/samples?limit=2&step=20")
+    assert [[s["prompt"] for s in p] for p in only] == [["p20-0", "p20-1"], ["p20-2"]]
+    assert client.get("/v1/runs/sampled/samples?after=nope").status_code == 422
