@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml client/pyproject.toml $(LOCK)
 	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch where this machine has one at hand (the lock's version); else from the index.
 	$(PY) -m pip install -q -c $(LOCK) torch
-	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]" -e "./client[hf,pandas]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[dev]" -e "./client[hf,accelerate,pandas]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -49,7 +49,7 @@ upgrade-lock:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q --upgrade -e ".[dev]" -e "./client[hf,pandas]"
+	$(PY) -m pip install -q --upgrade -e ".[dev]" -e "./client[hf,accelerate,pandas]"
 	{ echo "# Exact versions every 'make' install uses (pip -c). Regenerate with 'make upgrade-lock'."; \
 	  $(PY) -m pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK)
 	touch $(STAMP)

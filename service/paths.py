@@ -1,4 +1,4 @@
-"""Checkpoint URIs -> local paths or object storage locations, confined to the allow-list."""
+"""Checkpoint and base model URIs -> local paths or object storage locations, confined to the allow-list."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from drift.remote import RemotePath
-from service.errors import Forbidden, Unprocessable
+from service.errors import Forbidden, ForgetwatchError, Unprocessable
 
 _HF_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?:@(?P<revision>[A-Za-z0-9][\w.-]*))?/?$")
 
@@ -86,6 +86,48 @@ def resolve_checkpoint_uri(uri: str, roots: list[Path]) -> Path:
             "add its folder to FORGETWATCH_CHECKPOINT_ROOTS on the service"
         )
     return real
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def check_base_model(uri: str, roots: list[Path], prefixes: list[str], *, hf_cache: Path | None = None) -> None:
+    """Refuse, when a run is registered, a base model its jobs could never read: Forbidden (403) outside
+    the allowed roots and prefixes, Unprocessable (422) for a local path that is missing, unreadable or
+    not a model (a folder with `config.json` or weight files, or a single weight file).
+
+    `s3://` bases are checked against the allowed prefixes only (the workers read them and fail the
+    analysis with the storage's reason). A bare Hugging Face Hub id (`gpt2`, `org/name`) is refused:
+    the service never downloads, so it must be written `hf://org/name[@revision]` and be in the
+    service's local Hugging Face cache, which is checked here."""
+    if "://" not in uri and not uri.startswith("file:") and not os.path.isabs(uri):
+        raise Unprocessable(
+            f"base_model {uri[:300]!r} is neither an absolute path nor a URI. A Hugging Face Hub id is written "
+            f"hf://{uri[:300]} and read from the service's local Hugging Face cache (nothing is downloaded: "
+            f"put it there first with huggingface-cli download {uri[:300]}); a folder is given by its absolute path"
+        )
+    try:
+        location = resolve_location(uri, roots, prefixes, hf_cache=hf_cache)
+    except ForgetwatchError as error:
+        raise type(error)(f"base_model: {error.detail}") from None
+    if isinstance(location, RemotePath):
+        return
+    if not location.exists():
+        raise Unprocessable(f"base_model {uri[:300]!r} does not exist on the service's disk; give the folder "
+                            "holding the base model's config.json and weights")
+    if not os.access(location, os.R_OK | (os.X_OK if location.is_dir() else 0)):
+        raise Unprocessable(f"base_model {uri[:300]!r} cannot be read by the service's user; make it readable "
+                            "(the workers load it for every checkpoint)")
+    if location.is_file():
+        if location.suffix not in _WEIGHT_SUFFIXES:
+            raise Unprocessable(f"base_model {uri[:300]!r} is a file but not a weights file "
+                                "(.safetensors, .bin, .pt, .pth); give the model folder")
+        return
+    names = {p.name for p in location.iterdir()}
+    if "config.json" not in names and not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
+        raise Unprocessable(f"base_model {uri[:300]!r} is not a model folder (no config.json and no "
+                            ".safetensors/.bin/.pt weights in it); give the folder the base model was saved to "
+                            "(save_pretrained)")
 
 
 def directory_size(path: Path) -> int:

@@ -116,6 +116,20 @@ def checkpoint_root(tmp_path: Path) -> Path:
     return root
 
 
+def make_base_model(folder: Path) -> Path:
+    """A folder that passes the service's base_model check at POST /v1/runs (a config.json, no weights):
+    for tests whose jobs never load the base."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text('{"model_type": "gpt2"}')
+    return folder
+
+
+@pytest.fixture
+def base_model(checkpoint_root: Path) -> str:
+    """A base_model path the test's service accepts (see make_base_model)."""
+    return str(make_base_model(checkpoint_root / "stub-base"))
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, checkpoint_root: Path) -> Settings:
     return Settings(

@@ -136,13 +136,17 @@ class ForgetwatchClient:
     def checkpoint(
         self, step: int, path: str | os.PathLike, *, upload: bool = False, skip: Iterable[str] = ()
     ) -> dict[str, Any] | None:
-        """Register the checkpoint folder saved at `step`: by reference (the service reads `path`, which
-        must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with `upload`, by streaming each top-level file
-        of the folder to the service (files matching a `skip` glob are left out)."""
+        """Register the checkpoint folder saved at `step`: by reference (the service reads `path`, a local
+        folder or an `s3://`/`hf://` URI, which must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with
+        `upload`, by streaming each top-level file of a local folder to the service (files matching a
+        `skip` glob are left out)."""
 
         def build() -> list[dict[str, Any]]:
             run = self._require_run("checkpoint")
-            folder = os.path.abspath(os.fspath(path))
+            location = os.fspath(path)
+            if "://" in location and upload:
+                raise ValueError(f"{location[:200]}: only a local folder is uploaded; register a URI by reference")
+            folder = location if "://" in location else os.path.abspath(location)
             base = f"/v1/runs/{_segment(run)}/checkpoints"
             what = f"checkpoint run={run} step={step}"
             if not upload:

@@ -14,7 +14,8 @@ from forgetwatch_client._transport import ForgetwatchError, classify
 
 
 class ForgetwatchReader:
-    """Read runs, checkpoints, drift, labels and status.
+    """Read runs, checkpoints, probe sets, drift, labels, training metrics and status; lists follow
+    the service's pages (`page_size` items a request).
 
         with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
             for run in fw.runs(method="grpo"):
@@ -30,23 +31,29 @@ class ForgetwatchReader:
     def runs(self, *, method: str | None = None, tags: Mapping[str, Any] | None = None,
              archived: bool = False) -> Iterator[dict[str, Any]]:
         """Every run (archived ones only with `archived=True`), following the service's pages."""
-        params: list[tuple[str, str | int]] = [("limit", self.page_size)]
-        params += [("method", method)] if method else []
+        params: list[tuple[str, str | int]] = [("method", method)] if method else []
         params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
         params += [("archived", "true")] if archived else []
-        response = self._get_response("/v1/runs", params=params)
-        while True:
+        for response in self._pages("/v1/runs", params):
             yield from response.json()
-            following = response.links.get("next", {}).get("url")
-            if not following:
-                return
-            response = self._get_response(following)
 
     def run(self, run: str) -> dict[str, Any]:
         return self._get(f"/v1/runs/{_segment(run)}")
 
-    def checkpoints(self, run: str) -> list[dict[str, Any]]:
-        return self._get(f"/v1/runs/{_segment(run)}/checkpoints")
+    def checkpoints(self, run: str, *, status: str | None = None) -> list[dict[str, Any]]:
+        """The run's checkpoints in step order (only those in `status` when given), every page."""
+        params: list[tuple[str, str | int]] = [("status", status)] if status else []
+        return [c for r in self._pages(f"/v1/runs/{_segment(run)}/checkpoints", params) for c in r.json()]
+
+    def probe_sets(self, *, domain: str | None = None) -> list[dict[str, Any]]:
+        """Every probe set (id, name, domain, description) in name order, every page."""
+        params: list[tuple[str, str | int]] = [("domain", domain)] if domain else []
+        return [p for r in self._pages("/v1/probe-sets", params) for p in r.json()]
+
+    def samples(self, run: str, *, step: int | None = None) -> list[dict[str, Any]]:
+        """The responses pushed for the run (only those of `step` when given) in step order, every page."""
+        params: list[tuple[str, str | int]] = [("step", step)] if step is not None else []
+        return [s for r in self._pages(f"/v1/runs/{_segment(run)}/samples", params) for s in r.json()]
 
     def param_drift(self, run: str) -> dict[str, Any]:
         """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base."""
@@ -57,11 +64,17 @@ class ForgetwatchReader:
         return self._get(f"/v1/runs/{_segment(run)}/response-drift")
 
     def labels(self, run: str) -> list[dict[str, Any]]:
-        return self._get(f"/v1/runs/{_segment(run)}/labels")["labels"]
+        """[{"step", name: value, ...}] in step order, every page."""
+        return [row for r in self._pages(f"/v1/runs/{_segment(run)}/labels") for row in r.json()["labels"]]
 
-    def metrics(self, run: str) -> dict[str, list[dict[str, Any]]]:
-        """{name: [{"step", "value"}, ...]}: the training metrics the trainer reported."""
-        return self._get(f"/v1/runs/{_segment(run)}/metrics")["series"]
+    def metrics(self, run: str, *, names: Sequence[str] = ()) -> dict[str, list[dict[str, Any]]]:
+        """{name: [{"step", "value"}, ...]}: the training metrics the trainer reported (only `names`
+        when given), every page joined."""
+        series: dict[str, list[dict[str, Any]]] = {}
+        for response in self._pages(f"/v1/runs/{_segment(run)}/metrics", [("name", n) for n in names]):
+            for name, points in response.json()["series"].items():
+                series.setdefault(name, []).extend(points)
+        return dict(sorted(series.items()))
 
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
@@ -74,6 +87,16 @@ class ForgetwatchReader:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _pages(self, path: str, params: Sequence[tuple[str, str | int]] = ()) -> Iterator[httpx.Response]:
+        """Each page of a list, following the service's `Link: <URL>; rel="next"` headers."""
+        response = self._get_response(path, params=[("limit", self.page_size), *params])
+        while True:
+            yield response
+            following = response.links.get("next", {}).get("url")
+            if not following:
+                return
+            response = self._get_response(following)
 
     def _get(self, path: str) -> Any:
         return self._get_response(path).json()

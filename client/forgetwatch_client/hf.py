@@ -7,7 +7,9 @@ forgetting detection and forecast. Works with every Trainer subclass (TRL's SFT/
     trainer = Trainer(..., callbacks=[ForgetwatchCallback(client, sample_every=50, on_risk="warn")])
 
 Only the world's main process reports. With `on_risk="stop"` its decision is broadcast, so every rank
-of a distributed job stops at the same step (no rank is left waiting in a collective). Sampling calls
+of a distributed job stops at the same step (no rank is left waiting in a collective). What is reported
+at each save and log goes through `forgetwatch_client.loop.ForgetwatchLoop`, the object a plain
+PyTorch or accelerate loop uses. Sampling calls
 `model.generate` on the main process alone, so it suits single-device and DDP training, not FSDP or
 DeepSpeed ZeRO-3 (whose sharded weights need every rank in the forward pass): there, leave
 `sample_every=None` and push samples from your own loop.
@@ -31,7 +33,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from forgetwatch_client import ForgetwatchClient
-from forgetwatch_client.distributed import rank_zero_decides
+from forgetwatch_client.loop import ForgetwatchLoop
 
 log = logging.getLogger("forgetwatch.client")
 
@@ -94,6 +96,9 @@ class ForgetwatchCallback(TrainerCallback):
     is set), "warn" logs a warning with the step to roll back to, "stop" also stops training. A
     forecast that abstains ("not applicable") never acts. The client is flushed (up to `flush_timeout` seconds) when training ends.
     forward_logs: send what the trainer logs (`on_log`: loss, reward, entropy, KL, ...) as training metrics.
+    checkpoint_uri: where the service reads each saved checkpoint instead of `output_dir`, with `{step}`
+    replaced (`s3://models/team/run/checkpoint-{step}`): copy it there from a callback placed before
+    this one in `callbacks`.
     """
 
     def __init__(
@@ -109,22 +114,23 @@ class ForgetwatchCallback(TrainerCallback):
         sample_batch_size: int = 16,
         flush_timeout: float = 30.0,
         forward_logs: bool = True,
+        checkpoint_uri: str | None = None,
     ) -> None:
         if sample_every is not None and sample_every < 1:
             raise ValueError(f"sample_every must be a positive number of steps or None, got {sample_every}")
-        if on_risk not in (None, "warn", "stop"):
-            raise ValueError(f"on_risk must be None, 'warn' or 'stop', got {on_risk!r}")
         if isinstance(probe_prompts, str):
             raise TypeError("probe_prompts must be a list of prompts, not one string")
         self.client = client
         self.sample_every = sample_every
         self.max_new_tokens = max_new_tokens
         self.on_risk = on_risk
-        self.risk_threshold = risk_threshold
         self.upload = upload
+        self.checkpoint_uri = checkpoint_uri
         self.sample_batch_size = sample_batch_size
-        self.flush_timeout = flush_timeout
-        self.forward_logs = forward_logs
+        # What is reported at each save and log, and the stop decision: the same object a plain loop uses.
+        self.reporter = ForgetwatchLoop(client, on_risk=on_risk, risk_threshold=risk_threshold, upload=upload,
+                                        skip=TRAINER_STATE_FILES, forward_logs=forward_logs,
+                                        flush_timeout=flush_timeout)
         self._prompts: dict[str | None, list[str | list[dict[str, str]]]] | None
         if probe_prompts is None:
             self._prompts = None
@@ -133,14 +139,13 @@ class ForgetwatchCallback(TrainerCallback):
         else:
             self._prompts = {None: list(probe_prompts)}
         self._warned: set[str] = set()
-        self._refusals_seen = 0
 
     # ---- Trainer events ----------------------------------------------------------------------
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if state.is_world_process_zero and args.save_total_limit and not self.upload:
+        if state.is_world_process_zero and args.save_total_limit and not self.upload and not self.checkpoint_uri:
             log.warning(
                 "action=checkpoint_rotation_risk run=%s save_total_limit=%s: the Trainer deletes older "
                 "checkpoints that forgetwatch, registering them by path, may not have read yet (their "
@@ -168,11 +173,8 @@ class ForgetwatchCallback(TrainerCallback):
     ) -> None:
         """Forward the numbers the trainer logs (loss, learning rate, and TRL's reward, entropy, KL to the
         reference, ...) to the run's training metrics."""
-        if not (self.forward_logs and state.is_world_process_zero and logs):
-            return
-        values = {k: float(v) for k, v in logs.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-        if values:
-            self.client.metrics(state.global_step, values)
+        if state.is_world_process_zero and logs:
+            self.reporter.forward(state.global_step, logs)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -180,10 +182,10 @@ class ForgetwatchCallback(TrainerCallback):
         alarm = False
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if folder.is_dir():
-                self.client.checkpoint(
-                    state.global_step, folder, upload=self.upload, skip=TRAINER_STATE_FILES if self.upload else ()
-                )
+            if self.checkpoint_uri is not None:
+                self.reporter.register(state.global_step, self.checkpoint_uri.format(step=state.global_step))
+            elif folder.is_dir():
+                self.reporter.register(state.global_step, folder)
             else:
                 log.warning(
                     "action=checkpoint_not_found run=%s step=%s folder=%s",
@@ -193,22 +195,17 @@ class ForgetwatchCallback(TrainerCallback):
                 )
             if self.on_risk is not None:
                 alarm = self._check_risk(state)
-            self._warn_refusals()
+            self.reporter.warn_refusals()
         # Every rank reaches on_save at the same step; all follow rank 0's decision together.
-        if self.on_risk == "stop" and rank_zero_decides(alarm):
+        if self.reporter.decide_stop(alarm):
             control.should_training_stop = True
         return control
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if state.is_world_process_zero and not self.client.flush(self.flush_timeout):
-            log.warning(
-                "action=flush_incomplete run=%s stats=%s (undelivered calls stay queued and "
-                "journaled; close the client to keep them for the next start)",
-                self.client.run_name,
-                self.client.stats,
-            )
+        if state.is_world_process_zero:
+            self.reporter.flush()
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -271,46 +268,7 @@ class ForgetwatchCallback(TrainerCallback):
 
     def _check_risk(self, state: TrainerState) -> bool:
         """True when the run's status shows an alarm (logged with the step to roll back to)."""
-        status = self.client.status()
-        if status is None:
-            return False  # unreachable: nothing to act on
-        alarm = status.alarm
-        forecast = status.forecast
-        if alarm is None and self.risk_threshold is not None and forecast is not None \
-                and forecast.probability is not None and forecast.probability >= self.risk_threshold:
-            alarm = "predicted"
-        if alarm is None:
-            return False  # nothing detected, no forecast at or above the threshold (or the forecast abstains)
-        action = "stopping training" if self.on_risk == "stop" else "training continues"
-        what = (f"ood forgetting detected (drop {status.detection.drop_low:.3g}..{status.detection.drop_high:.3g} "
-                f"of the base)" if alarm == "detected" and status.detection and status.detection.drop_low is not None
-                else f"ood forgetting predicted (probability {forecast.probability:.3f} within "
-                     f"{forecast.horizon_checkpoints} checkpoints)" if forecast and forecast.probability is not None
-                else f"ood forgetting {alarm}")
-        log.warning(
-            "action=forgetting_%s run=%s step=%s %s last_safe_step=%s findings=%s (%s; roll back to checkpoint %s)",
-            alarm,
-            status.run or self.client.run_name,
-            state.global_step,
-            what,
-            status.last_safe_step,
-            status.finding_messages(),
-            action,
-            status.last_safe_step,
-        )
-        return True
-
-    def _warn_refusals(self) -> None:
-        """Say so, once per new batch, when the service refused calls (a revoked token, a step already
-        registered with another checkpoint, ...): they are kept, not silently lost."""
-        total = self.client.stats.get("refused", 0)
-        if total > self._refusals_seen:
-            latest = self.client.failed()[-1]
-            log.warning("action=calls_refused run=%s new=%d latest=%r status=%s detail=%s (kept in the journal's "
-                        "refusals file; 401/403 ones are sent again when the client next starts)",
-                        self.client.run_name, total - self._refusals_seen, latest.call, latest.status_code,
-                        latest.detail)
-            self._refusals_seen = total
+        return self.reporter.check_risk(state.global_step)
 
     def _warn_once(self, key: str, message: str, *args: Any) -> None:
         if key not in self._warned:

@@ -18,6 +18,11 @@ _LABELLED_RUNS = text(
     "SELECT r.id, r.name, r.method, coalesce(r.tags->>'family', 'unknown') FROM runs r "
     "JOIN run_labels l ON l.run_id = r.id AND l.name = :n AND l.step = 0 ORDER BY r.name"
 )
+_PAGE = text(
+    "SELECT step, name, value FROM run_labels WHERE run_id = :r AND step IN ("
+    "SELECT DISTINCT step FROM run_labels WHERE run_id = :r AND step > :after ORDER BY step LIMIT :limit) "
+    "ORDER BY step, name"
+)
 
 
 def upsert_labels(session: Session, *, run_id: int, step: int, labels: Mapping[str, float]) -> int:
@@ -27,10 +32,12 @@ def upsert_labels(session: Session, *, run_id: int, step: int, labels: Mapping[s
     return len(labels)
 
 
-def labels_by_step(session: Session, *, run_id: int) -> dict[int, dict[str, float]]:
-    """step -> {name: value}, steps ascending."""
+def labels_by_step(session: Session, *, run_id: int, after: int | None = None,
+                   limit: int | None = None) -> dict[int, dict[str, float]]:
+    """step -> {name: value}, steps ascending: those after the step `after`, at most `limit` steps."""
     out: dict[int, dict[str, float]] = {}
-    for step, name, value in session.execute(_ROWS, {"r": run_id}):
+    rows = session.execute(_PAGE, {"r": run_id, "after": -1 if after is None else after, "limit": limit})
+    for step, name, value in rows:
         out.setdefault(int(step), {})[name] = float(value)
     return out
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import func, insert, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -146,8 +146,15 @@ def find_checkpoint(session: Session, *, run_id: int, step: int) -> Checkpoint |
     return session.scalar(select(Checkpoint).where(Checkpoint.run_id == run_id, Checkpoint.step == step))
 
 
-def list_checkpoints(session: Session, *, run_id: int) -> Sequence[Checkpoint]:
-    return session.scalars(select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.step)).all()
+def list_checkpoints(session: Session, *, run_id: int, after: int | None = None, limit: int | None = None,
+                     status: str | None = None) -> Sequence[Checkpoint]:
+    """A run's checkpoints in step order: those after the step `after`, at most `limit`, with `status`."""
+    query = select(Checkpoint).where(Checkpoint.run_id == run_id)
+    if after is not None:
+        query = query.where(Checkpoint.step > after)
+    if status is not None:
+        query = query.where(Checkpoint.status == status)
+    return session.scalars(query.order_by(Checkpoint.step).limit(limit)).all()
 
 
 def lock_step(session: Session, *, run_id: int, step: int) -> None:
@@ -235,10 +242,14 @@ def add_samples(
     return len(items)
 
 
-def list_samples(session: Session, *, run_id: int, step: int | None, limit: int) -> Sequence[Sample]:
+def list_samples(session: Session, *, run_id: int, step: int | None, limit: int,
+                 after: tuple[int, int] | None = None) -> Sequence[Sample]:
+    """A run's samples in (step, id) order: those after the cursor `after` (step, id), at most `limit`."""
     query = select(Sample).where(Sample.run_id == run_id)
     if step is not None:
         query = query.where(Sample.step == step)
+    if after is not None:
+        query = query.where(tuple_(Sample.step, Sample.id) > tuple_(*after))
     return session.scalars(query.order_by(Sample.step, Sample.id).limit(limit)).all()
 
 
@@ -252,8 +263,15 @@ def get_probe_set(session: Session, *, name: str) -> tuple[ProbeSet, Sequence[Pr
     return probe_set, items
 
 
-def list_probe_sets(session: Session) -> Sequence[ProbeSet]:
-    return session.scalars(select(ProbeSet).order_by(ProbeSet.name)).all()
+def list_probe_sets(session: Session, *, after: str | None = None, limit: int | None = None,
+                    domain: str | None = None) -> Sequence[ProbeSet]:
+    """Probe sets in name order: those after the name `after`, at most `limit`, of `domain`."""
+    query = select(ProbeSet)
+    if after is not None:
+        query = query.where(ProbeSet.name > after)
+    if domain is not None:
+        query = query.where(ProbeSet.domain == domain)
+    return session.scalars(query.order_by(ProbeSet.name).limit(limit)).all()
 
 
 def create_probe_set(

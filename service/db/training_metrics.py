@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -24,11 +24,19 @@ def store(session: Session, *, run_id: int, points: Iterable[tuple[int, Mapping[
     return len(rows)
 
 
-def series(session: Session, *, run_id: int) -> dict[str, list[dict[str, float]]]:
-    """{name: [{"step", "value"}, ...] in step order}, names sorted."""
+def series(session: Session, *, run_id: int, after: int | None = None, limit: int | None = None,
+           names: Sequence[str] = ()) -> dict[str, list[dict[str, float]]]:
+    """{name: [{"step", "value"}, ...] in step order}, names sorted: the steps after `after`, at most
+    `limit` of them (steps with a value of `names` only, when names are given)."""
+    where = [TrainingMetric.run_id == run_id]
+    if after is not None:
+        where.append(TrainingMetric.step > after)
+    if names:
+        where.append(TrainingMetric.name.in_(names))
+    steps = select(TrainingMetric.step).where(*where).distinct().order_by(TrainingMetric.step).limit(limit)
     found: dict[str, list[dict[str, float]]] = {}
     rows = session.execute(select(TrainingMetric.name, TrainingMetric.step, TrainingMetric.value)
-                           .where(TrainingMetric.run_id == run_id)
+                           .where(*where, TrainingMetric.step.in_(steps.scalar_subquery()))
                            .order_by(TrainingMetric.name, TrainingMetric.step))
     for name, step, value in rows:
         found.setdefault(name, []).append({"step": step, "value": value})

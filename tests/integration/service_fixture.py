@@ -10,7 +10,7 @@ import httpx
 
 from forgetwatch_client import ForgetwatchClient
 from service.settings import Settings
-from tests.conftest import worker_env
+from tests.conftest import make_base_model, worker_env
 from tests.integration.helpers import free_port, start, stop, wait_for
 
 
@@ -24,6 +24,9 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        roots = self.env["FORGETWATCH_CHECKPOINT_ROOTS"].split(",")
+        self.base_model = str(make_base_model(Path(roots[0]) / "stub-base"))
+        """A base_model this service accepts (tests/conftest.make_base_model)."""
 
     def start(self) -> None:
         self.process = start(["serve", "--no-worker", "--port", str(self.port)], self.env, self.log)

@@ -39,19 +39,19 @@ def _ready(base: str) -> bool:
 
 
 @pytest.fixture
-def server(settings, engine: Engine, tmp_path: Path) -> Iterator[tuple[int, int, str]]:
+def server(settings, engine: Engine, checkpoint_root: Path, base_model: str, tmp_path: Path) -> Iterator[tuple[int, int, str]]:
     """(port, pid, write token) of `forgetwatch serve --no-worker` on the test's database."""
     with make_sessionmaker(engine)() as session:
         token = create_token(session, name="attack-test", scope="write")
         session.commit()
     env = {**os.environ, "FORGETWATCH_DATABASE_URL": settings.database_url,
-           "FORGETWATCH_DATA_DIR": str(settings.data_dir)}
+           "FORGETWATCH_DATA_DIR": str(settings.data_dir), "FORGETWATCH_CHECKPOINT_ROOTS": str(checkpoint_root)}
     process = start(["serve", "--no-worker", "--port", "0"], env, tmp_path / "serve.log")
     try:
         port = served_port(tmp_path / "serve.log")
         base = f"http://127.0.0.1:{port}"
         wait_for(lambda: _ready(base), timeout=90, what="serve ready")
-        created = httpx.post(base + "/v1/runs", json={"name": "files", "base_model": "/m"},
+        created = httpx.post(base + "/v1/runs", json={"name": "files", "base_model": base_model},
                              headers={"Authorization": f"Bearer {token}"})
         assert created.status_code == 201
         yield port, process.pid, token

@@ -22,7 +22,7 @@ from tests.integration.service_fixture import Service, dead_url, prompts
 
 def test_calls_arrive_in_the_order_they_were_made(service: Service, tmp_path: Path) -> None:
     client = service.client(journal_path=tmp_path / "journal.jsonl")
-    client.run("ordered", base_model="/base")
+    client.run("ordered", base_model=service.base_model)
     for i in range(60):
         client.samples(1, [{"prompt": f"p{i}", "response": "r"}])
     client.samples(2, [{"prompt": f"q{i}", "response": "r"} for i in range(1200)])  # 3 batches
@@ -35,7 +35,7 @@ def test_calls_arrive_in_the_order_they_were_made(service: Service, tmp_path: Pa
 
 def test_server_killed_mid_stream_stores_every_call_exactly_once(service: Service, tmp_path: Path) -> None:
     client = service.client(journal_path=tmp_path / "journal.jsonl")
-    client.run("killed", base_model="/base")
+    client.run("killed", base_model=service.base_model)
     for i in range(100):
         client.samples(i, [{"prompt": f"p{i}", "response": "r"}])
     wait_for(lambda: service.count_samples("killed") >= 10, timeout=30, interval=0.02, what="first samples")
@@ -60,7 +60,7 @@ def test_journal_outlives_the_service_and_the_trainer(
     service.stop()
 
     first = service.client()  # the trainer, while the service is down
-    first.run("outage", base_model="/base")
+    first.run("outage", base_model=service.base_model)
     first.samples(5, [{"prompt": "a", "response": "b"}])
     first.checkpoint(5, folder)
     started = time.monotonic()
@@ -72,7 +72,7 @@ def test_journal_outlives_the_service_and_the_trainer(
 
     service.start()
     second = service.client()  # the restarted trainer replays its predecessor's calls first
-    second.run("outage", base_model="/base")
+    second.run("outage", base_model=service.base_model)
     second.samples(6, [{"prompt": "c", "response": "d"}])
     assert second.flush(30)
     second.close()
@@ -85,7 +85,7 @@ def test_journal_outlives_the_service_and_the_trainer(
 def test_replaying_a_delivered_journal_stores_nothing_twice(service: Service, tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
     first = ForgetwatchClient(dead_url(), service.token, journal_path=journal)  # cannot reach the service
-    first.run("replayed", base_model="/base")
+    first.run("replayed", base_model=service.base_model)
     first.samples(1, [{"prompt": f"p{i}", "response": "r"} for i in range(3)])
     first.close(timeout=0.5)
     kept = tmp_path / "kept.jsonl"
@@ -153,7 +153,7 @@ def test_conflicting_checkpoint_is_dropped_with_a_warning_and_the_queue_goes_on(
         (root / name / "model.safetensors").write_bytes(b"x")
     client = service.client(journal_path=tmp_path / "journal.jsonl")
     with caplog.at_level(logging.WARNING, logger="forgetwatch.client"):
-        client.run("conflict", base_model="/base")
+        client.run("conflict", base_model=service.base_model)
         client.checkpoint(1, root / "a")
         client.checkpoint(1, root / "b")
         client.samples(1, [("after", "conflict")])
@@ -173,7 +173,7 @@ def test_checkpoint_upload_streams_top_level_files(service: Service, tmp_path: P
     (folder / "nested" / "ignored.bin").write_bytes(b"n")
     (folder / ".hidden").write_bytes(b"h")
     client = service.client(journal_path=tmp_path / "journal.jsonl")
-    client.run("uploaded", base_model="/base")
+    client.run("uploaded", base_model=service.base_model)
     client.checkpoint(7, folder, upload=True, skip=["optimizer.pt"])
     assert client.flush(30)
     client.close()
@@ -185,11 +185,14 @@ def test_checkpoint_upload_streams_top_level_files(service: Service, tmp_path: P
 
 def test_blocking_mode_raises_with_the_services_detail(service: Service, tmp_path: Path) -> None:
     client = service.client(blocking=True)
-    created = client.run("blocking", base_model="/base")
+    created = client.run("blocking", base_model=service.base_model)
     assert created["name"] == "blocking"
     with pytest.raises(ForgetwatchError) as refused:
         client.checkpoint(1, tmp_path / "outside-the-roots")
     assert refused.value.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in refused.value.detail
+    with pytest.raises(ForgetwatchError) as remote:  # an s3:// URI is sent as given, not made a local path
+        client.checkpoint(1, "s3://models/elsewhere/checkpoint-1")
+    assert remote.value.status_code == 403 and "'s3://models/elsewhere/checkpoint-1'" in remote.value.detail
     status = client.status()
     assert status is not None and (status.run, status.last_step, status.forecast, status.detection) == (
         "blocking", None, None, None)

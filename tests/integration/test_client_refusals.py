@@ -14,7 +14,7 @@ def test_calls_refused_for_the_token_are_kept_and_sent_again_with_a_good_one(ser
                                                                             tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
     revoked = ForgetwatchClient(service.url, "fw_not_a_token", journal_path=journal)
-    revoked.run("rotated", base_model="/base")
+    revoked.run("rotated", base_model=service.base_model)
     revoked.samples(1, [{"prompt": "kept", "response": "r"}])
     assert not revoked.flush(30)  # handled, but not delivered
     refused = revoked.failed()
@@ -37,11 +37,11 @@ def test_a_conflict_is_listed_kept_as_a_record_and_not_sent_again(service: Servi
         (root / name).mkdir()
         (root / name / "model.safetensors").write_bytes(b"x")
     with service.client(blocking=True) as other:
-        other.run("squat", base_model="/base")
+        other.run("squat", base_model=service.base_model)
         other.checkpoint(7, root / "squatted")  # another job took step 7 first
     journal = tmp_path / "journal.jsonl"
     client = service.client(journal_path=journal)
-    client.run("squat", base_model="/base")
+    client.run("squat", base_model=service.base_model)
     client.checkpoint(7, root / "ours")
     client.flush(30)
     client.close()
@@ -59,9 +59,9 @@ def test_the_journal_of_a_client_that_found_its_journal_busy_is_adopted_later(se
                                                                              tmp_path: Path) -> None:
     journal = tmp_path / "journal.jsonl"
     holder = ForgetwatchClient(dead_url(), service.token, journal_path=journal, backoff_base=0.05)
-    holder.run("adopted", base_model="/base")
+    holder.run("adopted", base_model=service.base_model)
     second = ForgetwatchClient(dead_url(), service.token, journal_path=journal, backoff_base=0.05)
-    second.run("adopted", base_model="/base")
+    second.run("adopted", base_model=service.base_model)
     second.samples(3, [{"prompt": "from the second client", "response": "r"}])
     second.close(timeout=0.5)
     own = list(tmp_path.glob("journal.*.jsonl"))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import make_base_model
 from tests.integration.helpers import served_port, start, stop, wait_for
 
 
@@ -28,17 +29,18 @@ def _pg_ctl(pgdata: Path, action: str) -> None:
 def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
     env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
+    base_model = str(make_base_model(tmp_path / "data" / "checkpoints" / "base"))  # always an allowed root
     server = start(["serve", "--port", "0", "--no-worker"], env, tmp_path / "serve.log")
     try:
         base = f"http://127.0.0.1:{served_port(tmp_path / 'serve.log')}"
         wait_for(lambda: _ready(base) == 200, timeout=90, what="serve ready")
         headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'local-token').read_text().strip()}"}
-        assert httpx.post(base + "/v1/runs", json={"name": "before", "base_model": "/m"}, headers=headers).status_code == 201
+        assert httpx.post(base + "/v1/runs", json={"name": "before", "base_model": base_model}, headers=headers).status_code == 201
 
         _pg_ctl(tmp_path / "data" / "pg", "stop")
         assert _ready(base) == 503
         started = time.monotonic()
-        during = httpx.post(base + "/v1/runs", json={"name": "during", "base_model": "/m"}, headers=headers,
+        during = httpx.post(base + "/v1/runs", json={"name": "during", "base_model": base_model}, headers=headers,
                             timeout=30)
         assert during.status_code == 503
         assert "database unavailable" in during.json()["detail"]
@@ -46,7 +48,7 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
 
         _pg_ctl(tmp_path / "data" / "pg", "start")
         wait_for(lambda: _ready(base) == 200, timeout=60, what="ready again")
-        after = httpx.post(base + "/v1/runs", json={"name": "after", "base_model": "/m"}, headers=headers)
+        after = httpx.post(base + "/v1/runs", json={"name": "after", "base_model": base_model}, headers=headers)
         assert after.status_code == 201
         names = [r["name"] for r in httpx.get(base + "/v1/runs", headers=headers).json()]
         assert names == ["before", "after"]
@@ -55,7 +57,8 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
     assert "Traceback" not in (tmp_path / "serve.log").read_text()
 
 
-def test_disk_full_during_upload_is_507_and_leaves_nothing(settings, engine, tokens, tmp_path: Path) -> None:
+def test_disk_full_during_upload_is_507_and_leaves_nothing(settings, engine, tokens, base_model: str,
+                                                          tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     from service.api.app import create_app
@@ -67,7 +70,7 @@ def test_disk_full_during_upload_is_507_and_leaves_nothing(settings, engine, tok
         full = settings.model_copy(update={"data_dir": small})
         with TestClient(create_app(settings=full, engine=engine)) as client:
             client.headers["Authorization"] = f"Bearer {tokens['write']}"
-            client.post("/v1/runs", json={"name": "r", "base_model": "/m"})
+            client.post("/v1/runs", json={"name": "r", "base_model": base_model})
             response = client.put("/v1/runs/r/checkpoints/1/files/model.safetensors", content=b"x" * (5 * 2**20))
             assert response.status_code == 507
             assert "out of space" in response.json()["detail"]

@@ -69,9 +69,12 @@ def test_hf_uris_resolve_in_the_local_cache_and_are_analysed(client: TestClient,
 def test_an_hf_cache_outside_the_roots_is_refused(client: TestClient, settings: Settings, tmp_path: Path) -> None:
     elsewhere = tmp_path / "not-allowed"
     base, _ = save_tiny_gpt2_run(tmp_path / "saved", steps=1)
+    cache_repo(settings.hf_cache_dir, "org/tiny", base)
     cache_repo(elsewhere, "org/tiny", base)
-    client.post("/v1/runs", json={"name": "hub2", "base_model": "hf://org/tiny"})
+    assert client.post("/v1/runs", json={"name": "hub2", "base_model": "hf://org/tiny"}).status_code == 201
     settings.hf_cache_dir = elsewhere
+    refused = client.post("/v1/runs", json={"name": "hub3", "base_model": "hf://org/tiny"})
+    assert refused.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in refused.json()["detail"]
     response = client.post("/v1/runs/hub2/checkpoints", json={"step": 1, "uri": "hf://org/tiny"})
     assert response.status_code == 403 and "FORGETWATCH_CHECKPOINT_ROOTS" in response.json()["detail"]
     assert str(tmp_path) not in response.text  # nothing resolved is echoed

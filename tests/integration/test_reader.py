@@ -11,18 +11,35 @@ from tests.integration.service_fixture import Service
 def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for i in range(7):
-            writer.run(f"read-{i}", base_model="/base", method="grpo" if i % 2 else "sft", tags={"seed": i})
-        writer.labels(5, {"ood_accuracy": 0.75})
+            writer.run(f"read-{i}", base_model=service.base_model, method="grpo" if i % 2 else "sft",
+                       tags={"seed": i})
+        for step in (5, 1, 9, 3):  # four steps: two pages of three
+            writer.labels(step, {"ood_accuracy": step / 10})
+            writer.metrics(step, {"loss": 2.0 / step, "reward": step / 10})
+        for i in range(4):
+            writer.probe_set(f"read-set-{i}", "ood" if i % 2 else "in_domain", ["1+1="])
+        for step in (2, 1):
+            writer.samples(step, [{"prompt": f"{step}+{i}=", "response": str(step + i)} for i in range(2)])
     with ForgetwatchReader(service.url, service.token, page_size=3) as fw:
         names = [r["name"] for r in fw.runs() if r["name"].startswith("read-")]
         assert names == [f"read-{i}" for i in range(7)]
         assert [r["name"] for r in fw.runs(method="grpo", tags={"seed": 3})] == ["read-3"]
         assert fw.run("read-6")["method"] == "sft"
-        assert fw.labels("read-6") == [{"step": 5, "ood_accuracy": 0.75}]
+        assert fw.labels("read-6") == [{"step": s, "ood_accuracy": s / 10} for s in (1, 3, 5, 9)]
+        metrics = fw.metrics("read-6")
+        assert metrics["loss"] == [{"step": s, "value": 2.0 / s} for s in (1, 3, 5, 9)]
+        assert [p["step"] for p in metrics["reward"]] == [1, 3, 5, 9]
+        assert list(fw.metrics("read-6", names=["reward"])) == ["reward"]
+        sets = [p["name"] for p in fw.probe_sets() if p["name"].startswith("read-set-")]
+        assert sets == [f"read-set-{i}" for i in range(4)]
+        assert [p["name"] for p in fw.probe_sets(domain="ood") if p["name"].startswith("read-set-")] == [
+            "read-set-1", "read-set-3"]
         assert fw.checkpoints("read-6") == []
+        assert [s["prompt"] for s in fw.samples("read-6")] == ["1+0=", "1+1=", "2+0=", "2+1="]
+        assert [s["response"] for s in fw.samples("read-6", step=2)] == ["2", "3"]
         assert fw.param_drift("read-6")["global"] == []
         assert fw.response_drift("read-6")["probe_sets"] == {}
-        assert fw.metrics("read-6") == {}
+        assert fw.metrics("read-5") == {}
         assert fw.status("read-6").run == "read-6"
         with pytest.raises(ForgetwatchError) as missing:
             fw.run("no-such-run")

@@ -1,11 +1,12 @@
 """Response drift through the queue: probe KL and forgetting per checkpoint, sample-batch shift."""
 
+import shutil
 from pathlib import Path
 
 import torch
 from fastapi.testclient import TestClient
 
-from tests.conftest import worker_env
+from tests.conftest import make_base_model, worker_env
 from tests.integration.helpers import start, stop, wait_for
 from tests.integration.models import char_tokenizer, tiny_gpt2
 
@@ -75,8 +76,9 @@ def test_the_service_measures_the_base_when_a_run_names_it_before_any_checkpoint
     base = _save(tiny_gpt2(tokenizer, n_positions=32), tokenizer, checkpoint_root / "base")
     client.post("/v1/probe-sets", json={"name": "arith", "domain": "ood", "items": ITEMS})
     client.post("/v1/runs", json={"name": "named", "base_model": str(base), "probe_sets": ["arith"]})
-    client.post("/v1/runs", json={"name": "lost", "base_model": str(checkpoint_root / "gone"),
-                                  "probe_sets": ["arith"]})
+    gone = make_base_model(checkpoint_root / "gone")
+    client.post("/v1/runs", json={"name": "lost", "base_model": str(gone), "probe_sets": ["arith"]})
+    shutil.rmtree(gone)  # deleted after the run was registered: its base row fails with the reason
     worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
     try:
         named, lost = (wait_for(lambda r=run: (s := client.get(f"/v1/runs/{r}/status").json())["base"] and s,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.conftest import make_base_model
 from tests.integration.helpers import FORGETWATCH, served_port, start, stop, wait_for
 
 
@@ -21,6 +22,7 @@ def test_embedded_serve_comes_up_and_keeps_data_across_restart(tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if k != "FORGETWATCH_DATABASE_URL"}
     env["FORGETWATCH_DATA_DIR"] = str(tmp_path / "data")
     args = ["serve", "--port", "0"]
+    base_model = str(make_base_model(tmp_path / "data" / "checkpoints" / "base"))  # always an allowed root
 
     server = start(args, env, tmp_path / "serve.log")
     try:
@@ -29,7 +31,7 @@ def test_embedded_serve_comes_up_and_keeps_data_across_restart(tmp_path: Path) -
         token_file = tmp_path / "data" / "local-token"
         assert oct(token_file.stat().st_mode & 0o777) == "0o600"
         headers = {"Authorization": f"Bearer {token_file.read_text().strip()}"}
-        created = httpx.post(base + "/v1/runs", json={"name": "kept", "base_model": "/m"}, headers=headers)
+        created = httpx.post(base + "/v1/runs", json={"name": "kept", "base_model": base_model}, headers=headers)
         assert created.status_code == 201
     finally:
         stop(server)

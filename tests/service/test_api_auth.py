@@ -1,8 +1,8 @@
 from fastapi.testclient import TestClient
 
 
-def test_writes_need_a_token(client: TestClient) -> None:
-    response = client.post("/v1/runs", json={"name": "r", "base_model": "/a"}, headers={"Authorization": ""})
+def test_writes_need_a_token(client: TestClient, base_model: str) -> None:
+    response = client.post("/v1/runs", json={"name": "r", "base_model": base_model}, headers={"Authorization": ""})
     assert response.status_code == 401
     assert "token" in response.json()["detail"]
 
@@ -12,10 +12,10 @@ def test_invalid_token_is_401(client: TestClient) -> None:
     assert response.status_code == 401
 
 
-def test_read_token_reads_but_cannot_write(client: TestClient, tokens: dict[str, str]) -> None:
+def test_read_token_reads_but_cannot_write(client: TestClient, base_model: str, tokens: dict[str, str]) -> None:
     read = {"Authorization": f"Bearer {tokens['read']}"}
     assert client.get("/v1/runs", headers=read).status_code == 200
-    response = client.post("/v1/runs", json={"name": "r", "base_model": "/a"}, headers=read)
+    response = client.post("/v1/runs", json={"name": "r", "base_model": base_model}, headers=read)
     assert response.status_code == 403
     assert "write" in response.json()["detail"]
 

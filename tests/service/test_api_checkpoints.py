@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 
 
 @pytest.fixture
-def run_id(client: TestClient) -> int:
-    return client.post("/v1/runs", json={"name": "r", "base_model": "/a"}).json()["id"]
+def run_id(client: TestClient, base_model: str) -> int:
+    return client.post("/v1/runs", json={"name": "r", "base_model": base_model}).json()["id"]
 
 
 @pytest.fixture

@@ -12,10 +12,10 @@ from service.db.tokens import create_token
 from service.settings import Settings
 
 
-def _make_runs(client: TestClient, n: int) -> list[str]:
+def _make_runs(client: TestClient, base_model: str, n: int) -> list[str]:
     names = [f"page-{i}" for i in range(n)]
     for i, name in enumerate(names):
-        body = {"name": name, "base_model": "/m", "method": "grpo" if i % 2 else "sft",
+        body = {"name": name, "base_model": base_model, "method": "grpo" if i % 2 else "sft",
                 "tags": {"seed": i, "team": "a" if i < 3 else "b"}}
         assert client.post("/v1/runs", json=body).status_code == 201
     return names
@@ -32,16 +32,16 @@ def _all_pages(client: TestClient, url: str) -> tuple[list[str], int]:
     return names, pages
 
 
-def test_runs_come_a_page_at_a_time_following_the_link_header(client: TestClient) -> None:
-    names = _make_runs(client, 5)
+def test_runs_come_a_page_at_a_time_following_the_link_header(client: TestClient, base_model: str) -> None:
+    names = _make_runs(client, base_model, 5)
     listed, pages = _all_pages(client, "/v1/runs?limit=2")
     assert listed == names and pages == 3
     one_page = client.get("/v1/runs?limit=5")
     assert [r["name"] for r in one_page.json()] == names and "link" not in one_page.headers
 
 
-def test_runs_are_filtered_by_method_and_tags(client: TestClient) -> None:
-    _make_runs(client, 5)
+def test_runs_are_filtered_by_method_and_tags(client: TestClient, base_model: str) -> None:
+    _make_runs(client, base_model, 5)
     assert [r["name"] for r in client.get("/v1/runs?method=grpo").json()] == ["page-1", "page-3"]
     assert [r["name"] for r in client.get("/v1/runs?tag=team=a&tag=seed=2").json()] == ["page-2"]
     listed, _ = _all_pages(client, "/v1/runs?tag=team=b&limit=1")
@@ -51,9 +51,9 @@ def test_runs_are_filtered_by_method_and_tags(client: TestClient) -> None:
     assert client.get("/v1/runs?limit=0").status_code == 422
 
 
-def test_an_archived_run_is_kept_but_hidden_from_lists_pages_and_metrics(client: TestClient,
+def test_an_archived_run_is_kept_but_hidden_from_lists_pages_and_metrics(client: TestClient, base_model: str,
                                                                           checkpoint_root) -> None:
-    _make_runs(client, 2)
+    _make_runs(client, base_model, 2)
     (checkpoint_root / "ck").mkdir()
     (checkpoint_root / "ck" / "model.safetensors").write_bytes(b"x")
     assert client.post("/v1/runs/page-0/checkpoints", json={"step": 1, "uri": str(checkpoint_root / "ck")}
@@ -74,8 +74,8 @@ def test_an_archived_run_is_kept_but_hidden_from_lists_pages_and_metrics(client:
 
 
 def test_deleting_a_run_needs_an_admin_token_and_removes_rows_and_uploads(
-        client: TestClient, settings: Settings, engine: Engine, tokens: dict[str, str]) -> None:
-    run_id = client.post("/v1/runs", json={"name": "doomed", "base_model": "/m"}).json()["id"]
+        client: TestClient, base_model: str, settings: Settings, engine: Engine, tokens: dict[str, str]) -> None:
+    run_id = client.post("/v1/runs", json={"name": "doomed", "base_model": base_model}).json()["id"]
     put = client.put(f"/v1/runs/{run_id}/checkpoints/3/files/model.safetensors", content=b"abc")
     assert put.status_code == 201
     assert client.post("/v1/runs/doomed/checkpoints", json={"step": 3}).status_code == 202
@@ -101,12 +101,13 @@ def test_deleting_a_run_needs_an_admin_token_and_removes_rows_and_uploads(
     assert not uploads.exists()
     assert client.delete("/v1/runs/doomed", headers={"Authorization": f"Bearer {admin}"}).status_code == 404
     # an admin token can also write
-    assert client.post("/v1/runs", json={"name": "again", "base_model": "/m"},
+    assert client.post("/v1/runs", json={"name": "again", "base_model": base_model},
                        headers={"Authorization": f"Bearer {admin}"}).status_code == 201
 
 
-def test_training_metrics_are_batched_idempotent_and_refuse_non_finite_values(client: TestClient) -> None:
-    client.post("/v1/runs", json={"name": "metered", "base_model": "/m"})
+def test_training_metrics_are_batched_idempotent_and_refuse_non_finite_values(client: TestClient,
+                                                                               base_model: str) -> None:
+    client.post("/v1/runs", json={"name": "metered", "base_model": base_model})
     body = {"points": [{"step": 20, "values": {"loss": 1.5, "rewards/accuracy/mean": 0.25}},
                        {"step": 10, "values": {"loss": 2.0}}]}
     first = client.post("/v1/runs/metered/metrics", json=body, headers={"Idempotency-Key": "m-1"})

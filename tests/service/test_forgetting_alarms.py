@@ -23,8 +23,8 @@ def _probe_set(client: TestClient, name: str, n_items: int, domain: str = "ood")
     assert response.status_code in (200, 201), response.text
 
 
-def _run(client: TestClient, name: str, probe_sets: list[str]) -> None:
-    response = client.post("/v1/runs", json={"name": name, "base_model": "/models/base", "method": "sft",
+def _run(client: TestClient, base_model: str, name: str, probe_sets: list[str]) -> None:
+    response = client.post("/v1/runs", json={"name": name, "base_model": base_model, "method": "sft",
                                              "probe_sets": probe_sets})
     assert response.status_code in (200, 201), response.text
 
@@ -70,10 +70,10 @@ def _samples(metrics: dict[str, list], name: str, run: str) -> list:
     return [s for s in metrics.get(name, []) if s.labels.get("run") == run]
 
 
-def test_a_run_that_has_not_moved_is_forecast_and_never_alarms(client: TestClient, engine: Engine,
+def test_a_run_that_has_not_moved_is_forecast_and_never_alarms(client: TestClient, base_model: str, engine: Engine,
                                                                 settings: Settings) -> None:
     _probe_set(client, "arith", 64)
-    _run(client, "still", ["arith"])
+    _run(client, base_model, "still", ["arith"])
     _series(engine, settings, "still", "arith", [0.0] * 6, half_width=0.0)
     status = client.get("/v1/runs/still/status").json()
     assert status["forecast"]["applicable"] and status["forecast"]["probability"] < 0.05
@@ -85,10 +85,10 @@ def test_a_run_that_has_not_moved_is_forecast_and_never_alarms(client: TestClien
     assert _samples(metrics, "forgetwatch_ood_forgetting_detected", "still")[0].value == 0.0
 
 
-def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(client: TestClient, engine: Engine,
+def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(client: TestClient, base_model: str, engine: Engine,
                                                                               settings: Settings) -> None:
     _probe_set(client, "arith", 64)
-    _run(client, "forgets", ["arith"])
+    _run(client, base_model, "forgets", ["arith"])
     # Accuracy change vs a base of 0.8, interval ±0.02: relative drops 0, 0.025, 0.05, 0.075, 0.1, 0.15.
     _series(engine, settings, "forgets", "arith", [0.0, -0.02, -0.04, -0.06, -0.08, -0.12])
     status = client.get("/v1/runs/forgets/status").json()
@@ -118,10 +118,10 @@ def test_forgetting_is_predicted_before_it_is_detected_and_then_only_detected(cl
     assert "id='detection-card'" in page and ">detected<" in page
 
 
-def test_a_forecast_uses_only_checkpoints_up_to_its_own(client: TestClient, engine: Engine,
+def test_a_forecast_uses_only_checkpoints_up_to_its_own(client: TestClient, base_model: str, engine: Engine,
                                                         settings: Settings) -> None:
     _probe_set(client, "arith", 64)
-    _run(client, "past", ["arith"])
+    _run(client, base_model, "past", ["arith"])
     ids = _series(engine, settings, "past", "arith", [0.0, -0.01, 0.0, -0.01])
     before = client.get("/v1/runs/past/risk").json()["series"][3]["value"]
     later = _checkpoint(engine, "past", 700)
@@ -142,12 +142,12 @@ def test_a_forecast_uses_only_checkpoints_up_to_its_own(client: TestClient, engi
     ],
 )
 def test_inputs_it_cannot_judge_give_not_applicable_everywhere_never_a_score(
-        client: TestClient, engine: Engine, settings: Settings, case: str, code: str, words: str) -> None:
+        client: TestClient, base_model: str, engine: Engine, settings: Settings, case: str, code: str, words: str) -> None:
     _probe_set(client, "indomain", 64, domain="in_domain")
     _probe_set(client, "tiny", 3)
     _probe_set(client, "arith", 64)
     probe_sets = {"no_ood": ["indomain"], "tiny": ["tiny"]}.get(case, ["arith"])
-    _run(client, case, probe_sets)
+    _run(client, base_model, case, probe_sets)
     for step in STEPS[:4]:
         cid = _checkpoint(engine, case, step)
         if case == "tiny":
@@ -179,11 +179,11 @@ def test_inputs_it_cannot_judge_give_not_applicable_everywhere_never_a_score(
 
 
 def test_the_forecast_is_the_same_whether_or_not_the_trainer_posts_the_base_as_step_0(
-        client: TestClient, engine: Engine, settings: Settings) -> None:
+        client: TestClient, base_model: str, engine: Engine, settings: Settings) -> None:
     _probe_set(client, "arith", 64)
     changes = [0.0, -0.01, -0.02, -0.03]
     for run, with_base in (("plain", False), ("with-base", True)):
-        _run(client, run, ["arith"])
+        _run(client, base_model, run, ["arith"])
         if with_base:
             cid = _checkpoint(engine, run, 0)
             _probe_result(engine, cid, "arith", accuracy_base=0.8, change=0.0, half_width=0.0)
@@ -196,7 +196,7 @@ def test_the_forecast_is_the_same_whether_or_not_the_trainer_posts_the_base_as_s
     assert step0["step"] == 0 and step0["reason_code"] == "base_checkpoint" and step0["value"] is None
 
 
-def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: TestClient, engine: Engine,
+def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: TestClient, base_model: str, engine: Engine,
                                                                        settings: Settings) -> None:
     import subprocess
 
@@ -204,7 +204,7 @@ def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: Tes
     from tests.integration.helpers import FORGETWATCH
 
     _probe_set(client, "arith", 64)
-    _run(client, "again", ["arith"])
+    _run(client, base_model, "again", ["arith"])
     for step in STEPS[:3]:
         _checkpoint(engine, "again", step)
     with engine.begin() as conn:

@@ -16,14 +16,14 @@ def _age_records(engine: Engine, by) -> None:
         session.commit()
 
 
-def test_a_key_replays_within_its_time_and_is_new_after_it(client: TestClient, engine: Engine) -> None:
-    first = client.post("/v1/runs", json={"name": "kept-key", "base_model": "/m"}, headers={"Idempotency-Key": "k"})
+def test_a_key_replays_within_its_time_and_is_new_after_it(client: TestClient, base_model: str, engine: Engine) -> None:
+    first = client.post("/v1/runs", json={"name": "kept-key", "base_model": base_model}, headers={"Idempotency-Key": "k"})
     assert first.status_code == 201
-    other = {"name": "other-run", "base_model": "/m"}
+    other = {"name": "other-run", "base_model": base_model}
     assert client.post("/v1/runs", json=other, headers={"Idempotency-Key": "k"}).status_code == 409  # key in use
 
     _age_records(engine, IDEMPOTENCY_TTL * 0.9)
-    assert client.post("/v1/runs", json={"name": "kept-key", "base_model": "/m"},
+    assert client.post("/v1/runs", json={"name": "kept-key", "base_model": base_model},
                        headers={"Idempotency-Key": "k"}).json() == first.json()  # replayed, still in time
 
     _age_records(engine, IDEMPOTENCY_TTL * 0.2)
@@ -31,11 +31,11 @@ def test_a_key_replays_within_its_time_and_is_new_after_it(client: TestClient, e
     assert fresh.status_code == 201 and fresh.json()["name"] == "other-run"
 
 
-def test_housekeeping_deletes_only_expired_records(client: TestClient, engine: Engine) -> None:
+def test_housekeeping_deletes_only_expired_records(client: TestClient, base_model: str, engine: Engine) -> None:
     for i in range(3):
-        client.post("/v1/runs", json={"name": f"old-{i}", "base_model": "/m"}, headers={"Idempotency-Key": f"o{i}"})
+        client.post("/v1/runs", json={"name": f"old-{i}", "base_model": base_model}, headers={"Idempotency-Key": f"o{i}"})
     _age_records(engine, IDEMPOTENCY_TTL * 1.1)
-    client.post("/v1/runs", json={"name": "new", "base_model": "/m"}, headers={"Idempotency-Key": "n"})
+    client.post("/v1/runs", json={"name": "new", "base_model": base_model}, headers={"Idempotency-Key": "n"})
     with make_sessionmaker(engine).begin() as session:
         assert forget_expired(session) == 3
     with make_sessionmaker(engine)() as session:

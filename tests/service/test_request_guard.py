@@ -61,9 +61,9 @@ def send(app, method: str, path: str, *, token: str | None, total: int = HUGE,
 
 
 @pytest.fixture
-def files_run(client: TestClient) -> str:
+def files_run(client: TestClient, base_model: str) -> str:
     """The attack's run: one named `files`, whose label path once skipped the body limit."""
-    assert client.post("/v1/runs", json={"name": "files", "base_model": "/m"}).status_code == 201
+    assert client.post("/v1/runs", json={"name": "files", "base_model": base_model}).status_code == 201
     return "files"
 
 

@@ -42,11 +42,11 @@ def _finish_together(sessions: sessionmaker[Session], checkpoint_id: int) -> lis
     return errors
 
 
-def test_two_analyses_finishing_at_once_leave_the_checkpoint_ready(client: TestClient, engine: Engine,
+def test_two_analyses_finishing_at_once_leave_the_checkpoint_ready(client: TestClient, base_model: str, engine: Engine,
                                                                    checkpoint_root: Path) -> None:
     weights = checkpoint_root / "w.safetensors"
     weights.write_bytes(b"x")
-    assert client.post("/v1/runs", json={"name": "race", "base_model": "/m"}).status_code == 201
+    assert client.post("/v1/runs", json={"name": "race", "base_model": base_model}).status_code == 201
     sessions = make_sessionmaker(engine)
     stuck = []
     for step in range(1, ROUNDS + 1):

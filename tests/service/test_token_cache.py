@@ -70,23 +70,23 @@ def _token_lookups(engine: Engine) -> list[str]:
     return seen
 
 
-def test_a_cached_token_costs_no_lookup_on_reads_and_writes(client: TestClient, engine: Engine) -> None:
-    assert client.post("/v1/runs", json={"name": "r", "base_model": "/m"}).status_code == 201
+def test_a_cached_token_costs_no_lookup_on_reads_and_writes(client: TestClient, base_model: str, engine: Engine) -> None:
+    assert client.post("/v1/runs", json={"name": "r", "base_model": base_model}).status_code == 201
     lookups = _token_lookups(engine)
     assert client.post("/v1/runs/r/labels", json={"step": 1, "labels": {"acc": 0.5}}).status_code == 202
     assert client.get("/v1/runs/r/labels").json()["labels"] == [{"step": 1, "acc": 0.5}]
     assert lookups == []
 
 
-def test_a_revoked_token_is_refused_once_the_ttl_has_passed(client: TestClient, engine: Engine,
+def test_a_revoked_token_is_refused_once_the_ttl_has_passed(client: TestClient, base_model: str, engine: Engine,
                                                              settings: Settings) -> None:
     clock = Clock()
     client.app.state.token_cache = TokenCache(settings.token_cache_seconds, clock=clock)
-    assert client.post("/v1/runs", json={"name": "r", "base_model": "/m"}).status_code == 201
+    assert client.post("/v1/runs", json={"name": "r", "base_model": base_model}).status_code == 201
     with make_sessionmaker(engine).begin() as session:
         revoke_token(session, ref="test-write")
     clock.now += settings.token_cache_seconds
-    refused = client.post("/v1/runs", json={"name": "s", "base_model": "/m"})
+    refused = client.post("/v1/runs", json={"name": "s", "base_model": base_model})
     assert refused.status_code == 401 and "revoked" in refused.json()["detail"]
     assert client.get("/v1/runs").status_code == 401
 

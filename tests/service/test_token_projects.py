@@ -17,11 +17,11 @@ def _token(engine: Engine, scope: str, project: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_a_project_token_writes_its_own_runs_only(client: TestClient, engine: Engine, checkpoint_root) -> None:
+def test_a_project_token_writes_its_own_runs_only(client: TestClient, base_model: str, engine: Engine, checkpoint_root) -> None:
     team_a = _token(engine, "write", "team-a-")
-    other_id = client.post("/v1/runs", json={"name": "team-b-run", "base_model": "/m"}).json()["id"]
-    assert client.post("/v1/runs", json={"name": "team-a-run", "base_model": "/m"}, headers=team_a).status_code == 201
-    refused = client.post("/v1/runs", json={"name": "team-b-other", "base_model": "/m"}, headers=team_a)
+    other_id = client.post("/v1/runs", json={"name": "team-b-run", "base_model": base_model}).json()["id"]
+    assert client.post("/v1/runs", json={"name": "team-a-run", "base_model": base_model}, headers=team_a).status_code == 201
+    refused = client.post("/v1/runs", json={"name": "team-b-other", "base_model": base_model}, headers=team_a)
     assert refused.status_code == 403 and "team-a-" in refused.json()["detail"]
 
     (checkpoint_root / "ck").mkdir()
@@ -44,7 +44,7 @@ def test_a_project_token_writes_its_own_runs_only(client: TestClient, engine: En
     assert client.get("/v1/runs/team-b-run/checkpoints").json() == []  # nothing was written there
 
 
-def test_a_project_token_cannot_squat_probe_set_names_or_delete_other_runs(client: TestClient,
+def test_a_project_token_cannot_squat_probe_set_names_or_delete_other_runs(client: TestClient, base_model: str,
                                                                            engine: Engine) -> None:
     items = [{"prompt": "1+1=", "answer": "2"}]
     team_a = _token(engine, "write", "team-a-")
@@ -52,7 +52,7 @@ def test_a_project_token_cannot_squat_probe_set_names_or_delete_other_runs(clien
                        headers=team_a).status_code == 403
     assert client.post("/v1/probe-sets", json={"name": "team-a-arith", "domain": "ood", "items": items},
                        headers=team_a).status_code == 201
-    client.post("/v1/runs", json={"name": "team-b-kept", "base_model": "/m"})
+    client.post("/v1/runs", json={"name": "team-b-kept", "base_model": base_model})
     team_a_admin = _token(engine, "admin", "team-a-")
     assert client.delete("/v1/runs/team-b-kept", headers=team_a_admin).status_code == 403
     assert client.get("/v1/runs/team-b-kept").status_code == 200

@@ -36,14 +36,14 @@ def test_list_shows_every_token_but_never_the_secret(cli, tokens: dict[str, str]
     assert "fw_" not in listing
 
 
-def test_revoked_token_is_refused_once_the_cache_ttl_has_passed(cli, client: TestClient, tokens: dict[str, str],
+def test_revoked_token_is_refused_once_the_cache_ttl_has_passed(cli, client: TestClient, base_model: str, tokens: dict[str, str],
                                                                settings) -> None:
     now = [0.0]
     client.app.state.token_cache = TokenCache(settings.token_cache_seconds, clock=lambda: now[0])
-    assert client.post("/v1/runs", json={"name": "r", "base_model": "/m"}).status_code == 201
+    assert client.post("/v1/runs", json={"name": "r", "base_model": base_model}).status_code == 201
     assert "revoked at" in cli("revoke", "test-write")
     now[0] += settings.token_cache_seconds
-    write = client.post("/v1/runs", json={"name": "s", "base_model": "/m"})
+    write = client.post("/v1/runs", json={"name": "s", "base_model": base_model})
     assert write.status_code == 401
     assert client.get("/v1/runs").status_code == 401  # the same token, read route
     reader = {"Authorization": f"Bearer {tokens['read']}"}
@@ -63,13 +63,13 @@ def test_revoking_an_unknown_token_says_what_to_do(cli, tokens: dict[str, str], 
         cli("revoke", ref)
 
 
-def test_an_expired_token_is_refused_for_reads_and_writes(client: TestClient, engine: Engine) -> None:
+def test_an_expired_token_is_refused_for_reads_and_writes(client: TestClient, base_model: str, engine: Engine) -> None:
     with make_sessionmaker(engine)() as session:
         expired = create_token(session, name="old", scope="write", expires_at=datetime(2020, 1, 1, tzinfo=UTC))
         session.commit()
     headers = {"Authorization": f"Bearer {expired}"}
     assert client.get("/v1/runs", headers=headers).status_code == 401
-    refused = client.post("/v1/runs", json={"name": "r", "base_model": "/m"}, headers=headers)
+    refused = client.post("/v1/runs", json={"name": "r", "base_model": base_model}, headers=headers)
     assert refused.status_code == 401
     assert "expired" in refused.json()["detail"]
 

@@ -13,8 +13,8 @@ CHUNK = 64 * 1024
 
 
 @pytest.fixture
-def run(client: TestClient) -> str:
-    assert client.post("/v1/runs", json={"name": "r", "base_model": "/m"}).status_code == 201
+def run(client: TestClient, base_model: str) -> str:
+    assert client.post("/v1/runs", json={"name": "r", "base_model": base_model}).status_code == 201
     return "r"
 
 

@@ -6,10 +6,10 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from drift.remote import RemotePath
 from service.api.deps import IdempotencyKey, Principal, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import remember, replay, request_fingerprint, run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page
 from service.api.schemas import CheckpointCreate, CheckpointOut, JobOut, UploadOut
 from service.db import queries
 from service.db.models import Checkpoint
@@ -109,10 +110,16 @@ def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, 
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[CheckpointOut])
-def list_checkpoints(run_ref: str, session: SessionDep, _: Reader) -> list[CheckpointOut]:
+@router.get("", response_model=list[CheckpointOut], responses=LINK_HEADER)
+def list_checkpoints(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+                     limit: Limit = 100, after: StepCursor = None,
+                     status: Annotated[Literal["pending", "processing", "ready", "failed"] | None,
+                                       Query(description="only checkpoints in this state")] = None,
+                     ) -> list[CheckpointOut]:
+    """A run's checkpoints in step order, a page at a time; the `Link` header points to the next page."""
     run = queries.get_run(session, ref=run_ref)
-    return [checkpoint_out(session, c) for c in queries.list_checkpoints(session, run_id=run.id)]
+    rows = queries.list_checkpoints(session, run_id=run.id, after=after, limit=limit + 1, status=status)
+    return [checkpoint_out(session, c) for c in page(request, response, rows, limit=limit, cursor=lambda c: c.step)]
 
 
 @router.get("/{step}", response_model=CheckpointOut)

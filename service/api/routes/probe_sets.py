@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, NameCursor, page
 from service.api.schemas import ProbeItemIn, ProbeSetCreate, ProbeSetOut, ProbeSetSummary
 from service.db import queries
 
@@ -40,10 +43,15 @@ def create_probe_set(body: ProbeSetCreate, request: Request, session: SessionDep
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[ProbeSetSummary])
-def list_probe_sets(session: SessionDep, _: Reader) -> list[ProbeSetSummary]:
+@router.get("", response_model=list[ProbeSetSummary], responses=LINK_HEADER)
+def list_probe_sets(request: Request, response: Response, session: SessionDep, _: Reader, limit: Limit = 100,
+                    after: NameCursor = None,
+                    domain: Annotated[str | None, Query(max_length=64, description="only this domain")] = None,
+                    ) -> list[ProbeSetSummary]:
+    """Probe sets in name order, a page at a time; the `Link` header points to the next page."""
+    rows = queries.list_probe_sets(session, after=after, limit=limit + 1, domain=domain)
     return [ProbeSetSummary(id=p.id, name=p.name, domain=p.domain, description=p.description)
-            for p in queries.list_probe_sets(session)]
+            for p in page(request, response, rows, limit=limit, cursor=lambda p: p.name)]
 
 
 @router.get("/{name}", response_model=ProbeSetOut)

@@ -2,12 +2,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page
 from service.api.schemas import ONLY_DECLARED_KEYS, Step, Strict
 from service.db import labels, queries, status
 
@@ -36,11 +37,14 @@ def post_labels(run_ref: str, body: LabelsIn, request: Request, session: Session
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("/labels")
-def get_labels(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+@router.get("/labels", responses=LINK_HEADER)
+def get_labels(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+               limit: Limit = 1000, after: StepCursor = None) -> dict[str, Any]:
+    """{"labels": [{"step", name: value, ...}]} in step order, a page at a time (`Link` header)."""
     run = queries.get_run(session, ref=run_ref)
-    by_step = labels.labels_by_step(session, run_id=run.id)
-    return {"run": run.name, "labels": [{"step": s, **v} for s, v in by_step.items()]}
+    by_step = labels.labels_by_step(session, run_id=run.id, after=after, limit=limit + 1)
+    steps = page(request, response, list(by_step), limit=limit, cursor=int)
+    return {"run": run.name, "labels": [{"step": s, **by_step[s]} for s in steps]}
 
 
 @router.get("/status")

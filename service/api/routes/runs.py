@@ -7,12 +7,14 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
 from service import lifecycle
-from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, Writer
+from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import NO_NUL_PATTERN, Documented, RunCreate, RunOut
+from service.api.pagination import LINK_HEADER, Limit, page
+from service.api.schemas import NO_NUL_PATTERN, Documented, Problem, RunCreate, RunOut
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
+from service.paths import check_base_model
 from service.queue import probe_tasks
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
@@ -26,15 +28,25 @@ def run_out(session: Session, run: Run, last_step: int | None = None) -> RunOut:
     )
 
 
-@router.post("", status_code=201, response_model=RunOut,
-             responses={200: {"model": RunOut, "description": "The run already existed, identical"}})
-def create_run(body: RunCreate, request: Request, session: SessionDep, principal: Writer,
+@router.post("", status_code=201, response_model=RunOut, responses={
+    200: {"model": RunOut, "description": "The run already existed, identical"},
+    403: {"model": Problem, "description": "Token scope, or base_model outside FORGETWATCH_CHECKPOINT_ROOTS"},
+    422: {"model": Problem,
+          "description": "Invalid body, or base_model missing, unreadable, not a model or a bare Hub id"}})
+def create_run(body: RunCreate, request: Request, session: SessionDep, settings: SettingsDep, principal: Writer,
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    """Register a training run. The same definition again returns the existing run (200)."""
+    """Register a training run. The same definition again returns the existing run (200).
+
+    `base_model` is checked now, so that a run no job could measure is refused at once: a local
+    folder must exist, be readable, hold a model and lie under FORGETWATCH_CHECKPOINT_ROOTS (403
+    otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
+    `s3://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
 
     principal.check_may_write(body.name)
 
     def action() -> tuple[int, RunOut]:
+        check_base_model(body.base_model, settings.allowed_roots, settings.remote_prefixes,
+                         hf_cache=settings.hf_cache_dir)
         run, created = queries.create_run(session, **body.model_dump())
         if body.probe_sets:
             probe_tasks.enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
@@ -45,10 +57,8 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, principal
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[RunOut], responses={200: {"headers": {"Link": {
-    "description": '`<URL>; rel="next"` when there are more runs: the next page', "schema": {"type": "string"}}}}})
-def list_runs(request: Request, response: Response, session: SessionDep, _: Reader,
-              limit: Annotated[int, Query(ge=1, le=1000, description="runs per page")] = 100,
+@router.get("", response_model=list[RunOut], responses=LINK_HEADER)
+def list_runs(request: Request, response: Response, session: SessionDep, _: Reader, limit: Limit = 100,
               after: Annotated[int | None, Query(ge=0, le=2**53, description=(
                   "cursor: the id of the last run of the previous page (the Link header carries it)"))] = None,
               method: Annotated[str | None, Query(max_length=64, pattern=NO_NUL_PATTERN)] = None,
@@ -59,11 +69,9 @@ def list_runs(request: Request, response: Response, session: SessionDep, _: Read
     """Runs in creation order, a page at a time; the `Link` header points to the next page."""
     tags = dict(_tag_filter(t) for t in tag or [])
     runs = queries.list_runs(session, after=after, limit=limit + 1, method=method, tags=tags, archived=archived)
-    if len(runs) > limit:
-        runs = runs[:limit]
-        response.headers["Link"] = f'<{request.url.include_query_params(after=runs[-1].id)}>; rel="next"'
     last = queries.last_steps(session)
-    return [run_out(session, run, last.get(run.id)) for run in runs]
+    return [run_out(session, run, last.get(run.id))
+            for run in page(request, response, runs, limit=limit, cursor=lambda r: r.id)]
 
 
 # What _tag_filter accepts, for the schema: a non-empty KEY, '=', a VALUE; no NUL anywhere.

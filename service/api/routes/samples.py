@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, page
 from service.api.schemas import SampleOut, SamplesAccepted, SamplesCreate
 from service.db import queries
 from service.errors import PayloadTooLarge
@@ -40,12 +41,19 @@ def post_samples(run_ref: str, body: SamplesCreate, request: Request, session: S
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("", response_model=list[SampleOut])
-def list_samples(run_ref: str, session: SessionDep, _: Reader,
+@router.get("", response_model=list[SampleOut], responses=LINK_HEADER)
+def list_samples(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
                  step: Annotated[int | None, Query(ge=0, le=2**53)] = None,
-                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000) -> list[SampleOut]:
+                 limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+                 after: Annotated[str | None, Query(pattern=r"^\d{1,16}:\d{1,19}$", description=(
+                     "cursor STEP:ID of the last sample of the previous page (the Link header carries it)"))] = None,
+                 ) -> list[SampleOut]:
+    """A run's samples in step order, a page at a time; the `Link` header points to the next page."""
     run = queries.get_run(session, ref=run_ref)
     names = {p.id: p.name for p in queries.list_probe_sets(session)}
+    cursor = tuple(int(part) for part in after.split(":")) if after else None
+    rows = queries.list_samples(session, run_id=run.id, step=step, limit=limit + 1,
+                                after=(cursor[0], cursor[1]) if cursor else None)
     return [SampleOut(step=s.step, probe_set=names.get(s.probe_set_id), prompt=s.prompt, response=s.response,
                       logprobs=s.logprobs)
-            for s in queries.list_samples(session, run_id=run.id, step=step, limit=limit)]
+            for s in page(request, response, rows, limit=limit, cursor=lambda s: f"{s.step}:{s.id}")]

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, StringConstraints
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page
 from service.api.schemas import ONLY_DECLARED_KEYS, Step, Strict
 from service.db import queries
 from service.db import training_metrics as store
@@ -45,8 +46,17 @@ def post_metrics(run_ref: str, body: MetricsIn, request: Request, session: Sessi
                           path=request.url.path, payload=body.model_dump_json(), action=action)
 
 
-@router.get("/metrics")
-def get_metrics(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
-    """{"series": {name: [{"step", "value"}, ...]}}: every training metric of the run, in step order."""
+@router.get("/metrics", responses=LINK_HEADER)
+def get_metrics(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+                limit: Limit = 1000, after: StepCursor = None,
+                name: Annotated[list[MetricName] | None, Query(max_length=128, description=(
+                    "repeatable: only these metrics"))] = None) -> dict[str, Any]:
+    """{"series": {name: [{"step", "value"}, ...]}}: the run's training metrics in step order, `limit`
+    steps a page; the `Link` header points to the next page."""
     run = queries.get_run(session, ref=run_ref)
-    return {"run": run.name, "series": store.series(session, run_id=run.id)}
+    found = store.series(session, run_id=run.id, after=after, limit=limit + 1, names=name or ())
+    steps = sorted({point["step"] for points in found.values() for point in points})
+    kept = page(request, response, steps, limit=limit, cursor=int)
+    if len(kept) < len(steps):  # the one step past the page was read only to know there is a next page
+        found = {k: points for k, v in found.items() if (points := [p for p in v if p["step"] <= kept[-1]])}
+    return {"run": run.name, "series": found}
