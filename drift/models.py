@@ -9,11 +9,19 @@ missing). Statistics are always computed from float32 logits by the callers.
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+LOADING = threading.RLock()
+"""Held around every transformers ``from_pretrained`` in the process: loading swaps global state
+(meta-device initialisation), so two threads loading at once corrupt each other's models (a probe
+job's model then fails to move with "Cannot copy out of meta tensor"). Loads are short next to what
+is computed with the model, so they are serialized; re-entrant, so a load may check its config
+(`check_config_fits_weights`, itself under the lock) while holding it."""
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
@@ -41,8 +49,9 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu", dtype: s
     if not folder.is_dir():
         raise ValueError(f"model path {str(path)!r} is not a local folder (hub downloads are disabled)")
     target = resolve_device(device)
-    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    with LOADING:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
     if target.type == "cpu" and model.dtype in (torch.float16, torch.bfloat16):
         model = model.float()
     model = model.to(target).eval()
@@ -56,7 +65,8 @@ def attach_adapter(model, folder: str | Path):
     written; ``model``'s modules are wrapped in place, so pass a model of its own). Eval mode."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, Path(folder), is_trainable=False, local_files_only=True).eval()
+    with LOADING:
+        return PeftModel.from_pretrained(model, Path(folder), is_trainable=False, local_files_only=True).eval()
 
 
 MAX_LAYERS = 1024  # above any released model; a hostile config could ask for millions of modules
@@ -84,8 +94,8 @@ def check_config_fits_weights(folder: str | Path, *, roots: Sequence[Path] | Non
                               "not a config forgetwatch loads")
     stored = sum(t.numel for t in list_tensors(folder, roots=roots) if t.alias_of is None)
     try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-        with torch.device("meta"):
+        with LOADING, torch.device("meta"):
+            config = AutoConfig.from_pretrained(folder, local_files_only=True)
             model = AutoModelForCausalLM.from_config(config)
     except (ValueError, TypeError, KeyError, OSError, OverflowError, RuntimeError) as exc:
         raise CheckpointError(f"{folder}/config.json: does not describe a loadable causal LM "

@@ -165,7 +165,7 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
     from service.db import queries
     from service.db.session import make_engine, make_sessionmaker
     from service.errors import NotFound
-    from service.queue import probe_tasks
+    from service.queue import param_tasks, probe_tasks
     from service.queue.defer import enqueue_risk
 
     with database_url(settings) as (url, embedded):
@@ -176,14 +176,22 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
                 runs = [queries.get_run(session, ref=args.run)] if args.run else list(queries.list_runs(session))
             except NotFound as error:
                 raise SystemExit(f"forgetwatch reanalyze: {error.detail}") from None
-            count = 0
+            count = retried = 0
             for run in runs:
                 if queries.run_probe_set_names(session, run_id=run.id):
                     probe_tasks.enqueue_base(session, run.id)
+                if args.failed:
+                    again = {probe_tasks.KIND: probe_tasks.enqueue, param_tasks.KIND: param_tasks.enqueue}
+                    for checkpoint_id, kind in queries.failed_analyses(session, run_id=run.id):
+                        if kind in again:
+                            again[kind](session, checkpoint_id)
+                            retried += 1
                 for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
                     enqueue_risk(session, checkpoint_id)
                     count += 1
         engine.dispose()
+    if args.failed:
+        print(f"forgetwatch: {retried} failed analyses queued again")
     print(f"forgetwatch: {count} checkpoint assessments of {len(runs)} run(s) queued; a worker recomputes them "
           "(a checkpoint already waiting is queued once)")
 
@@ -284,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     reanalyze = sub.add_parser("reanalyze", help="recompute the base row, detection and forecast of existing "
                                "runs (after an upgrade of the alarms)")
     reanalyze.add_argument("--run", help="one run (name or id; default: every run)")
+    reanalyze.add_argument("--failed", action="store_true",
+                           help="also run again every failed parameter and probe analysis (after fixing its cause)")
     reanalyze.set_defaults(func=cmd_reanalyze)
 
     token = sub.add_parser("token", help="manage API tokens")

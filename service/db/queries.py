@@ -343,3 +343,14 @@ def sample_batch(session: Session, *, run_id: int, step: int, probe_set: str) ->
         .outerjoin(ProbeSet, ProbeSet.id == Sample.probe_set_id)
         .where(Sample.run_id == run_id, Sample.step == step, func.coalesce(ProbeSet.name, "") == probe_set)
         .order_by(Sample.id)).all()
+
+
+_FAILED_ANALYSES = text(
+    "SELECT a.checkpoint_id, a.kind FROM checkpoint_analyses a JOIN checkpoints c ON c.id = a.checkpoint_id "
+    "WHERE c.run_id = :r AND a.status = 'failed' ORDER BY c.step, a.kind"
+)
+
+
+def failed_analyses(session: Session, *, run_id: int) -> list[tuple[int, str]]:
+    """(checkpoint id, analysis kind) of every failed analysis of the run's checkpoints, by step."""
+    return [(int(c), str(k)) for c, k in session.execute(_FAILED_ANALYSES, {"r": run_id})]

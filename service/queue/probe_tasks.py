@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import threading
 from pathlib import Path
 
 import procrastinate
@@ -21,6 +20,7 @@ from drift.checkpoints import check_adapter_fits, is_adapter_folder
 from drift.confined import check_model_folder
 from drift.encoding import encode_probe_items
 from drift.forgetting import base_scores, evaluate_checkpoint
+from drift.models import LOADING
 from drift.remote import RemotePath
 from drift.staging import stage_folder
 from service.db import param_drift as analyses
@@ -83,9 +83,6 @@ def _tokenizer_folder(checkpoint: Path, base: Path) -> Path:
     return checkpoint if has_tokenizer else base
 
 
-# transformers' loading swaps global state (meta-device init); two job threads loading at once
-# corrupt each other's models. Loading is short next to the evaluation, so serialize it.
-_LOADING = threading.Lock()
 
 
 def load(model_folder: Path, tokenizer_folder: Path, device: str, roots: tuple[Path, ...]):
@@ -101,7 +98,7 @@ def load(model_folder: Path, tokenizer_folder: Path, device: str, roots: tuple[P
         check_model_folder(folder, roots)
     check_config_fits_weights(model_folder, roots=roots)
     target = resolve_device(device)
-    with _LOADING:
+    with LOADING:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
@@ -137,7 +134,7 @@ def load_checkpoint(checkpoint: Path, base: Path, device: str, roots: tuple[Path
     check_model_folder(checkpoint, roots)
     check_adapter_fits(checkpoint, base, roots=roots)
     model, tokenizer = load(base, tokenizer_folder, device, roots)
-    with _LOADING:
+    with LOADING:
         model = attach_adapter(model, checkpoint)
     return model, tokenizer
 

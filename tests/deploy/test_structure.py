@@ -96,3 +96,21 @@ def test_no_module_is_over_400_lines() -> None:
     long = {str(p.relative_to(ROOT)): n for package in ("drift", "service", "client", "experiment")
             for p in (ROOT / package).rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
     assert not long, f"modules over {MAX_MODULE_LINES} lines (split each by responsibility): {long}"
+
+
+def test_every_transformers_load_holds_the_process_wide_loading_lock() -> None:
+    """`drift.models.LOADING` around every `from_pretrained`/`from_config`: loads swap global state, and
+    two threads of one worker loading at once corrupted each other's models."""
+    root = Path(__file__).resolve().parents[2]
+    unguarded = []
+    for path in sorted([*(root / "drift").rglob("*.py"), *(root / "service").rglob("*.py")]):
+        tree = ast.parse(path.read_text())
+        guarded: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.With) and any("LOADING" in ast.unparse(item.context_expr) for item in node.items):
+                guarded.update(id(n) for n in ast.walk(node))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in {"from_pretrained", "from_config"} and id(node) not in guarded):
+                unguarded.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert not unguarded, f"transformers loads outside `with LOADING:` {unguarded}"

@@ -218,6 +218,19 @@ def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: Tes
         jobs = conn.execute(text("SELECT task_name, count(*) FROM procrastinate_jobs WHERE status = 'todo' "
                                  "GROUP BY task_name ORDER BY task_name")).all()
     assert [(name.rsplit(":", 1)[1], n) for name, n in jobs] == [("compute_risk", 3), ("measure_base", 1)]
+    with engine.begin() as conn:  # an analysis that failed runs again with --failed, once
+        first = conn.execute(text("SELECT min(id) FROM checkpoints")).scalar()
+        conn.execute(text("INSERT INTO checkpoint_analyses (checkpoint_id, kind, status, error) "
+                          "VALUES (:c, 'responses', 'failed', 'x') ON CONFLICT (checkpoint_id, kind) "
+                          "DO UPDATE SET status = 'failed'"), {"c": first})
+    done = subprocess.run([FORGETWATCH, "reanalyze", "--run", "again", "--failed"], env=worker_env(settings),
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and "1 failed analyses queued again" in done.stdout, done.stderr
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT status FROM checkpoint_analyses WHERE checkpoint_id = :c AND "
+                                 "kind = 'responses'"), {"c": first}).scalar() == "pending"
+        assert conn.execute(text("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND "
+                                 "task_name LIKE '%probe_drift'")).scalar() == 1
     missing = subprocess.run([FORGETWATCH, "reanalyze", "--run", "nope"], env=worker_env(settings),
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "forgetwatch reanalyze: no run 'nope'" in missing.stderr
