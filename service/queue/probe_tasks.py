@@ -46,6 +46,7 @@ from service.queue.tasks import (
     resolve_confined,
     services_of,
 )
+from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
 KIND = "responses"
@@ -65,7 +66,7 @@ def enqueue(session: Session, checkpoint_id: int) -> None:
               lock=f"probe-{checkpoint_id}")
 
 
-def local_folder(settings, location: Path | RemotePath) -> Path:
+def local_folder(settings: Settings, location: Path | RemotePath) -> Path:
     """A folder transformers can load: local folders as they are, object storage folders copied into
     the bounded local cache (FORGETWATCH_CACHE_MAX_BYTES)."""
     if not isinstance(location, RemotePath):
@@ -74,7 +75,7 @@ def local_folder(settings, location: Path | RemotePath) -> Path:
                         roots=settings.confinement_roots)
 
 
-def loading_roots(settings) -> tuple[Path, ...]:
+def loading_roots(settings: Settings) -> tuple[Path, ...]:
     """Where model files may be opened from: the allowed roots and the service's own remote cache."""
     return (*settings.allowed_roots, Path(os.path.realpath(settings.remote_cache_dir)))
 
@@ -171,7 +172,7 @@ def measure_base(context: procrastinate.JobContext, run_id: int) -> None:
         run = session.get(Run, run_id)
         base_uri = run.base_model if run is not None else None
         probe_sets = store.run_probe_sets(session, run_id=run_id) if run is not None else []
-    if not probe_sets:
+    if base_uri is None or not probe_sets:
         return
     try:
         location = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,

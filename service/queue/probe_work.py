@@ -64,7 +64,7 @@ def load(model_folder: Path, tokenizer_folder: Path, device: str, roots: Roots) 
     target = resolve_device(device)
     with _LOADING:
         tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
+        model: Any = AutoModelForCausalLM.from_pretrained(model_folder, local_files_only=True)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.float() if target.type == "cpu" else model
@@ -99,7 +99,7 @@ def cap_new_tokens(model: Any, longest: int) -> int:
     context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not context:
         return GENERATION_TOKENS
-    return max(1, min(GENERATION_TOKENS, context - longest))
+    return max(1, min(GENERATION_TOKENS, int(context) - longest))
 
 
 def build_base_caches(base: str, probe_sets: Sequence[tuple[int, ProbeSet]], *, base_key: str, k: int,
