@@ -1,48 +1,102 @@
-"""Reading checkpoint tensors in a child process.
+"""Reading checkpoint and model files in a child process.
 
-Parameter drift reads tensors through memory maps (copy-free, at disk speed). If a file shrinks while it
-is mapped — a trainer re-saving a checkpoint in place, a cleanup deleting it — the next read of a
-vanished page kills the reading process with SIGBUS, which Python cannot catch. Run in a child, that
-read costs the child only: the job fails with a reason and the worker lives on.
+Parameter drift reads tensors through memory maps (copy-free, at disk speed), and transformers keeps
+a loaded model's weights mapped from its safetensors files. If a file shrinks while it is mapped — a
+trainer re-saving a checkpoint in place, a cleanup deleting it — the next read of a vanished page
+kills the reading process with SIGBUS, which Python cannot catch; a loader may also crash or be
+killed for memory. Every job step that opens model files (parameter drift, probe evaluation, base
+caches, sample references) runs in a child, so that costs the child only: the job fails with a
+reason and the worker lives on.
 
 Children come from a fork server that has the drift code imported already, so a new child starts in
-milliseconds; each worker thread keeps its own child, so one crash fails only that thread's job.
+about a second; transformers is imported by a child's first probe job. A child serves one call at a
+time and is kept for the next call (a probe child keeps its base model loaded), so a worker holds at
+most one child per concurrently running job; one crash fails only the job that was using that child.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import pickle
+import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from drift.confined import CheckpointError
 
 T = TypeVar("T")
 
 _context = multiprocessing.get_context("forkserver")
-_context.set_forkserver_preload(["drift.params"])
-_local = threading.local()
+_context.set_forkserver_preload(["drift.params", "service.queue.probe_work"])
+_idle: list[ProcessPoolExecutor] = []  # children free for the next call, the last used on top
+_idle_lock = threading.Lock()
 
 
 class CheckpointChanged(CheckpointError):
-    """The reading child died (SIGBUS or killed): the files changed or vanished while they were read."""
+    """The reading child died (SIGBUS or killed) instead of answering."""
+
+
+def _take() -> ProcessPoolExecutor:
+    with _idle_lock:
+        if _idle:
+            return _idle.pop()
+    return ProcessPoolExecutor(max_workers=1, mp_context=_context)
+
+
+def _give_back(pool: ProcessPoolExecutor) -> None:
+    with _idle_lock:
+        _idle.append(pool)
+
+
+def _call(function: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+    """In the child: an exception that cannot travel back (a Rust panic from a loader, an error
+    class without a plain constructor) comes back as a RuntimeError naming it."""
+    try:
+        return function(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as error:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # noqa: BLE001 - whatever stops it travelling, send its name instead
+            first = str(error).splitlines()[0] if str(error) else ""
+            raise RuntimeError(f"{type(error).__name__}: {first}"[:500]) from None
+        raise
+
+
+def _death_reason(pool: ProcessPoolExecutor) -> str:
+    processes: dict[Any, Any] = getattr(pool, "_processes", None) or {}
+    codes = [p.exitcode for p in processes.values() if p.exitcode is not None]
+    number = -codes[0] if codes and codes[0] < 0 else None
+    if number == signal.SIGKILL:
+        return ("the process reading the model files was killed (SIGKILL: out of memory?); give the worker more "
+                "memory, run fewer jobs at once, or register a smaller model")
+    name = signal.Signals(number).name if number in signal.valid_signals() else "no exit status"
+    return (f"the checkpoint's files changed or vanished while they were read ({name}: re-saved in place, or "
+            "deleted?); register a checkpoint whose files are no longer written to, and keep the run's base model "
+            "files as they are")
 
 
 def run_isolated(function: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-    """`function(*args, **kwargs)` in this thread's child process; its exceptions come back as they are.
-    Raises CheckpointChanged when the child dies instead of answering."""
-    pool = getattr(_local, "pool", None)
-    if pool is None:
-        pool = _local.pool = ProcessPoolExecutor(max_workers=1, mp_context=_context)
+    """`function(*args, **kwargs)` in a child process; its exceptions come back as they are (one that
+    cannot be pickled as a RuntimeError naming it). Arguments and results travel pickled: pass plain
+    values. Raises CheckpointChanged when the child dies instead of answering."""
+    pool = _take()
+    future = pool.submit(_call, function, args, kwargs)
     try:
-        return pool.submit(function, *args, **kwargs).result()
+        result = future.result()
     except BrokenProcessPool:
-        _local.pool = None
+        reason = _death_reason(pool)
         pool.shutdown(wait=False, cancel_futures=True)
-        raise CheckpointChanged(
-            "the checkpoint's files changed or vanished while they were read (re-saved in place, or deleted?); "
-            "register a checkpoint whose files are no longer written to"
-        ) from None
+        raise CheckpointChanged(reason) from None
+    except BaseException:
+        if future.done():
+            _give_back(pool)  # the function raised; its child is fine
+        else:
+            pool.shutdown(wait=False, cancel_futures=True)  # interrupted while the child still works
+        raise
+    _give_back(pool)
+    return result

@@ -11,7 +11,7 @@ import pytest
 
 from drift.checkpoint_io import CheckpointError
 from drift.models import check_config_fits_weights
-from service.queue.probe_tasks import load
+from service.queue.probe_work import load
 from tests.integration.models import char_tokenizer, save_tiny_gpt2_run
 
 

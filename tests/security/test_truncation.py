@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from service.queue.isolated import CheckpointChanged, run_isolated
-from tests.security.truncation import total, truncate_while_mapped
+from tests.security.truncation import killed, raise_two_part_error, total, truncate_while_mapped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,8 +40,17 @@ def test_reading_in_a_child_turns_the_crash_into_a_clear_error_and_goes_on(tmp_p
     victim = _checkpoint(tmp_path / "victim.safetensors")
     with pytest.raises(CheckpointChanged) as changed:
         run_isolated(truncate_while_mapped, str(victim))
-    assert "changed or vanished while they were read" in str(changed.value)
+    assert "changed or vanished while they were read (SIGBUS" in str(changed.value)
     healthy = _checkpoint(tmp_path / "healthy.safetensors")
     assert run_isolated(total, healthy) == 1024 * 1024  # a fresh child serves the next job
     with pytest.raises(FileNotFoundError):  # ordinary errors come back as they are
         run_isolated(os.stat, str(tmp_path / "missing"))
+
+
+def test_a_child_killed_for_memory_is_named_and_an_error_that_cannot_travel_comes_back_as_its_name(
+        tmp_path: Path) -> None:
+    with pytest.raises(CheckpointChanged, match=r"killed \(SIGKILL: out of memory\?\)"):
+        run_isolated(killed)
+    with pytest.raises(RuntimeError, match="^TwoPartError: cannot travel$"):
+        run_isolated(raise_two_part_error)
+    assert run_isolated(total, _checkpoint(tmp_path / "healthy.safetensors")) == 1024 * 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 from drift.checkpoints import open_checkpoint
@@ -19,3 +20,19 @@ def truncate_while_mapped(path: str) -> float:
 def total(path: str | Path) -> float:
     with open_checkpoint(path) as checkpoint:
         return float(checkpoint.array("weight").sum())
+
+
+class TwoPartError(Exception):
+    """An exception pickle cannot rebuild (its constructor takes two arguments)."""
+
+    def __init__(self, first: str, second: str) -> None:
+        super().__init__(f"{first} {second}")
+
+
+def raise_two_part_error() -> None:
+    raise TwoPartError("cannot", "travel")
+
+
+def killed() -> None:
+    """What the kernel's out-of-memory killer does to a loader."""
+    os.kill(os.getpid(), signal.SIGKILL)

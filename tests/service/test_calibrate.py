@@ -73,3 +73,33 @@ def test_calibrate_refuses_too_few_runs_and_gives_no_threshold_without_enough_qu
     assert threshold is None  # 3 quiet runs cannot bound false alarms at 10 %
     with pytest.raises(ValueError, match="at least 3 labelled runs"):
         calibrate(runs[:2], alpha=0.1, horizon=3)
+
+
+def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(engine, tmp_path) -> None:
+    from service.calibrate import SHIPPED, refit_threshold, shipped_maxima
+    from service.settings import Settings
+
+    _labelled_runs(engine, quiet=4, forgetting=4)
+    with make_sessionmaker(engine)() as session:
+        runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
+    quiet_max = max(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
+    # Four quiet runs alone cannot bound false alarms at 10 %; pooled with 30 shipped ones they can.
+    assert calibrate(runs, alpha=0.1, horizon=3)[0] is None
+    decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=[0.05] * 30)
+    assert decision.threshold is not None and quiet_max < decision.threshold
+    assert decision.installed, decision.reason
+    assert decision.refit.false_alarm_runs == 0.0 and decision.in_force.false_alarm_runs == 0.0
+    assert decision.refit.median_lead_ckpts >= decision.in_force.median_lead_ckpts
+    save(tmp_path / "alarm_threshold.json", threshold=None, alpha=0.1, runs=runs, record=[], recipe={},
+         decision=decision)
+    assert Settings(data_dir=tmp_path).forecast_alarm_probability == decision.threshold
+    assert Settings(data_dir=tmp_path, forecast_alarm_probability=0.5).forecast_alarm_probability == 0.5
+    # A threshold in force that already warns as early, with no false alarm, is not replaced by one
+    # that alarms on runs that never forgot.
+    refused = refit_threshold(runs, in_force=0.9999, alpha=0.1, horizon=3, shipped=[0.0] * 30)
+    if refused.refit.false_alarm_runs:
+        assert not refused.installed and "worse" in refused.reason
+    # The shipped calibration exists, parses, and its threshold is the service's default.
+    assert len(shipped_maxima(SHIPPED)) >= 9
+    assert Settings(data_dir=tmp_path / "empty").forecast_alarm_probability == json.loads(
+        SHIPPED.read_text())["alarm_probability"]
