@@ -93,8 +93,9 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 def check_base_model(uri: str, roots: list[Path], prefixes: list[str], *, hf_cache: Path | None = None) -> None:
     """Refuse, when a run is registered, a base model its jobs could never read: Forbidden (403) outside
-    the allowed roots and prefixes, Unprocessable (422) for a local path that is missing, unreadable or
-    not a model (a folder with `config.json` or weight files, or a single weight file).
+    the allowed roots and prefixes, Unprocessable (422) for a local path that is missing or unreadable, or
+    a file that is not a weights file. A folder's contents are not judged here: a trainer may register
+    its run before the base is written there, and the jobs that load it fail with the reason.
 
     `s3://` bases are checked against the allowed prefixes only (the workers read them and fail the
     analysis with the storage's reason). A bare Hugging Face Hub id (`gpt2`, `org/name`) is refused:
@@ -123,11 +124,6 @@ def check_base_model(uri: str, roots: list[Path], prefixes: list[str], *, hf_cac
             raise Unprocessable(f"base_model {uri[:300]!r} is a file but not a weights file "
                                 "(.safetensors, .bin, .pt, .pth); give the model folder")
         return
-    names = {p.name for p in location.iterdir()}
-    if "config.json" not in names and not any(n.endswith(_WEIGHT_SUFFIXES) for n in names):
-        raise Unprocessable(f"base_model {uri[:300]!r} is not a model folder (no config.json and no "
-                            ".safetensors/.bin/.pt weights in it); give the folder the base model was saved to "
-                            "(save_pretrained)")
 
 
 def directory_size(path: Path) -> int:

@@ -80,7 +80,7 @@ class RunCreate(Strict):
     base_model: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] = Field(
         description=(
             "Where the base model is, readable by the service: an absolute path or file:// URI under "
-            "FORGETWATCH_CHECKPOINT_ROOTS (a folder with config.json and weights, or one weights file), "
+            "FORGETWATCH_CHECKPOINT_ROOTS (a folder that will hold config.json and weights, or one weights file), "
             "s3://bucket/key under an allowed prefix, or hf://org/name[@revision] in the service's local "
             "Hugging Face cache (nothing is downloaded; a bare Hub id such as gpt2 is refused)"),
         examples=["/models/qwen2.5-0.5b-instruct", "s3://models/base", "hf://Qwen/Qwen2.5-0.5B-Instruct@main"],

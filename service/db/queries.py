@@ -91,6 +91,10 @@ def probe_set_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
     return found
 
 
+def run_named(session: Session, *, name: str) -> Run | None:
+    return session.scalar(select(Run).where(Run.name == name))
+
+
 def create_run(
     session: Session,
     *,

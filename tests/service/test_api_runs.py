@@ -71,7 +71,7 @@ def test_a_base_model_no_job_could_load_is_422_with_what_to_give(client: TestCli
     (checkpoint_root / "notes.txt").write_text("not a model")
     unreadable = make_base_model(checkpoint_root / "locked")
     unreadable.chmod(0)
-    cases = {str(checkpoint_root / "absent"): "does not exist", str(empty): "not a model folder",
+    cases = {str(checkpoint_root / "absent"): "does not exist",
              str(checkpoint_root / "notes.txt"): "not a weights file", "gpt2": "hf://gpt2",
              "models/base": "absolute path", "hf://org/absent": "huggingface-cli download org/absent"}
     if os.geteuid() != 0:  # root reads anything
@@ -84,6 +84,10 @@ def test_a_base_model_no_job_could_load_is_422_with_what_to_give(client: TestCli
     finally:
         unreadable.chmod(0o755)
     assert client.get("/v1/runs").json() == []
+    # A folder is not judged by its contents: a trainer may register the run before writing the base.
+    assert client.post("/v1/runs", json={"name": "early", "base_model": str(empty)}).status_code == 201
+    # An existing name answers as before (200 for the same run, 409 for another), whatever the base.
+    assert client.post("/v1/runs", json={"name": "early", "base_model": "/elsewhere"}).status_code == 409
 
 
 def test_a_weights_file_or_a_model_folder_is_accepted(client: TestClient, checkpoint_root: Path) -> None:

@@ -37,16 +37,16 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
                idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Register a training run. The same definition again returns the existing run (200).
 
-    `base_model` is checked now, so that a run no job could measure is refused at once: a local
-    folder must exist, be readable, hold a model and lie under FORGETWATCH_CHECKPOINT_ROOTS (403
-    otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
+    `base_model` of a new run is checked now, so that a run no job could read is refused at once: a
+    local path must exist, be readable and lie under FORGETWATCH_CHECKPOINT_ROOTS (403 otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
     `s3://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
 
     principal.check_may_write(body.name)
 
     def action() -> tuple[int, RunOut]:
-        check_base_model(body.base_model, settings.allowed_roots, settings.remote_prefixes,
-                         hf_cache=settings.hf_cache_dir)
+        if queries.run_named(session, name=body.name) is None:  # an existing name: 200 or 409 first
+            check_base_model(body.base_model, settings.allowed_roots, settings.remote_prefixes,
+                             hf_cache=settings.hf_cache_dir)
         run, created = queries.create_run(session, **body.model_dump())
         if body.probe_sets:
             probe_tasks.enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
