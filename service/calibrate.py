@@ -33,9 +33,10 @@ from service.db.labels import label_values, runs_labelled_at_base
 from service.db.queries import last_step
 from service.db.response_drift import run_base_scores
 from service.risk import ood_drops
+from service.settings import SHIPPED_CALIBRATION
 
 FORMAT = "forgetwatch.alarm_threshold/1"
-SHIPPED = Path(__file__).with_name("shipped_calibration.json")
+SHIPPED = SHIPPED_CALIBRATION
 """The project corpus's calibration: its threshold and the largest forecast of each run that never forgot."""
 
 

@@ -234,8 +234,9 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
                  "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)
     if decision.installed and decision.threshold is not None:
+        pooled = "" if args.from_scratch else ", pooled with the shipped corpus's"
         print(f"forgetwatch: alarm threshold {decision.threshold:.4g} installed in {out} ({quiet} of your runs never "
-              f"forgot, pooled with the shipped corpus's); the service reads it at its next start unless "
+              f"forgot{pooled}); the service reads it at its next start unless "
               f"FORGETWATCH_FORECAST_ALARM_PROBABILITY is set")
     else:
         print(f"forgetwatch: not installed ({decision.reason}); the threshold in force stays "

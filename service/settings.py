@@ -19,6 +19,14 @@ class SettingsError(ValueError):
     """One line per invalid setting, each naming its environment variable and what it accepts."""
 
 
+SHIPPED_CALIBRATION = Path(__file__).with_name("shipped_calibration.json")
+
+
+def _shipped_threshold() -> float:
+    """The alarm threshold calibrated on the project's own corpus (`forgetwatch calibrate`)."""
+    return float(json.loads(SHIPPED_CALIBRATION.read_text())["alarm_probability"])
+
+
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("forgetwatch", appauthor=False))
 
@@ -142,11 +150,12 @@ class Settings(BaseSettings):
     probe_topk: int = Field(64, ge=1, le=100_000)
     """Base log-probs kept per position in the probe cache (the rest is summarised as tail mass)."""
 
-    forecast_alarm_probability: float = Field(0.69, gt=0, lt=1)
+    forecast_alarm_probability: float = Field(default_factory=lambda: _shipped_threshold(), gt=0, lt=1)
     """A forgetting forecast at or above this probability is an alarm (`ForgettingPredicted`);
     `last_safe_step` is the checkpoint before the first alarm, predicted or detected. The default is
-    `forgetwatch calibrate`'s conformal threshold on the project's own corpus (docs/risk_model.md);
-    refit it on your runs."""
+    `forgetwatch calibrate`'s conformal threshold on the project's own corpus
+    (`service/shipped_calibration.json`, docs/risk_model.md), unless a refit on your runs was installed
+    in the data dir."""
 
     @model_validator(mode="after")
     def _installed_threshold(self) -> Settings:

@@ -132,9 +132,11 @@ def base_model(checkpoint_root: Path) -> str:
 
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str, checkpoint_root: Path) -> Settings:
+    # The page and alarm tests build forecasts around a 0.69 threshold; the shipped default itself is
+    # checked in tests/service/test_calibrate.py.
     return Settings(
         database_url=database_url, data_dir=tmp_path / "data", checkpoint_roots=[checkpoint_root],
-        worker_heartbeat_seconds=1, stalled_after_seconds=4,
+        worker_heartbeat_seconds=1, stalled_after_seconds=4, forecast_alarm_probability=0.69,
     )
 
 

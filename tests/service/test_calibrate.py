@@ -85,7 +85,8 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
     quiet_max = max(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
     # Four quiet runs alone cannot bound false alarms at 10 %; pooled with 30 shipped ones they can.
     assert calibrate(runs, alpha=0.1, horizon=3)[0] is None
-    decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=[0.05] * 30)
+    shipped = [0.05] * 20 + [0.15] * 10
+    decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=shipped)
     assert decision.threshold is not None and quiet_max < decision.threshold
     assert decision.installed, decision.reason
     assert decision.refit.false_alarm_runs == 0.0 and decision.in_force.false_alarm_runs == 0.0
@@ -97,8 +98,7 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
     # A threshold in force that already warns as early, with no false alarm, is not replaced by one
     # that alarms on runs that never forgot.
     refused = refit_threshold(runs, in_force=0.9999, alpha=0.1, horizon=3, shipped=[0.0] * 30)
-    if refused.refit.false_alarm_runs:
-        assert not refused.installed and "worse" in refused.reason
+    assert refused.refit.false_alarm_runs > 0.1 and not refused.installed and "worse" in refused.reason
     # The shipped calibration exists, parses, and its threshold is the service's default.
     assert len(shipped_maxima(SHIPPED)) >= 9
     assert Settings(data_dir=tmp_path / "empty").forecast_alarm_probability == json.loads(
