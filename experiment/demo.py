@@ -41,8 +41,6 @@ class Plan:
 PRETRAINING: dict[str, dict[str, Any]] = {"small-llama-word": {"lr": 1e-3}, "micro-qwen2-char": {"lr": 2e-3}}
 """Pretraining overrides per model family (`BaseConfig` fields) where the demo's do not fit its size
 (at 3e-3 the Llama family's loss stalled near 2 for 300 steps; at 1e-3 it fell to 0.3 in 200)."""
-LR_SCALE: dict[str, float] = {}
-"""Post-training learning rate of a family relative to the demo's (larger models move further per step)."""
 
 
 def _start_service(settings: Settings) -> tuple[subprocess.Popen, str, str]:
@@ -207,7 +205,7 @@ def run(settings: Settings, plan: Plan) -> None:
 
         for seed in plan.seeds:
             for scale in plan.lr_scales:
-                lrs = {arm: arm_config(arm).lr * scale * LR_SCALE.get(plan.family, 1.0) for arm in plan.arms}
+                lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
                                checkpoint_every=plan.checkpoint_every, base_config=base_config,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
