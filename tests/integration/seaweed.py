@@ -61,7 +61,8 @@ def seaweedfs(root: Path, *, buckets: tuple[str, ...] = ("models",), timeout: fl
                                              "filer.grpc", "s3", "s3.grpc", "metrics")}
     args = [WEED, "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={root}", "-s3", f"-s3.config={config}",
             "-master.volumeSizeLimitMB=64", "-volume.max=8", f"-metricsPort={ports['metrics']}",
-            "-s3.port.iceberg=0",  # its Iceberg catalog would listen on the fixed port 8181
+            # its Iceberg catalog and Lance namespace would listen on the fixed ports 8181 and 9101
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
             *(f"-{name.replace('.grpc', '.port.grpc') if 'grpc' in name else name + '.port'}={port}"
               for name, port in ports.items() if name != "metrics")]
     log = open(root / "weed.log", "ab")  # noqa: SIM115 - closed below
