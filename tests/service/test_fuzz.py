@@ -22,6 +22,14 @@ NOT_YET_EXPLAINED = {
     ("coverage", "POST /v1/probe-sets", "positive_data_acceptance", "Schema-valid request rejected"),
     ("coverage", "POST /v1/runs/{run_ref}/samples", "positive_data_acceptance", "Schema-valid request rejected"),
 }
+# Explained: a new run's base must exist on the service's disk, which no schema can state. The fuzzing
+# phase's bodies get a base that exists (`_on_the_services_disk`); the examples and coverage phases do
+# not pass through that hook, and their bases (the schema's hf:// example, a 4096-character string) are
+# rightly refused with 422.
+THE_DISK_RULE = {
+    ("examples", "POST /v1/runs", "positive_data_acceptance", "Schema-valid request rejected"),
+    ("coverage", "POST /v1/runs", "positive_data_acceptance", "Schema-valid request rejected"),
+}
 
 
 def _chat_ends_with_the_user(context: Any, body: Any) -> Any:
@@ -35,6 +43,20 @@ def _chat_ends_with_the_user(context: Any, body: Any) -> Any:
                 and messages[-1].get("role") in CHAT_ROLES:
             messages[-1]["role"] = "user"
     return body
+
+
+def _on_the_services_disk(base_model: str) -> Any:
+    """The other rule no schema can state: a new run's base must exist on the service's disk (checked at
+    POST /v1/runs). A generated base that is a schema-valid string is swapped for one that exists, so
+    the body stays exactly as valid or invalid as generated; other bodies are left as they are."""
+
+    def swap(context: Any, body: Any) -> Any:
+        value = body.get("base_model") if isinstance(body, dict) else None
+        if isinstance(value, str) and 1 <= len(value) <= 4096 and "\x00" not in value:
+            body["base_model"] = base_model
+        return body
+
+    return swap
 
 
 def failures_of(schema: Any) -> dict[tuple[str, str, str, str], str]:
@@ -68,9 +90,10 @@ def test_server_and_schema_agree_under_every_check(client: TestClient, base_mode
     schema.config.checks.update(included_check_names=["all"])
     schema.config.generation.update(max_examples=MAX_EXAMPLES, deterministic=True)
     schema.hook("map_body").apply_to(method="POST", path="/v1/probe-sets")(_chat_ends_with_the_user)
+    schema.hook("map_body").apply_to(method="POST", path="/v1/runs")(_on_the_services_disk(base_model))
 
     found = failures_of(schema)
-    new = {key: sample for key, sample in found.items() if key not in NOT_YET_EXPLAINED}
+    new = {key: sample for key, sample in found.items() if key not in NOT_YET_EXPLAINED | THE_DISK_RULE}
     assert not new, "\n".join(f"{' '.join(key)}:\n    {sample}" for key, sample in sorted(new.items()))
-    stale = NOT_YET_EXPLAINED - set(found)
+    stale = (NOT_YET_EXPLAINED | THE_DISK_RULE) - set(found)
     assert not stale, f"no longer found, drop them from NOT_YET_EXPLAINED: {sorted(stale)}"
