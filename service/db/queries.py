@@ -358,3 +358,17 @@ _FAILED_ANALYSES = text(
 def failed_analyses(session: Session, *, run_id: int) -> list[tuple[int, str]]:
     """(checkpoint id, analysis kind) of every failed analysis of the run's checkpoints, by step."""
     return [(int(c), str(k)) for c, k in session.execute(_FAILED_ANALYSES, {"r": run_id})]
+
+
+_FAILED_SAMPLE_BATCHES = text(
+    "SELECT DISTINCT (j.args->>'step')::bigint AS step, j.args->>'probe_set' AS probe_set "
+    "FROM procrastinate_jobs j WHERE j.task_name = :task AND j.status = 'failed' "
+    "AND (j.args->>'run_id')::bigint = :r AND NOT EXISTS (SELECT 1 FROM sample_drift d WHERE d.run_id = :r "
+    "AND d.step = (j.args->>'step')::bigint AND d.probe_set = j.args->>'probe_set') ORDER BY step, probe_set"
+)
+
+
+def failed_sample_batches(session: Session, *, run_id: int, task: str) -> list[tuple[int, str]]:
+    """(step, probe set key) of the run's sample batches whose analysis job (`task`, its full name)
+    failed and that have no stored result since."""
+    return [(int(s), str(p)) for s, p in session.execute(_FAILED_SAMPLE_BATCHES, {"r": run_id, "task": task})]
