@@ -20,6 +20,7 @@ from service.api.guard import RequestGuard
 from service.api.middleware import RequestMetricsMiddleware
 from service.api.routes import (
     checkpoints,
+    compare,
     health,
     jobs,
     param_drift,
@@ -94,7 +95,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
     for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
-                   response_drift):
+                   response_drift, compare):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
     if not open_docs:
