@@ -18,10 +18,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from drift.compare import Estimate, Matched, at_gain, at_step, combine, pareto_efficient
-from service.db import param_drift, response_drift, status, training_metrics
+from service.db import param_drift, queries, response_drift, status, training_metrics
 from service.db.models import Run
 from service.entropy_ceiling import entropy_ceiling
+from service.errors import Unprocessable
 
+#: The most runs one comparison shows.
+MAX_RUNS = 20
 #: The fixed overlays: name -> what it is (training metrics are added as `metric:NAME`).
 OVERLAYS = {
     "kl_forward_ood": "forward KL(base ‖ checkpoint) on the ood probes, nats/token",
@@ -32,6 +35,31 @@ OVERLAYS = {
     "risk": "forgetting forecast probability (absent where it abstained)",
 }
 DOMAINS = {"in_domain": "gain", "ood": "loss"}
+
+
+def tag_filter(text: str) -> tuple[str, str]:
+    """KEY=VALUE or KEY:VALUE (the key holds neither '=' nor ':') as (KEY, VALUE)."""
+    cuts = [i for i in (text.find("="), text.find(":")) if i > 0]
+    if not cuts:
+        raise Unprocessable(f"tag filter {text!r} is not KEY=VALUE or KEY:VALUE (e.g. ?tag=method:sft)")
+    return text[: min(cuts)], text[min(cuts) + 1 :]
+
+
+def select_runs(session: Session, *, runs: Sequence[str], tags: Sequence[str]) -> tuple[list[Run], int]:
+    """The runs named (ids or names, in the order given), else those matching every tag (`method` also
+    matches the run's method), else all active runs; at most the newest MAX_RUNS, and how many matched
+    beyond those."""
+    if runs:
+        found: dict[int, Run] = {}
+        for ref in runs:
+            run = queries.get_run(session, ref=ref)
+            found.setdefault(run.id, run)
+        chosen = list(found.values())
+        return chosen[:MAX_RUNS], max(0, len(chosen) - MAX_RUNS)
+    wanted = dict(tag_filter(t) for t in tags)
+    method = wanted.pop("method", None)
+    matched = list(queries.list_runs(session, method=method, tags=wanted))
+    return matched[-MAX_RUNS:], max(0, len(matched) - MAX_RUNS)
 
 
 def _metric(rows: list[dict[str, Any]]) -> str | None:
@@ -159,7 +187,9 @@ def compare_runs(
     trajectories = [points for *_, points, _ in loaded]
     step = _default_step(trajectories) if step is None else step
     gain = _default_gain(trajectories) if gain is None else gain
-    out_runs, at_steps, latest = [], [], []
+    out_runs: list[dict[str, Any]] = []
+    at_steps: list[Matched | None] = []
+    latest: list[tuple[int, Estimate, Estimate] | None] = []
     for run, probe_rows, metrics, points, series in loaded:
         steps, gains, losses = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
         by_step = at_step(steps, gains, losses, step=step) if step is not None and points else None
@@ -190,7 +220,7 @@ def compare_runs(
     def front(found: Sequence[Any], get: Any) -> list[str]:
         gains = [float("nan") if f is None else get(f)[0] for f in found]
         losses = [float("nan") if f is None else get(f)[1] for f in found]
-        return [r["name"] for r, ok in zip(out_runs, pareto_efficient(gains, losses), strict=True) if ok]
+        return [str(r["name"]) for r, ok in zip(out_runs, pareto_efficient(gains, losses), strict=True) if ok]
 
     return {
         "matched_step": step,

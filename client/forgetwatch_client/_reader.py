@@ -76,6 +76,20 @@ class ForgetwatchReader:
                 series.setdefault(name, []).extend(points)
         return dict(sorted(series.items()))
 
+    def compare(self, runs: Sequence[str] = (), *, tags: Mapping[str, Any] | None = None,
+                step: float | None = None, gain: float | None = None,
+                metrics: Sequence[str] = ()) -> dict[str, Any]:
+        """Runs side by side (`runs` by name, else those with every tag in `tags`; `method` matches the
+        run's method): in-domain gain against ood loss at a matched step and a matched gain, the
+        Pareto-efficient runs (`pareto_at_step`, `pareto_latest`), each run's entropy ceiling and
+        overlays by step (with the training metrics in `metrics` as `metric:NAME`)."""
+        params: list[tuple[str, str | int | float]] = [("runs", ",".join(runs))] if runs else []
+        params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
+        params += [("step", step)] if step is not None else []
+        params += [("gain", gain)] if gain is not None else []
+        params += [("metric", m) for m in metrics]
+        return self._get_response("/v1/compare", params).json()
+
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
 
@@ -101,7 +115,8 @@ class ForgetwatchReader:
     def _get(self, path: str) -> Any:
         return self._get_response(path).json()
 
-    def _get_response(self, path: str, params: Sequence[tuple[str, str | int]] | None = None) -> httpx.Response:
+    def _get_response(self, path: str,
+                      params: Sequence[tuple[str, str | int | float]] | None = None) -> httpx.Response:
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as error:

@@ -38,7 +38,7 @@ from service.db.session import make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
 from service.settings import Settings
-from service.web import pages
+from service.web import compare_page, pages
 
 log = logging.getLogger("forgetwatch")
 
@@ -98,6 +98,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
                    response_drift, compare):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
+    app.include_router(compare_page.router)
     if not open_docs:
         app.include_router(protected_docs.router)
     install_error_handlers(app)

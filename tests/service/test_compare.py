@@ -20,7 +20,7 @@ RUNS: dict[str, tuple[str, dict[str, Any], dict[int, tuple[float, float]]]] = {
 }
 
 
-def _store(engine: Engine, run_id: int, step: int, results: dict[str, tuple[float, float]]) -> None:
+def store_results(engine: Engine, run_id: int, step: int, results: dict[str, tuple[float, float]]) -> None:
     """What the probe job stores for one checkpoint: per probe set (accuracy change, accuracy)."""
     with engine.begin() as conn:
         cid = conn.execute(
@@ -50,8 +50,8 @@ def _store(engine: Engine, run_id: int, step: int, results: dict[str, tuple[floa
             )
 
 
-@pytest.fixture
-def runs(client: TestClient, engine: Engine, base_model: str) -> dict[str, int]:
+def seed_runs(client: TestClient, engine: Engine, base_model: str) -> dict[str, int]:
+    """RUNS registered through the API with two probe sets and their stored results; their ids."""
     for name, domain in (("task", "in_domain"), ("old", "ood")):
         assert (
             client.post("/v1/probe-sets", json={"name": name, "domain": domain, "items": ITEMS}).status_code
@@ -72,8 +72,13 @@ def runs(client: TestClient, engine: Engine, base_model: str) -> dict[str, int]:
         assert made.status_code == 201, made.text
         ids[name] = made.json()["id"]
         for step, (gain, ood) in steps.items():
-            _store(engine, ids[name], step, {"task": (gain, 0.3 + gain), "old": (ood, 0.9 + ood)})
+            store_results(engine, ids[name], step, {"task": (gain, 0.3 + gain), "old": (ood, 0.9 + ood)})
     return ids
+
+
+@pytest.fixture
+def runs(client: TestClient, engine: Engine, base_model: str) -> dict[str, int]:
+    return seed_runs(client, engine, base_model)
 
 
 def test_pareto_view_at_matched_step_and_matched_gain(client: TestClient, runs: dict[str, int]) -> None:
@@ -145,7 +150,7 @@ def test_entropy_ceiling_from_posted_entropy_and_measured_accuracy(
     entropy = {100: 1.0, 200: 0.8, 300: 0.5, 400: 0.3}
     for step, h in entropy.items():
         accuracy = -0.2 * math.exp(h) + 0.9
-        _store(engine, made["id"], step, {"task": (accuracy - 0.3, accuracy), "old": (0.0, 0.9)})
+        store_results(engine, made["id"], step, {"task": (accuracy - 0.3, accuracy), "old": (0.0, 0.9)})
     # the trainer logs entropy more often than it saves, out of order; NaN is refused with a reason
     points = [{"step": s - 10, "values": {"entropy": 5.0}} for s in entropy]  # superseded by the later values
     points += [{"step": s, "values": {"entropy": h}} for s, h in reversed(entropy.items())]
@@ -165,3 +170,16 @@ def test_entropy_ceiling_from_posted_entropy_and_measured_accuracy(
     assert ceiling["applicable"] and ceiling["n_points"] == 4
     assert (ceiling["a"], ceiling["b"], ceiling["ceiling"]) == pytest.approx((0.2, 0.9, 0.7))
     assert body["runs"][0]["overlays"]["metric:entropy"][-1] == [400, 0.3]
+
+
+def test_tags_are_patched_and_select_the_runs_compared(client: TestClient, runs: dict[str, int]) -> None:
+    patched = client.patch(
+        "/v1/runs/sd-c", json={"tags": {"teacher": "frozen", "lr": "1e-5"}, "remove_tags": ["x"]}
+    )
+    assert patched.status_code == 200 and patched.json()["tags"] == {"lr": "1e-5", "teacher": "frozen"}
+    assert client.patch("/v1/runs/sd-c", json={"remove_tags": ["teacher"]}).json()["tags"] == {"lr": "1e-5"}
+    names = [r["name"] for r in client.get("/v1/compare", params={"tag": "lr:1e-5"}).json()["runs"]]
+    assert names == ["sft-a", "grpo-b", "sd-c"]
+    refused = client.patch("/v1/runs/sd-c", json={"tags": {"lr": "x\u0000"}})
+    assert refused.status_code == 422
+    assert client.patch("/v1/runs/nope", json={"tags": {}}).status_code == 404

@@ -10,13 +10,10 @@ from pydantic import BaseModel, Field
 from service import compare
 from service.api.deps import Reader, SessionDep
 from service.api.routes.training_metrics import MetricName
-from service.db import queries
-from service.db.models import Run
+from service.compare import MAX_RUNS, select_runs
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
-#: The most runs one comparison shows.
-MAX_RUNS = 20
 RUN_REF = r"[A-Za-z0-9][A-Za-z0-9._:@+\-]*"
 RUNS_PATTERN = rf"^{RUN_REF}(,{RUN_REF}){{0,{MAX_RUNS - 1}}}$"
 # KEY=VALUE or KEY:VALUE; the key holds neither '=' nor ':'.
@@ -73,26 +70,6 @@ class Comparison(BaseModel):
     overlays: dict[str, str] = Field(description="overlay name -> what it is")
 
 
-def _tag(text: str) -> tuple[str, str]:
-    cut = min(i for i in (text.find("="), text.find(":")) if i >= 0)
-    return text[:cut], text[cut + 1 :]
-
-
-def select_runs(session: Any, *, runs: str | None, tag: list[str] | None) -> tuple[list[Run], int]:
-    """The runs named (ids or names, in the order given), else those matching every tag (`method` also
-    matches the run's method), else all active runs; the newest MAX_RUNS, and how many were left out."""
-    if runs:
-        found: dict[int, Run] = {}
-        for ref in runs.split(","):
-            run = queries.get_run(session, ref=ref)
-            found.setdefault(run.id, run)
-        return list(found.values()), 0
-    tags = dict(_tag(t) for t in tag or [])
-    method = tags.pop("method", None)
-    matched = list(queries.list_runs(session, method=method, tags=tags))
-    return matched[-MAX_RUNS:], max(0, len(matched) - MAX_RUNS)
-
-
 @router.get("/compare", response_model=Comparison)
 def compare_runs(
     session: SessionDep,
@@ -141,7 +118,7 @@ def compare_runs(
     """In-domain gain against ood loss per run, at a matched step and at a matched in-domain gain
     (interpolated between checkpoints, intervals from the stored paired-bootstrap intervals), the
     Pareto-efficient runs, the entropy ceiling of each run and overlays by step of the stored series."""
-    chosen, omitted = select_runs(session, runs=runs, tag=tag)
+    chosen, omitted = select_runs(session, runs=runs.split(",") if runs else [], tags=tag or [])
     return {
         **compare.compare_runs(session, runs=chosen, step=step, gain=gain, metric_names=metric or ()),
         "omitted": omitted,
