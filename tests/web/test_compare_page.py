@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
-from tests.service.test_compare import seed_runs
+from tests.service.test_compare import seed_runs, store_results
 
 
 @pytest.fixture
@@ -64,3 +64,18 @@ def test_bad_selections_are_pages_that_say_what_to_do(web: TestClient) -> None:
 def test_the_run_page_shows_the_entropy_ceiling_or_why_not(web: TestClient) -> None:
     body = web.get("/runs/sft-a").text
     assert "id='entropy-ceiling'" in body and "Not applicable: no training metric named entropy" in body
+
+
+def test_the_run_page_shows_the_fitted_ceiling_equal_to_the_api(web: TestClient, engine: Engine) -> None:
+    run_id = web.get("/v1/runs/grpo-b").json()["id"]
+    entropy = {300: 0.6, 400: 0.4, 500: 0.2}  # with the fixture's steps 100, 200: five paired points
+    for step in entropy:
+        store_results(engine, run_id, step, {"task": (0.3, 0.6), "old": (-0.05, 0.85)})
+    points = [{"step": 100, "values": {"entropy": 1.0}}, {"step": 200, "values": {"entropy": 0.8}}]
+    points += [{"step": s, "values": {"entropy": h}} for s, h in entropy.items()]
+    assert web.post("/v1/runs/grpo-b/metrics", json={"points": points}).status_code == 202
+    ceiling = web.get("/v1/compare", params={"runs": "grpo-b"}).json()["runs"][0]["entropy_ceiling"]
+    assert ceiling["applicable"] and ceiling["n_points"] == 5
+    body = web.get("/runs/grpo-b").text
+    assert float(_numbers(body)["entropy_ceiling"]) == ceiling["ceiling"]
+    assert "Fitted R ≈ −a·e<sup>H</sup> + b on 5 checkpoints" in body
