@@ -25,11 +25,13 @@ class ForgetwatchReader:
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, page_size: int = 100) -> None:
         self.page_size = page_size
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                                  timeout=timeout)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
 
-    def runs(self, *, method: str | None = None, tags: Mapping[str, Any] | None = None,
-             archived: bool = False) -> Iterator[dict[str, Any]]:
+    def runs(
+        self, *, method: str | None = None, tags: Mapping[str, Any] | None = None, archived: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Every run (archived ones only with `archived=True`), following the service's pages."""
         params: list[tuple[str, str | int]] = [("method", method)] if method else []
         params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
@@ -76,6 +78,26 @@ class ForgetwatchReader:
                 series.setdefault(name, []).extend(points)
         return dict(sorted(series.items()))
 
+    def compare(
+        self,
+        runs: Sequence[str] = (),
+        *,
+        tags: Mapping[str, Any] | None = None,
+        step: float | None = None,
+        gain: float | None = None,
+        metrics: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Runs side by side (`runs` by name, else those with every tag in `tags`; `method` matches the
+        run's method): in-domain gain against ood loss at a matched step and a matched gain, the
+        Pareto-efficient runs (`pareto_at_step`, `pareto_latest`), each run's entropy ceiling and
+        overlays by step (with the training metrics in `metrics` as `metric:NAME`)."""
+        params: list[tuple[str, str | int | float]] = [("runs", ",".join(runs))] if runs else []
+        params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
+        params += [("step", step)] if step is not None else []
+        params += [("gain", gain)] if gain is not None else []
+        params += [("metric", m) for m in metrics]
+        return self._get_response("/v1/compare", params).json()
+
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
 
@@ -101,15 +123,18 @@ class ForgetwatchReader:
     def _get(self, path: str) -> Any:
         return self._get_response(path).json()
 
-    def _get_response(self, path: str, params: Sequence[tuple[str, str | int]] | None = None) -> httpx.Response:
+    def _get_response(
+        self, path: str, params: Sequence[tuple[str, str | int | float]] | None = None
+    ) -> httpx.Response:
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as error:
             raise ForgetwatchError(f"GET {path}: {error}") from error
         outcome = classify(response)
         if outcome.kind != "ok":
-            raise ForgetwatchError(f"GET {path}: {outcome.describe()}", status_code=outcome.status_code,
-                                   detail=outcome.detail)
+            raise ForgetwatchError(
+                f"GET {path}: {outcome.describe()}", status_code=outcome.status_code, detail=outcome.detail
+            )
         return response
 
 

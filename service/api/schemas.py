@@ -75,6 +75,10 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+TagKey = Annotated[NoNulText, StringConstraints(max_length=100)]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)]
+
+
 class RunCreate(Strict):
     name: RunName
     base_model: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] = Field(
@@ -88,9 +92,15 @@ class RunCreate(Strict):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,64}$")] = Field(
         default="unspecified", description="Training method label: sft, grpo, self_distillation, ..."
     )
-    tags: Annotated[dict[Annotated[NoNulText, StringConstraints(max_length=100)], TagValue],
-                    Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)] = {}
+    tags: Tags = {}
     probe_sets: Annotated[list[Name], Field(max_length=32)] = []
+
+
+class RunPatch(Strict):
+    """Tags to set (merged over the run's tags) and tag keys to remove."""
+
+    tags: Tags = {}
+    remove_tags: Annotated[list[TagKey], Field(max_length=64)] = []
 
 
 class RunOut(BaseModel):

@@ -40,6 +40,16 @@ def list_runs(session: Session, *, after: int | None = None, limit: int | None =
     return session.scalars(query.order_by(Run.id).limit(limit)).all()
 
 
+def update_tags(session: Session, *, run: Run, tags: Mapping[str, Any], remove: Sequence[str] = ()) -> Run:
+    """Merge `tags` over the run's tags, then drop the keys in `remove`."""
+    merged = {**run.tags, **tags}
+    for key in remove:
+        merged.pop(key, None)
+    run.tags = merged
+    session.flush()
+    return run
+
+
 def set_archived(session: Session, *, run: Run, archived: bool) -> Run:
     """Archive (hide from lists, pages and /metrics; keep everything) or bring back a run. Idempotent."""
     if archived and run.archived_at is None:

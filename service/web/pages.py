@@ -8,6 +8,7 @@ HTML is in `service/web/html/` (Jinja2, autoescaped); this module loads what eac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
 from service.db.models import Run
+from service.entropy_ceiling import entropy_ceiling
 from service.errors import NotFound
 from service.settings import Settings
 from service.web import data, plots
@@ -46,7 +48,7 @@ def _drawn(section: str, template: str, context: Callable[[], dict[str, Any]]) -
         return Markup(failed(section, _reason(error)))
 
 
-def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
+def locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
     """None when the pages may be served to this request, else the 401 page."""
     if request.app.state.settings.pages_are_public or not isinstance(reader, Refusal):
         return None
@@ -57,7 +59,7 @@ def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | Non
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     settings = request.app.state.settings
     runs = queries.list_runs(session)
@@ -67,15 +69,16 @@ def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTML
                          for run in runs][::-1]}
 
     run_list = _drawn("run list", "run_list.html", rows) if runs else ""
+    methods = sorted({run.method for run in runs})
     return page("index.html", title="Runs", runs=runs, alarm=settings.forecast_alarm_probability,
-                run_list=run_list)
+                run_list=run_list, methods=methods)
 
 
 # --- one run -----------------------------------------------------------------------------------
 
 @router.get("/runs/{name:path}", response_class=HTMLResponse)
 def run_page(name: str, request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     try:
         run = queries.get_run(session, ref=name)
@@ -90,6 +93,7 @@ class _RunView:
 
     def __init__(self, session: Session, run: Run, settings: Settings) -> None:
         self.run = run
+        self.session = session
         self.settings = settings
         self.status = data.run_status(session, settings=settings, run_ref=str(run.id))
         series = param_store.run_series(session, run_id=run.id)
@@ -109,10 +113,14 @@ class _RunView:
             _drawn("cards", "run/cards.html", lambda: {**common, "alarm": self.settings.forecast_alarm_probability,
                                                         "trends": self._trends(), "acceleration": self._acceleration()}),
             _drawn("findings", "run/findings.html", lambda: common),
+            _drawn("entropy ceiling", "run/ceiling.html", lambda: {"ceiling": self._ceiling()}),
             _drawn("plots", "run/plots.html", lambda: {"plots": self._plots()}),
             _drawn("latest", "run/latest.html", lambda: {"rows": self._latest()}),
             _drawn("footer", "run/footer.html", lambda: {**common, "now": now}),
         ]
+
+    def _ceiling(self) -> dict[str, Any]:
+        return dataclasses.asdict(entropy_ceiling(self.session, run_id=self.run.id, probe_rows=self.probe_rows))
 
     def _trends(self) -> list[tuple[str, dict[str, Any]]]:
         out = []

@@ -11,8 +11,12 @@ from tests.integration.service_fixture import Service
 def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for i in range(7):
-            writer.run(f"read-{i}", base_model=service.base_model, method="grpo" if i % 2 else "sft",
-                       tags={"seed": i})
+            writer.run(
+                f"read-{i}",
+                base_model=service.base_model,
+                method="grpo" if i % 2 else "sft",
+                tags={"seed": i},
+            )
         for step in (5, 1, 9, 3):  # four steps: two pages of three
             writer.labels(step, {"ood_accuracy": step / 10})
             writer.metrics(step, {"loss": 2.0 / step, "reward": step / 10})
@@ -33,7 +37,9 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
         sets = [p["name"] for p in fw.probe_sets() if p["name"].startswith("read-set-")]
         assert sets == [f"read-set-{i}" for i in range(4)]
         assert [p["name"] for p in fw.probe_sets(domain="ood") if p["name"].startswith("read-set-")] == [
-            "read-set-1", "read-set-3"]
+            "read-set-1",
+            "read-set-3",
+        ]
         assert fw.checkpoints("read-6") == []
         assert [s["prompt"] for s in fw.samples("read-6")] == ["1+0=", "1+1=", "2+0=", "2+1="]
         assert [s["response"] for s in fw.samples("read-6", step=2)] == ["2", "3"]
@@ -46,3 +52,24 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
         assert missing.value.status_code == 404 and "no run" in str(missing.value.detail)
     frame = to_pandas([{"step": 1, "kl": 0.5}, {"step": 2, "kl": 0.7}])
     assert list(frame["kl"]) == [0.5, 0.7]
+
+
+def test_the_reader_compares_runs_by_name_or_tag(service: Service) -> None:
+    with service.client(blocking=True) as writer:
+        for name, method, lr in (
+            ("cmp-sft", "sft", "1e-5"),
+            ("cmp-grpo", "grpo", "1e-5"),
+            ("cmp-sd", "sft", "3e-5"),
+        ):
+            writer.run(name, base_model=service.base_model, method=method, tags={"lr": lr, "group": "cmp"})
+            writer.metrics(10, {"entropy": 0.5})
+    with ForgetwatchReader(service.url, service.token) as fw:
+        named = fw.compare(["cmp-grpo", "cmp-sft"], metrics=["entropy"])
+        assert [r["name"] for r in named["runs"]] == ["cmp-grpo", "cmp-sft"]
+        assert named["runs"][0]["overlays"]["metric:entropy"] == [[10, 0.5]]
+        assert named["runs"][0]["points"] == [] and named["pareto_at_step"] == []  # no probe results yet
+        tagged = fw.compare(tags={"method": "sft", "group": "cmp"})
+        assert [r["name"] for r in tagged["runs"]] == ["cmp-sft", "cmp-sd"]
+        with pytest.raises(ForgetwatchError) as missing:
+            fw.compare(["cmp-sft", "no-such-run"])
+        assert missing.value.status_code == 404

@@ -10,7 +10,7 @@ from service import lifecycle
 from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.pagination import LINK_HEADER, Limit, page
-from service.api.schemas import NO_NUL_PATTERN, Documented, Problem, RunCreate, RunOut
+from service.api.schemas import NO_NUL_PATTERN, Documented, Problem, RunCreate, RunOut, RunPatch
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
@@ -89,6 +89,17 @@ def _tag_filter(text: str) -> tuple[str, str]:
 def get_run(run_ref: str, session: SessionDep, _: Reader) -> RunOut:
     """A run by id or name."""
     run = queries.get_run(session, ref=run_ref)
+    return run_out(session, run, queries.last_steps(session).get(run.id))
+
+
+@router.patch("/{run_ref}", response_model=RunOut)
+def patch_run(run_ref: str, body: RunPatch, session: SessionDep, principal: Writer) -> RunOut:
+    """Change a run's tags (method, lr, teacher kind, seed, ...): `tags` are merged over the stored ones,
+    then the keys in `remove_tags` are dropped. Registering the run again must then carry the new tags."""
+    run = queries.get_run(session, ref=run_ref)
+    principal.check_may_write(run.name)
+    run = queries.update_tags(session, run=run, tags=body.tags, remove=body.remove_tags)
+    session.commit()
     return run_out(session, run, queries.last_steps(session).get(run.id))
 
 
