@@ -114,7 +114,8 @@ def create_run(
     tags: dict[str, Any],
     probe_sets: Sequence[str],
 ) -> tuple[Run, bool]:
-    """Create a run; the same definition again returns the existing run, a different one conflicts."""
+    """Create a run; the same base and method again return the existing run (its stored tags unchanged),
+    a different base or method conflicts."""
     ids = probe_set_ids(session, names=probe_sets) if probe_sets else {}
     existing = session.scalar(select(Run).where(Run.name == name))
     if existing is None:
@@ -129,11 +130,12 @@ def create_run(
             attach_probe_sets(session, run_id=run.id, probe_set_ids=ids.values())
             return run, True
     assert existing is not None
-    same = (existing.base_model, existing.method, existing.tags) == (base_model, method, tags)
-    if not same:
+    # A run is its base and method; tags describe it and change through PATCH, so a trainer that
+    # restarts with the tags it started with is never refused (the stored tags stay).
+    if (existing.base_model, existing.method) != (base_model, method):
         raise Conflict(
             f"run {name!r} already exists with base_model={existing.base_model!r}, "
-            f"method={existing.method!r}, tags={existing.tags!r}; choose another name for a different run"
+            f"method={existing.method!r}; choose another name for a different run"
         )
     attach_probe_sets(session, run_id=existing.id, probe_set_ids=ids.values())
     return existing, False

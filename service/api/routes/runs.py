@@ -95,7 +95,8 @@ def get_run(run_ref: str, session: SessionDep, _: Reader) -> RunOut:
 @router.patch("/{run_ref}", response_model=RunOut)
 def patch_run(run_ref: str, body: RunPatch, session: SessionDep, principal: Writer) -> RunOut:
     """Change a run's tags (method, lr, teacher kind, seed, ...): `tags` are merged over the stored ones,
-    then the keys in `remove_tags` are dropped. Registering the run again must then carry the new tags."""
+    then the keys in `remove_tags` are dropped. Registering the run again (same base and method) keeps
+    these tags, whatever tags it carries."""
     run = queries.get_run(session, ref=run_ref)
     principal.check_may_write(run.name)
     run = queries.update_tags(session, run=run, tags=body.tags, remove=body.remove_tags)
