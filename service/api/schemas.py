@@ -81,7 +81,7 @@ class RunCreate(Strict):
         description=(
             "Where the base model is, readable by the service: an absolute path or file:// URI under "
             "FORGETWATCH_CHECKPOINT_ROOTS (a folder that will hold config.json and weights, or one weights file), "
-            "s3://bucket/key under an allowed prefix, or hf://org/name[@revision] in the service's local "
+            "s3://bucket/key or gs://bucket/key under an allowed prefix, or hf://org/name[@revision] in the service's local "
             "Hugging Face cache (nothing is downloaded; a bare Hub id such as gpt2 is refused)"),
         examples=["/models/qwen2.5-0.5b-instruct", "s3://models/base", "hf://Qwen/Qwen2.5-0.5B-Instruct@main"],
     )
@@ -117,7 +117,8 @@ class CheckpointCreate(Strict):
     step: Step
     uri: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] | None = Field(
         default=None,
-        description="Local path or file:// URI inside the allowed roots; omit after uploading files",
+        description=("Local path or file:// URI inside the allowed roots, s3://bucket/key or gs://bucket/key under an "
+                     "allowed prefix, or hf://org/name[@revision]; omit after uploading files"),
     )
 
 
