@@ -14,7 +14,7 @@ from forgetwatch_client._transport import ForgetwatchError, classify
 
 
 class ForgetwatchReader:
-    """Read runs, checkpoints, probe sets, drift, labels, training metrics and status; lists follow
+    """Read runs, checkpoints, probe sets, drift, risk, jobs, labels, training metrics and status; lists follow
     the service's pages (`page_size` items a request).
 
         with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
@@ -83,6 +83,14 @@ class ForgetwatchReader:
     def risk(self, run: str) -> list[dict[str, Any]]:
         """Detection and forecast per assessed checkpoint in step order, every page."""
         return [row for r in self._pages(f"/v1/runs/{_segment(run)}/risk") for row in r.json()["series"]]
+
+    def jobs(self, *, run: str | None = None, status: str | None = None,
+             kind: str | None = None) -> list[dict[str, Any]]:
+        """The service's jobs in id order, every page: only those of `run`, in `status` (`failed`, ...)
+        or of `kind` (`probe_drift`, ...) when given; a failed analysis' reason is in `error`."""
+        params: list[tuple[str, str | int]] = [(k, v) for k, v in (("run", run), ("status", status), ("kind", kind))
+                                               if v is not None]
+        return [job for r in self._pages("/v1/jobs", params) for job in r.json()]
 
     def labels(self, run: str) -> list[dict[str, Any]]:
         """[{"step", name: value, ...}] in step order, every page."""

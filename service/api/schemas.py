@@ -105,11 +105,18 @@ class RunOut(BaseModel):
     archived_at: datetime | None = None
 
 
+JobStatus = Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
+JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "probe_drift", "measure_base",
+                  "sample_drift", "compute_risk"]
+"""The tasks a job may run (`GET /v1/jobs?kind=`); tests/service/test_api_jobs.py keeps it equal to
+the worker's registered tasks."""
+
+
 class JobOut(BaseModel):
     id: int
     task: str
     queue: str
-    status: Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
+    status: JobStatus
     attempts: int
 
 
@@ -251,6 +258,14 @@ class ProbeSetSummary(BaseModel):
 
 class JobDetail(JobOut):
     args: dict[str, Any]
+
+
+class JobListed(JobDetail):
+    kind: str = Field(description="the task without its namespace (`probe_drift`, ...)")
+    run: str | None = Field(description="the run the job works for")
+    step: int | None = Field(description="the step of the checkpoint the job works on, if any")
+    error: str | None = Field(description=(
+        "why the checkpoint's analysis of this kind failed (what to do), when it did"))
 
 
 class Problem(BaseModel):

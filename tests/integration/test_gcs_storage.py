@@ -102,6 +102,15 @@ def test_gcs_base_and_adapter_measure_as_the_same_files_on_disk(
             run: client.get(f"/v1/runs/{run}/checkpoints/1/response-drift").json()["probe_sets"]
             for run in ("gcs-lora", "disk-lora")
         }
+        failed = wait_for(  # the job ends (procrastinate marks it) just after it marks the analysis
+            lambda: (
+                len(f := client.get("/v1/jobs", params={"run": "gcs-lora", "status": "failed"}).json()) == 4
+                and f
+            ),
+            timeout=60,
+            interval=0.5,
+            what="four failed jobs",
+        )
     finally:
         stop(worker)
 
@@ -117,5 +126,12 @@ def test_gcs_base_and_adapter_measure_as_the_same_files_on_disk(
     assert chat["kl_reverse"] == pytest.approx(chat_disk["kl_reverse"], rel=1e-9)
     assert deleted["status"] == "failed" and "missing in object storage" in deleted["error"], deleted
     assert absent["status"] == "failed" and "no such bucket" in absent["error"], absent
+    assert {(j["step"], j["kind"]) for j in failed} == {
+        (2, "plan_param_drift"),
+        (2, "probe_drift"),
+        (3, "plan_param_drift"),
+        (3, "probe_drift"),
+    }
+    assert all(j["error"] for j in failed)  # what the user reads when asking what failed and why
     staged = [p for p in settings.remote_cache_dir.iterdir() if p.is_dir() and (p / ".complete").exists()]
     assert staged and sum(f.stat().st_size for p in staged for f in p.iterdir()) <= settings.cache_max_bytes

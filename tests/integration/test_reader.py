@@ -84,3 +84,6 @@ def test_the_reader_joins_every_page_of_the_drift_and_risk_series(service: Servi
         assert [s["n_samples"] for s in paged.response_drift("read-series")["samples"]] == [1, 2, 3]
         assert paged.response_drift("read-series") == whole.response_drift("read-series")
         assert [(r["step"], r["value"]) for r in paged.risk("read-series")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+        jobs = paged.jobs(run="read-series", kind="plan_param_drift")
+        assert sorted(j["step"] for j in jobs) == [1, 2, 3] and {j["run"] for j in jobs} == {"read-series"}
+        assert paged.jobs(run="read-series", status="failed") == []
