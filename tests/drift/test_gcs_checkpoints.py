@@ -15,6 +15,7 @@ from drift.confined import CheckpointError
 from drift.params import compare
 from drift.remote import STORES, RemotePath
 from drift.staging import stage_folder
+from tests.integration.helpers import free_port
 from tests.integration.models import save_tiny_gpt2_run
 
 
@@ -94,6 +95,15 @@ def test_gcs_failures_say_what_to_check(gcs_server, uploaded):
     fs.rm("models/drift/doomed", recursive=True)  # deleted between listing and reading the weights
     with pytest.raises(CheckpointError, match="missing in object storage"):
         doomed.array(doomed.canonical_names()[0])
+
+
+def test_an_unreachable_gcs_endpoint_names_the_variable_to_check() -> None:
+    # gcsfs retries a refused connection six times with backoff (about 30 s) before giving up
+    unreachable = GCSFileSystem(
+        skip_instance_cache=True, endpoint_url=f"http://127.0.0.1:{free_port()}", token="anon"
+    )
+    with pytest.raises(CheckpointError, match="Google Cloud Storage is unreachable.*STORAGE_EMULATOR_HOST"):
+        RemotePath("gs://models/drift/step-1/config.json", fs=unreachable).info()
 
 
 def test_a_replaced_gcs_object_is_staged_again(gcs_server, uploaded, tmp_path):
