@@ -94,11 +94,10 @@ def normal_uri(uri: str) -> str:
     return f"{scheme}://" + "/".join([bucket, *parts])
 
 
-def storage_error(error: BaseException, what: str, store: ObjectStore | None = None) -> CheckpointError:
-    """A storage failure as a message a user can act on (never the credentials, never a traceback)."""
+def storage_error(error: BaseException, what: str, *, store: ObjectStore) -> CheckpointError:
+    """A failure of `store` as a message a user can act on (never the credentials, never a traceback)."""
     if isinstance(error, CheckpointError):
         return error
-    store = store or STORES["s3"]
     if isinstance(error, FileNotFoundError):
         return CheckpointError(f"{what}: missing in object storage (deleted, not uploaded yet, or no such bucket?); "
                                "register checkpoints only once every file is uploaded, and keep them until analysed")
@@ -164,7 +163,7 @@ class RemotePath:
         try:
             return getattr(self.fs, method)(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - every storage error becomes an actionable message
-            raise storage_error(error, self.name or str(self), self.store) from None
+            raise storage_error(error, self.name or str(self), store=self.store) from None
 
     def info(self) -> dict:
         return self._call("info", self.key)
@@ -179,7 +178,7 @@ class RemotePath:
         except FileNotFoundError:
             return None
         except Exception as error:  # noqa: BLE001 - every storage error becomes an actionable message
-            raise storage_error(error, self.name or str(self), self.store) from None
+            raise storage_error(error, self.name or str(self), store=self.store) from None
 
     def is_dir(self) -> bool:
         return self._kind() == "directory"
