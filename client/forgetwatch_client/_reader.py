@@ -14,7 +14,7 @@ from forgetwatch_client._transport import ForgetwatchError, classify
 
 
 class ForgetwatchReader:
-    """Read runs, checkpoints, probe sets, drift, labels, training metrics and status; lists follow
+    """Read runs, checkpoints, probe sets, drift, risk, jobs, labels, training metrics and status; lists follow
     the service's pages (`page_size` items a request).
 
         with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
@@ -58,12 +58,41 @@ class ForgetwatchReader:
         return [s for r in self._pages(f"/v1/runs/{_segment(run)}/samples", params) for s in r.json()]
 
     def param_drift(self, run: str) -> dict[str, Any]:
-        """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base."""
-        return self._get(f"/v1/runs/{_segment(run)}/param-drift")
+        """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base,
+        every page joined."""
+        joined: dict[str, Any] = {"run": run, "global": [], "blocks": {}}
+        for response in self._pages(f"/v1/runs/{_segment(run)}/param-drift"):
+            body = response.json()
+            joined["run"] = body["run"]
+            joined["global"].extend(body["global"])
+            for block, points in body["blocks"].items():
+                joined["blocks"].setdefault(block, []).extend(points)
+        return joined
 
     def response_drift(self, run: str) -> dict[str, Any]:
-        """{"probe_sets": {name: {"domain", "series"}}, "samples": [...]}: probe and sample drift."""
-        return self._get(f"/v1/runs/{_segment(run)}/response-drift")
+        """{"probe_sets": {name: {"domain", "series"}}, "samples": [...]}: probe and sample drift,
+        every page joined."""
+        joined: dict[str, Any] = {"run": run, "probe_sets": {}, "samples": []}
+        for response in self._pages(f"/v1/runs/{_segment(run)}/response-drift"):
+            body = response.json()
+            joined["run"] = body["run"]
+            joined["samples"].extend(body["samples"])
+            for name, entry in body["probe_sets"].items():
+                known = joined["probe_sets"].setdefault(name, {"domain": entry["domain"], "series": []})
+                known["series"].extend(entry["series"])
+        return joined
+
+    def risk(self, run: str) -> list[dict[str, Any]]:
+        """Detection and forecast per assessed checkpoint in step order, every page."""
+        return [row for r in self._pages(f"/v1/runs/{_segment(run)}/risk") for row in r.json()["series"]]
+
+    def jobs(self, *, run: str | None = None, status: str | None = None,
+             kind: str | None = None) -> list[dict[str, Any]]:
+        """The service's jobs in id order, every page: only those of `run`, in `status` (`failed`, ...)
+        or of `kind` (`probe_drift`, ...) when given; a failed analysis' reason is in `error`."""
+        params: list[tuple[str, str | int]] = [(k, v) for k, v in (("run", run), ("status", status), ("kind", kind))
+                                               if v is not None]
+        return [job for r in self._pages("/v1/jobs", params) for job in r.json()]
 
     def labels(self, run: str) -> list[dict[str, Any]]:
         """[{"step", name: value, ...}] in step order, every page."""

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from drift.params import compare
 from forgetwatch_client import ForgetwatchError, ForgetwatchReader, to_pandas
+from service.db import param_drift, queries, response_drift, status
+from service.db.session import make_engine, make_sessionmaker
+from tests.integration.models import save_tiny_gpt2_run
 from tests.integration.service_fixture import Service
 
 
@@ -73,3 +79,38 @@ def test_the_reader_compares_runs_by_name_or_tag(service: Service) -> None:
         with pytest.raises(ForgetwatchError) as missing:
             fw.compare(["cmp-sft", "no-such-run"])
         assert missing.value.status_code == 404
+
+
+def test_the_reader_joins_every_page_of_the_drift_and_risk_series(service: Service) -> None:
+    root = Path(service.env["FORGETWATCH_CHECKPOINT_ROOTS"].split(",")[0])
+    base, *steps = save_tiny_gpt2_run(root / "reader-gpt2", steps=3)
+    with service.client(blocking=True) as writer:
+        writer.run("read-series", base_model=str(base))
+        for step, folder in zip((3, 1, 2), steps, strict=True):
+            writer.checkpoint(step, str(folder))
+    engine = make_engine(service.env["FORGETWATCH_DATABASE_URL"])
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            run = queries.get_run(session, ref="read-series")
+            for step, folder in zip((3, 1, 2), steps, strict=True):
+                checkpoint = queries.get_checkpoint(session, run_id=run.id, step=step)
+                param_drift.replace_summaries(session, checkpoint_id=checkpoint.id,
+                                              summary=compare(base, folder, spectral=False).summary)
+                status.store_assessment(session, checkpoint_id=checkpoint.id, applicable=True, value=step / 10,
+                                        model="test", reason=None, reason_code=None, changepoint=False, features={},
+                                        forecasts={}, findings=[], detected=False, detection={}, heuristic={})
+                response_drift.store_sample_result(session, run_id=run.id, step=step, probe_set="p",
+                                                   values={"n_samples": step}, data={})
+    finally:
+        engine.dispose()
+    with ForgetwatchReader(service.url, service.token, page_size=1) as paged, \
+            ForgetwatchReader(service.url, service.token, page_size=1000) as whole:
+        drift = paged.param_drift("read-series")
+        assert [p["step"] for p in drift["global"]] == [1, 2, 3]
+        assert drift == whole.param_drift("read-series") and len(drift["blocks"]) == 2
+        assert [s["n_samples"] for s in paged.response_drift("read-series")["samples"]] == [1, 2, 3]
+        assert paged.response_drift("read-series") == whole.response_drift("read-series")
+        assert [(r["step"], r["value"]) for r in paged.risk("read-series")] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+        jobs = paged.jobs(run="read-series", kind="plan_param_drift")
+        assert sorted(j["step"] for j in jobs) == [1, 2, 3] and {j["run"] for j in jobs} == {"read-series"}
+        assert paged.jobs(run="read-series", status="failed") == []

@@ -39,7 +39,7 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
 
     `base_model` of a new run is checked now, so that a run no job could read is refused at once: a
     local path must exist, be readable and lie under FORGETWATCH_CHECKPOINT_ROOTS (403 otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
-    `s3://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
+    `s3://` and `gs://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
 
     principal.check_may_write(body.name)
 
