@@ -50,7 +50,7 @@ class TransferResult:
 def weighted_scores(scores: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """Σ w·x / Σ w over items: ``scores`` (rows, items) with NaN rows for unmeasured ones,
     ``weights`` (items,) positive; returns (rows,)."""
-    return scores @ weights / weights.sum()
+    return np.asarray(scores @ weights / weights.sum(), dtype=np.float64)
 
 
 def relative_drop(start: float, current: float) -> float | None:
@@ -97,13 +97,17 @@ def transfer_matrix(
     for accuracy). ``stage_of[p]``: the stage (1..T) training for ``p``, 0 for none.
     """
     if not (len(scores) == len(weights) == len(stage_of)) or not scores:
-        raise ValueError(f"need one scores, weights and stage per probe set, got {len(scores)}, {len(weights)}, "
-                         f"{len(stage_of)}")
+        raise ValueError(
+            f"need one scores, weights and stage per probe set, got {len(scores)}, {len(weights)}, "
+            f"{len(stage_of)}"
+        )
     n_rows = scores[0].shape[0] if scores[0].ndim == 2 else -1
     for p, (x, w) in enumerate(zip(scores, weights, strict=True)):
         if x.ndim != 2 or x.shape[0] != n_rows or w.shape != (x.shape[1],) or x.shape[1] == 0:
-            raise ValueError(f"probe set {p}: scores must be (rows={n_rows}, items>0) and weights (items,), got "
-                             f"{x.shape} and {w.shape}")
+            raise ValueError(
+                f"probe set {p}: scores must be (rows={n_rows}, items>0) and weights (items,), got "
+                f"{x.shape} and {w.shape}"
+            )
         if not (np.isfinite(w).all() and (w > 0).all()):
             raise ValueError(f"probe set {p}: weights must be finite and positive")
         if not all(np.isfinite(row).all() or np.isnan(row).all() for row in x):
@@ -114,7 +118,9 @@ def transfer_matrix(
         raise ValueError(f"need n_bootstrap >= 1 and 0 < confidence < 1, got {n_bootstrap}, {confidence}")
     xs = [np.asarray(x, dtype=np.float64) for x in scores]
     ws = [np.asarray(w, dtype=np.float64) for w in weights]
-    rows = np.stack([weighted_scores(x, w) for x, w in zip(xs, ws, strict=True)], axis=1)  # (rows, probe sets)
+    rows = np.stack(
+        [weighted_scores(x, w) for x, w in zip(xs, ws, strict=True)], axis=1
+    )  # (rows, probe sets)
     measured = np.flatnonzero(np.isfinite(rows[1:]).any(axis=1))
     final_row = int(measured[-1]) + 1 if measured.size else 0
     backward, forward = _transfer(rows, stage_of, final_row)
@@ -126,7 +132,9 @@ def transfer_matrix(
         ww = w[idx]
         replicates[:, :, p] = np.einsum("rbi,bi->br", x[:, idx], ww) / ww.sum(1)[:, None]
     # (replicates, 2): the terms measured in the point estimate are measured in every replicate
-    pairs = np.array([[np.mean(t) if t else np.nan for t in _transfer(r, stage_of, final_row)] for r in replicates])
+    pairs = np.array(
+        [[np.mean(t) if t else np.nan for t in _transfer(r, stage_of, final_row)] for r in replicates]
+    )
     tail = (1 - confidence) / 2
 
     def interval(terms: list[float], column: int) -> Interval | None:

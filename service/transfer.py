@@ -70,7 +70,11 @@ def spans(stages: Sequence[db.Stage], analysed: Sequence[tuple[int, int, frozens
     out = []
     for i, stage in enumerate(stages):
         end = stages[i + 1].start_step if i + 1 < len(stages) else None
-        inside = [(cid, step) for cid, step, _ in analysed if step >= stage.start_step and (end is None or step < end)]
+        inside = [
+            (cid, step)
+            for cid, step, _ in analysed
+            if step >= stage.start_step and (end is None or step < end)
+        ]
         cid, step = inside[-1] if inside else (None, None)
         out.append(StageSpan(stage, end, cid, step))
     return out
@@ -79,7 +83,9 @@ def spans(stages: Sequence[db.Stage], analysed: Sequence[tuple[int, int, frozens
 def _stages_of(session: Session, run_id: int) -> list[db.Stage]:
     stages = db.run_stages(session, run_id=run_id)
     if not stages:
-        raise NotFound("the run has no stages; declare them in training order with POST /v1/runs/{run}/stages")
+        raise NotFound(
+            "the run has no stages; declare them in training order with POST /v1/runs/{run}/stages"
+        )
     return stages
 
 
@@ -91,8 +97,17 @@ def _columns(stages: Sequence[db.Stage], domains: dict[str, str]) -> list[tuple[
 
 
 def _interval(found: Interval | None) -> dict[str, Any] | None:
-    return None if found is None else {"value": found.value, "ci_low": found.ci_low, "ci_high": found.ci_high,
-                                       "n_stages": found.n_stages, "confidence": found.confidence}
+    return (
+        None
+        if found is None
+        else {
+            "value": found.value,
+            "ci_low": found.ci_low,
+            "ci_high": found.ci_high,
+            "n_stages": found.n_stages,
+            "confidence": found.confidence,
+        }
+    )
 
 
 def transfer_report(session: Session, *, run_id: int, n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
@@ -107,11 +122,27 @@ def transfer_report(session: Session, *, run_id: int, n_bootstrap: int = N_BOOTS
     needed = {r.checkpoint_id for r in rows if r.checkpoint_id is not None} | set(base_source.values())
     stored = db.item_scores(session, checkpoint_ids=sorted(needed))
     measured = {cid: names for cid, _, names in analysed}
-    out_rows = [{"row": 0, "stage": None, "start_step": None, "end_step": None, "checkpoint_step": None,
-                 "complete": True}]
-    out_rows += [{"row": i + 1, "stage": r.stage.name, "start_step": r.stage.start_step, "end_step": r.end_step,
-                  "checkpoint_step": r.checkpoint_step, "complete": r.end_step is not None and any(
-                      step >= r.end_step for _, step, _ in analysed)} for i, r in enumerate(rows)]
+    out_rows = [
+        {
+            "row": 0,
+            "stage": None,
+            "start_step": None,
+            "end_step": None,
+            "checkpoint_step": None,
+            "complete": True,
+        }
+    ]
+    out_rows += [
+        {
+            "row": i + 1,
+            "stage": r.stage.name,
+            "start_step": r.stage.start_step,
+            "end_step": r.end_step,
+            "checkpoint_step": r.checkpoint_step,
+            "complete": r.end_step is not None and any(step >= r.end_step for _, step, _ in analysed),
+        }
+        for i, r in enumerate(rows)
+    ]
     measures = db.probe_set_metrics(session, run_id=run_id)
     metrics = {}
     for metric in METRICS:
@@ -121,8 +152,11 @@ def transfer_report(session: Session, *, run_id: int, n_bootstrap: int = N_BOOTS
                 continue
             base = items_for(stored.get((base_source.get(name, -1), name)), metric)
             if base is None:
-                reason = (f"no checkpoint has been analysed on probe set {name!r} yet" if name not in base_source else
-                          f"probe set {name!r} was analysed before per-item scores were kept")
+                reason = (
+                    f"no checkpoint has been analysed on probe set {name!r} yet"
+                    if name not in base_source
+                    else f"probe set {name!r} was analysed before per-item scores were kept"
+                )
                 cells.append((name, position, [reason] * (len(rows) + 1)))
                 continue
             grid, reasons = [base.base], [None]
@@ -137,51 +171,83 @@ def transfer_report(session: Session, *, run_id: int, n_bootstrap: int = N_BOOTS
             cells.append((name, position, reasons))
         if not cells:
             continue
-        result = (transfer_matrix(scores, weights, stage_of, n_bootstrap=n_bootstrap, random_state=0)
-                  if names else None)
+        result = (
+            transfer_matrix(scores, weights, stage_of, n_bootstrap=n_bootstrap, random_state=0)
+            if names
+            else None
+        )
         index = {name: k for k, name in enumerate(names)}
-        matrix = [[{"value": result.matrix[i][index[name]] if result and name in index else None,
-                    "reason": reasons[i]} for name, _, reasons in cells] for i in range(len(rows) + 1)]
+        matrix = [
+            [
+                {
+                    "value": result.matrix[i][index[name]] if result and name in index else None,
+                    "reason": reasons[i],
+                }
+                for name, _, reasons in cells
+            ]
+            for i in range(len(rows) + 1)
+        ]
         bwt = _interval(result.bwt if result else None)
         fwt = _interval(result.fwt if result else None)
         metrics[metric] = {
-            "probe_sets": [{"name": name, "stage": stages[pos - 1].name if pos else None,
-                            "domain": domains.get(name)} for name, pos, _ in cells],
-            "matrix": matrix, "final_row": result.final_row if result else 0, "bwt": bwt, "fwt": fwt,
-            "bwt_reason": None if bwt else "needs a stage that ended and a later row measured on its probe sets",
-            "fwt_reason": None if fwt else "needs a later stage's probe set measured on the base and before it began",
+            "probe_sets": [
+                {"name": name, "stage": stages[pos - 1].name if pos else None, "domain": domains.get(name)}
+                for name, pos, _ in cells
+            ],
+            "matrix": matrix,
+            "final_row": result.final_row if result else 0,
+            "bwt": bwt,
+            "fwt": fwt,
+            "bwt_reason": None
+            if bwt
+            else "needs a stage that ended and a later row measured on its probe sets",
+            "fwt_reason": None
+            if fwt
+            else "needs a later stage's probe set measured on the base and before it began",
         }
     return {"rows": out_rows, "metrics": metrics}
 
 
-def _row_items(row: StageSpan, name: str, metric: str, measured: dict[int, frozenset[str]],
-               stored: dict[tuple[int, str], list[dict[str, Any]]],
-               positions: tuple[int, ...]) -> tuple[np.ndarray | None, str | None]:
+def _row_items(
+    row: StageSpan,
+    name: str,
+    metric: str,
+    measured: dict[int, frozenset[str]],
+    stored: dict[tuple[int, str], list[dict[str, Any]]],
+    positions: tuple[int, ...],
+) -> tuple[np.ndarray | None, str | None]:
     """One row's per-item scores on a probe set, aligned to the base's items, or why there are none."""
     stage = row.stage
     if row.checkpoint_id is None:
-        span = f"steps {stage.start_step}" + (f" to {row.end_step - 1}" if row.end_step is not None else " on")
+        span = f"steps {stage.start_step}" + (
+            f" to {row.end_step - 1}" if row.end_step is not None else " on"
+        )
         return None, f"stage {stage.name!r} has no analysed checkpoint yet ({span})"
     if name not in measured[row.checkpoint_id]:
-        return None, (f"the checkpoint at step {row.checkpoint_step} has no result on probe set {name!r} "
-                      "(attached to the run after it was analysed)")
+        return None, (
+            f"the checkpoint at step {row.checkpoint_step} has no result on probe set {name!r} "
+            "(attached to the run after it was analysed)"
+        )
     found = items_for(stored.get((row.checkpoint_id, name)), metric)
     if found is None or found.positions != positions:
-        return None, (f"the checkpoint at step {row.checkpoint_step} was analysed before per-item scores were "
-                      "kept; checkpoints registered from now on are")
+        return None, (
+            f"the checkpoint at step {row.checkpoint_step} was analysed before per-item scores were "
+            "kept; checkpoints registered from now on are"
+        )
     return found.current, None
 
 
 def retention_sets(stages: Sequence[db.Stage], domains: dict[str, str], position: int) -> list[str]:
     """Probe sets of every stage before `position` and every ood set that stage does not train for."""
     own = set(stages[position - 1].probe_sets)
-    earlier = [p for stage in stages[:position - 1] for p in stage.probe_sets]
+    earlier = [p for stage in stages[: position - 1] for p in stage.probe_sets]
     ood = sorted(p for p, domain in domains.items() if domain == "ood" and p not in own and p not in earlier)
     return earlier + ood
 
 
-def retention_report(session: Session, *, run_id: int, stage_name: str | None = None,
-                     intervals: bool = True) -> dict[str, Any]:
+def retention_report(
+    session: Session, *, run_id: int, stage_name: str | None = None, intervals: bool = True
+) -> dict[str, Any]:
     """Each analysed checkpoint of a stage (default: the latest stage with one) against the stage's
     start, on every retention set: the score then and now, the change with its paired-bootstrap
     interval over items, and the relative drop (positive = worse)."""
@@ -195,20 +261,28 @@ def retention_report(session: Session, *, run_id: int, stage_name: str | None = 
     else:
         named = [r for r in rows if r.stage.name == stage_name]
         if not named:
-            raise NotFound(f"the run has no stage {stage_name!r}; list its stages with GET /v1/runs/{{run}}/stages")
+            raise NotFound(
+                f"the run has no stage {stage_name!r}; list its stages with GET /v1/runs/{{run}}/stages"
+            )
         span = named[0]
     position = span.stage.position
     previous = rows[position - 2] if position > 1 else None
-    inside = [(cid, step) for cid, step, _ in analysed
-              if step >= span.stage.start_step and (span.end_step is None or step < span.end_step)]
+    inside = [
+        (cid, step)
+        for cid, step, _ in analysed
+        if step >= span.stage.start_step and (span.end_step is None or step < span.end_step)
+    ]
     base_source = {p: cid for cid, _, names in analysed for p in names}
     sets = retention_sets(stages, domains, position)
     ids = {cid for cid, _ in inside} | set(base_source.values())
     if previous is not None and previous.checkpoint_id is not None:
         ids.add(previous.checkpoint_id)
     stored = db.item_scores(session, checkpoint_ids=sorted(ids))
-    reference = ({"row": 0, "stage": None, "checkpoint_step": None} if previous is None else
-                 {"row": position - 1, "stage": previous.stage.name, "checkpoint_step": previous.checkpoint_step})
+    reference = (
+        {"row": 0, "stage": None, "checkpoint_step": None}
+        if previous is None
+        else {"row": position - 1, "stage": previous.stage.name, "checkpoint_step": previous.checkpoint_step}
+    )
     checkpoints = []
     for cid, step in inside:
         entries = []
@@ -218,19 +292,41 @@ def retention_report(session: Session, *, run_id: int, stage_name: str | None = 
                 if entry is not None:
                     entries.append(entry)
         checkpoints.append({"step": step, "probe_sets": entries})
-    return {"stage": span.stage.name, "position": position, "start_step": span.stage.start_step,
-            "end_step": span.end_step, "reference": reference, "retention_sets": sets, "checkpoints": checkpoints}
+    return {
+        "stage": span.stage.name,
+        "position": position,
+        "start_step": span.stage.start_step,
+        "end_step": span.end_step,
+        "reference": reference,
+        "retention_sets": sets,
+        "checkpoints": checkpoints,
+    }
 
 
-def _retention_entry(name: str, metric: str, previous: StageSpan | None, cid: int,
-                     stored: dict[tuple[int, str], list[dict[str, Any]]], base_source: dict[str, int],
-                     intervals: bool) -> dict[str, Any] | None:
+def _retention_entry(
+    name: str,
+    metric: str,
+    previous: StageSpan | None,
+    cid: int,
+    stored: dict[tuple[int, str], list[dict[str, Any]]],
+    base_source: dict[str, int],
+    intervals: bool,
+) -> dict[str, Any] | None:
     now = items_for(stored.get((cid, name)), metric)
     base = items_for(stored.get((base_source.get(name, -1), name)), metric)
     if base is None:
         return None  # the probe set does not measure this metric (or was never analysed)
-    entry: dict[str, Any] = {"probe_set": name, "metric": metric, "start": None, "current": None, "change": None,
-                             "ci_low": None, "ci_high": None, "drop_ratio": None, "reason": None}
+    entry: dict[str, Any] = {
+        "probe_set": name,
+        "metric": metric,
+        "start": None,
+        "current": None,
+        "change": None,
+        "ci_low": None,
+        "ci_high": None,
+        "drop_ratio": None,
+        "reason": None,
+    }
     if previous is None:
         start = base.base if now is not None and now.positions == base.positions else None
     elif previous.checkpoint_id is None:
@@ -238,17 +334,28 @@ def _retention_entry(name: str, metric: str, previous: StageSpan | None, cid: in
         return entry
     else:
         before = items_for(stored.get((previous.checkpoint_id, name)), metric)
-        start = before.current if before is not None and now is not None and before.positions == now.positions \
+        start = (
+            before.current
+            if before is not None and now is not None and before.positions == now.positions
             else None
+        )
     if now is None or start is None:
-        entry["reason"] = (f"probe set {name!r} is not measured both here and at the stage's start (attached later, "
-                           "or analysed before per-item scores were kept)")
+        entry["reason"] = (
+            f"probe set {name!r} is not measured both here and at the stage's start (attached later, "
+            "or analysed before per-item scores were kept)"
+        )
         return entry
     first, last = float(weighted_scores(start, now.weights)), float(weighted_scores(now.current, now.weights))
     entry.update(start=first, current=last, change=last - first, drop_ratio=relative_drop(first, last))
     if intervals:
-        change = paired_bootstrap_change(start, now.current, weights=now.weights, n_bootstrap=N_BOOTSTRAP,
-                                         confidence=CONFIDENCE, random_state=0)
+        change = paired_bootstrap_change(
+            start,
+            now.current,
+            weights=now.weights,
+            n_bootstrap=N_BOOTSTRAP,
+            confidence=CONFIDENCE,
+            random_state=0,
+        )
         entry.update(ci_low=change.ci_low, ci_high=change.ci_high)
     return entry
 

@@ -25,7 +25,9 @@ def upgrade() -> None:
         sa.Column("start_step", sa.BigInteger, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_run_stages"),
-        sa.ForeignKeyConstraint(["run_id"], ["runs.id"], ondelete="CASCADE", name="fk_run_stages_run_id_runs"),
+        sa.ForeignKeyConstraint(
+            ["run_id"], ["runs.id"], ondelete="CASCADE", name="fk_run_stages_run_id_runs"
+        ),
         sa.UniqueConstraint("run_id", "name", name="uq_run_stages_run_id"),
         sa.UniqueConstraint("run_id", "position", name="uq_run_stages_run_id_position"),
         sa.UniqueConstraint("run_id", "start_step", name="uq_run_stages_run_id_start_step"),
@@ -37,10 +39,18 @@ def upgrade() -> None:
         sa.Column("stage_id", sa.BigInteger, nullable=False),
         sa.Column("probe_set_id", sa.BigInteger, nullable=False),
         sa.PrimaryKeyConstraint("stage_id", "probe_set_id", name="pk_run_stage_probe_sets"),
-        sa.ForeignKeyConstraint(["stage_id"], ["run_stages.id"], ondelete="CASCADE",
-                                name="fk_run_stage_probe_sets_stage_id_run_stages"),
-        sa.ForeignKeyConstraint(["probe_set_id"], ["probe_sets.id"], ondelete="CASCADE",
-                                name="fk_run_stage_probe_sets_probe_set_id_probe_sets"),
+        sa.ForeignKeyConstraint(
+            ["stage_id"],
+            ["run_stages.id"],
+            ondelete="CASCADE",
+            name="fk_run_stage_probe_sets_stage_id_run_stages",
+        ),
+        sa.ForeignKeyConstraint(
+            ["probe_set_id"],
+            ["probe_sets.id"],
+            ondelete="CASCADE",
+            name="fk_run_stage_probe_sets_probe_set_id_probe_sets",
+        ),
     )
     op.add_column("probe_drift_items", sa.Column("n_tokens", sa.Integer, nullable=True))
     op.add_column("probe_drift_items", sa.Column("from_reference", sa.Boolean, nullable=True))

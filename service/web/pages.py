@@ -18,9 +18,9 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from service import transfer
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
-from service import transfer
 from service.db import queries, response_drift, status
 from service.db import stages as stage_store
 from service.db.models import Run
