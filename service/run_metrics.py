@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from service.db import metric_queries as db
 from service.db.response_drift import forgetting_ratio
-from service.transfer import retention_drops
+from service.retention import retention_drops
 
 RUN_LABELS = ["run", "method"]
 

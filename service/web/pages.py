@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from service import transfer
+from service import retention, transfer
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
@@ -127,7 +127,7 @@ class _RunView:
         rows = report["rows"]
         stages = [{"name": s.name, "position": s.position, "start_step": s.start_step,
                    "end_step": rows[s.position]["end_step"], "probe_sets": s.probe_sets,
-                   "retention_sets": transfer.retention_sets(self.stages, domains, s.position),
+                   "retention_sets": retention.retention_sets(self.stages, domains, s.position),
                    "checkpoint_step": rows[s.position]["checkpoint_step"]} for s in self.stages]
         heatmaps = [{"metric": metric, "svg": Markup(svg) if (svg := stage_plots.transfer_heatmap(
                         rows, metric, found)) is not None else None,

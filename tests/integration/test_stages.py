@@ -151,6 +151,15 @@ def test_transfer_matrix_retention_metrics_and_page_of_a_staged_run(
     assert math_acc["ci_low"] <= math_acc["change"] <= math_acc["ci_high"] < 0
     assert math_acc["drop_ratio"] == pytest.approx((R[1][0] - R[2][0]) / R[1][0])
 
+    # the same numbers on the checkpoint's own response drift
+    since = client.get("/v1/runs/staged/checkpoints/400/response-drift").json()["since_stage_start"]
+    assert since["stage"] == "chem" and since["reference"]["checkpoint_step"] == 200
+    assert {(e["probe_set"], e["metric"]): e for e in since["probe_sets"]}[("math", "accuracy")] == math_acc
+    assert (
+        client.get("/v1/runs/staged/checkpoints/200/response-drift").json()["since_stage_start"]["stage"]
+        == "math"
+    )
+
     metrics = client.get("/metrics").text
     found = re.search(r'forgetwatch_retention_drop_ratio\{[^}]*probe_set="math"[^}]*\} (\S+)', metrics)
     assert found, metrics

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import Session
 
-from service import transfer
+from service import retention, transfer
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.schemas import Problem, StageCreate, StageName, StageOut
@@ -29,7 +29,7 @@ def stages_out(session: Session, run_id: int) -> list[StageOut]:
             start_step=s.start_step,
             end_step=stages[i + 1].start_step if i + 1 < len(stages) else None,
             probe_sets=list(s.probe_sets),
-            retention_sets=transfer.retention_sets(stages, domains, s.position),
+            retention_sets=retention.retention_sets(stages, domains, s.position),
         )
         for i, s in enumerate(stages)
     ]
@@ -112,4 +112,4 @@ def get_retention(
     analysed checkpoint, or the base for the first stage) on every retention set: the score then and
     now, the change with a paired-bootstrap interval over items, and the relative drop (positive = worse)."""
     run = queries.get_run(session, ref=run_ref)
-    return {"run": run.name, **transfer.retention_report(session, run_id=run.id, stage_name=stage)}
+    return {"run": run.name, **retention.retention_report(session, run_id=run.id, stage_name=stage)}
