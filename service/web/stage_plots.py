@@ -22,7 +22,9 @@ def transfer_heatmap(rows: Sequence[dict[str, Any]], metric: str, found: dict[st
     if not np.isfinite(matrix).any():
         return None
     row_labels = ["base"] + [
-        f"end of {r['stage']}" + ("" if r["complete"] else " (so far)") for r in rows[1:]
+        f"end of {r['stage']}"
+        + ("" if r["complete"] else " (so far)" if r["checkpoint_step"] is not None else " (not yet)")
+        for r in rows[1:]
     ]
     col_labels = [
         p["name"] + (f"\n({p['stage']})" if p["stage"] else f"\n({p['domain'] or 'retention'})")
