@@ -130,3 +130,22 @@ def test_a_project_token_cannot_add_stages_to_another_projects_run(
     )
     assert response.status_code == 403 and "team-a/" in response.json()["detail"]
     assert client.get(f"/v1/runs/{run}/stages").json() == []
+
+
+def test_a_run_with_stages_is_deleted_with_them_and_its_name_can_be_staged_anew(
+    client: TestClient, run: str, engine, base_model: str
+) -> None:
+    from service.db.session import make_sessionmaker
+    from service.db.tokens import create_token
+
+    client.post(f"/v1/runs/{run}/stages", json={"name": "math", "start_step": 0, "probe_sets": ["math"]})
+    with make_sessionmaker(engine)() as session:
+        admin = create_token(session, name="admin", scope="admin")
+        session.commit()
+    assert client.delete(f"/v1/runs/{run}", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
+    assert client.get(f"/v1/runs/{run}/stages").status_code == 404
+    client.post("/v1/runs", json={"name": run, "base_model": base_model})
+    again = client.post(
+        f"/v1/runs/{run}/stages", json={"name": "math", "start_step": 50, "probe_sets": ["math"]}
+    )
+    assert again.status_code == 201 and again.json()["start_step"] == 50
