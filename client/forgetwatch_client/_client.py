@@ -148,7 +148,7 @@ class ForgetwatchClient:
         self, step: int, path: str | os.PathLike, *, upload: bool = False, skip: Iterable[str] = ()
     ) -> dict[str, Any] | None:
         """Register the checkpoint folder saved at `step`: by reference (the service reads `path`, a local
-        folder or an `s3://`/`hf://` URI, which must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with
+        folder or an `s3://`/`gs://`/`hf://` URI, which must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with
         `upload`, by streaming each top-level file of a local folder to the service (files matching a
         `skip` glob are left out)."""
 

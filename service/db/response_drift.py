@@ -117,18 +117,29 @@ def checkpoint_probe_results(session: Session, *, checkpoint_id: int) -> list[di
     return [dict(r) for r in rows]
 
 
-def run_probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+def run_probe_series(session: Session, *, run_id: int, after: int | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """Probe results of the run's checkpoints by step and probe set: the steps after `after`, at most
+    `limit` of them (all when None)."""
     rows = session.execute(
         text(f"SELECT c.step, s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
              "FROM probe_drift p JOIN probe_sets s ON s.id = p.probe_set_id JOIN checkpoints c ON c.id = p.checkpoint_id "
-             "WHERE c.run_id = :r ORDER BY c.step, s.name"), {"r": run_id}).mappings()
+             "WHERE c.run_id = :r AND c.step IN (SELECT DISTINCT c2.step FROM probe_drift p2 JOIN checkpoints c2 "
+             "ON c2.id = p2.checkpoint_id WHERE c2.run_id = :r AND c2.step > :after ORDER BY c2.step LIMIT :limit) "
+             "ORDER BY c.step, s.name"),
+        {"r": run_id, "after": -1 if after is None else after, "limit": limit}).mappings()
     return [dict(r) for r in rows]
 
 
-def run_sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+def run_sample_series(session: Session, *, run_id: int, after: int | None = None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+    """Sample statistics of the run by step and probe set: the steps after `after`, at most `limit`
+    of them (all when None)."""
     rows = session.execute(
         text(f"SELECT step, probe_set, {', '.join(SAMPLE_COLUMNS)} FROM sample_drift WHERE run_id = :r "
-             "ORDER BY step, probe_set"), {"r": run_id}).mappings()
+             "AND step IN (SELECT DISTINCT step FROM sample_drift WHERE run_id = :r AND step > :after "
+             "ORDER BY step LIMIT :limit) ORDER BY step, probe_set"),
+        {"r": run_id, "after": -1 if after is None else after, "limit": limit}).mappings()
     return [dict(r) for r in rows]
 
 

@@ -8,6 +8,7 @@ HTML is in `service/web/html/` (Jinja2, autoescaped); this module loads what eac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
 from service.db import stages as stage_store
 from service.db.models import Run
+from service.entropy_ceiling import entropy_ceiling
 from service.errors import NotFound
 from service.settings import Settings
 from service.web import data, plots, stage_plots
@@ -48,7 +50,7 @@ def _drawn(section: str, template: str, context: Callable[[], dict[str, Any]]) -
         return Markup(failed(section, _reason(error)))
 
 
-def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
+def locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
     """None when the pages may be served to this request, else the 401 page."""
     if request.app.state.settings.pages_are_public or not isinstance(reader, Refusal):
         return None
@@ -59,7 +61,7 @@ def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | Non
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     settings = request.app.state.settings
     runs = queries.list_runs(session)
@@ -69,15 +71,16 @@ def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTML
                          for run in runs][::-1]}
 
     run_list = _drawn("run list", "run_list.html", rows) if runs else ""
+    methods = sorted({run.method for run in runs})
     return page("index.html", title="Runs", runs=runs, alarm=settings.forecast_alarm_probability,
-                run_list=run_list)
+                run_list=run_list, methods=methods)
 
 
 # --- one run -----------------------------------------------------------------------------------
 
 @router.get("/runs/{name:path}", response_class=HTMLResponse)
 def run_page(name: str, request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     try:
         run = queries.get_run(session, ref=name)
@@ -92,6 +95,7 @@ class _RunView:
 
     def __init__(self, session: Session, run: Run, settings: Settings) -> None:
         self.run = run
+        self.session = session
         self.settings = settings
         self.status = data.run_status(session, settings=settings, run_ref=str(run.id))
         series = param_store.run_series(session, run_id=run.id)
@@ -102,7 +106,6 @@ class _RunView:
         self.risk_rows = status.risk_series(session, run_id=run.id)
         self.labels = data.label_series(session, run_id=run.id)
         self.forecasts: dict[str, Any] = self.status["trends"] or {}
-        self.session = session
         self.stages = stage_store.run_stages(session, run_id=run.id)
         self.marks = [(stage.name, stage.start_step) for stage in self.stages]
 
@@ -115,6 +118,7 @@ class _RunView:
                                                         "trends": self._trends(), "acceleration": self._acceleration()}),
             _drawn("findings", "run/findings.html", lambda: common),
             *([_drawn("stages", "run/stages.html", self._stages)] if self.stages else []),
+            _drawn("entropy ceiling", "run/ceiling.html", lambda: {"ceiling": self._ceiling()}),
             _drawn("plots", "run/plots.html", lambda: {"plots": self._plots()}),
             _drawn("latest", "run/latest.html", lambda: {"rows": self._latest()}),
             _drawn("footer", "run/footer.html", lambda: {**common, "now": now}),
@@ -134,6 +138,9 @@ class _RunView:
                      "empty": f"No {stage_plots.METRIC_TITLES[metric]} measured on the stages' probe sets yet."}
                     for metric, found in report["metrics"].items()]
         return {"stages": stages, "heatmaps": heatmaps}
+
+    def _ceiling(self) -> dict[str, Any]:
+        return dataclasses.asdict(entropy_ceiling(self.session, run_id=self.run.id, probe_rows=self.probe_rows))
 
     def _trends(self) -> list[tuple[str, dict[str, Any]]]:
         out = []

@@ -82,7 +82,7 @@ def memoized(draw: Callable[..., str | None]) -> Callable[..., str | None]:
 
 
 @contextmanager
-def figure(figsize: tuple[float, float], **subplots: Any) -> Iterator[tuple[Figure, Any]]:
+def new_figure(figsize: tuple[float, float], **subplots: Any) -> Iterator[tuple[Figure, Any]]:
     with _LOCK, matplotlib.rc_context(_RC):
         fig = Figure(figsize=figsize, layout="constrained")
         axes = fig.subplots(**subplots) if subplots else fig.add_subplot()
@@ -97,7 +97,7 @@ def to_svg(fig: Figure) -> str:
     return _METADATA.sub("", document, count=1)
 
 
-def _floats(values: Sequence[Any]) -> np.ndarray:
+def as_floats(values: Sequence[Any]) -> np.ndarray:
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
@@ -105,7 +105,7 @@ def _has_data(values: Sequence[Any]) -> bool:
     return any(v is not None and math.isfinite(float(v)) for v in values)
 
 
-def _steps_axis(ax: Axes, stages: Sequence[tuple[str, int]] = ()) -> None:
+def steps_axis(ax: Axes, stages: Sequence[tuple[str, int]] = ()) -> None:
     ax.set_xlabel("training step")
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)
     low, high = ax.get_xlim()
@@ -131,15 +131,15 @@ def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | Non
         return None
     steps = [r["step"] for r in global_rows]
     nss = [r.get("normalized_spectral_shift") for r in global_rows]
-    with figure(HALF) as (fig, ax):
-        ax.plot(steps, _floats(rel), marker="o", color=NEUTRAL, label="relative L2 ‖θ−θ₀‖/‖θ₀‖")
+    with new_figure(HALF) as (fig, ax):
+        ax.plot(steps, as_floats(rel), marker="o", color=NEUTRAL, label="relative L2 ‖θ−θ₀‖/‖θ₀‖")
         _threshold(ax, threshold, "forecast threshold")
         ax.set_title("Global parameter drift")
         ax.set_ylabel("relative L2")
-        _steps_axis(ax, stages)
+        steps_axis(ax, stages)
         if _has_data(nss):
             twin = ax.twinx()
-            twin.plot(steps, _floats(nss), color="#7b5ea7", linestyle=":", marker=".", label="spectral shift")
+            twin.plot(steps, as_floats(nss), color="#7b5ea7", linestyle=":", marker=".", label="spectral shift")
             twin.set_ylabel("normalized spectral shift", color="#7b5ea7")
             twin.grid(False)
             twin.spines["right"].set_visible(True)
@@ -166,7 +166,7 @@ def block_heatmap(block_rows: Sequence[dict[str, Any]]) -> str | None:
     for r in rows:
         grid[row[r["key"]], col[int(r["step"])]] = float(r["relative_l2_distance"])
     height = min(max(2.6, 0.9 + 0.16 * len(blocks)), 7.0)
-    with figure((HALF[0], height)) as (fig, ax):
+    with new_figure((HALF[0], height)) as (fig, ax):
         image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="magma_r", origin="lower")
         fig.colorbar(image, ax=ax, label="relative L2", shrink=0.9)
         ax.set_title("Per-block drift (relative L2)")
@@ -191,7 +191,7 @@ def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = 
              stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forward KL(base‖checkpoint) per token, mean over probe sets per domain, with the p10–p90 band."""
     drawn = False
-    with figure(HALF) as (fig, ax):
+    with new_figure(HALF) as (fig, ax):
         for domain, color, label in (("ood", OOD, "ood"), ("in_domain", IN_DOMAIN, "in-domain")):
             steps, kl = mean_by_step(probe_rows, "kl_forward", where={"domain": domain})
             if not steps:
@@ -209,7 +209,7 @@ def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = 
         ax.set_title("Probe KL(base ‖ checkpoint)")
         ax.set_ylabel("nats / token")
         ax.set_ylim(bottom=0)
-        _steps_axis(ax, stages)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
         return to_svg(fig)
 
@@ -223,11 +223,11 @@ def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tupl
     panels = forgetting_panels(probe_rows, labels)
     if not panels:
         return None
-    with figure((HALF[0] * min(len(panels), 2), HALF[1]), ncols=len(panels), squeeze=False) as (fig, axes):
+    with new_figure((HALF[0] * min(len(panels), 2), HALF[1]), ncols=len(panels), squeeze=False) as (fig, axes):
         for ax, (key, title, ylabel) in zip(axes[0], panels, strict=True):
             ax.set_title(title)
             ax.set_ylabel(ylabel)
-            _steps_axis(ax, stages)
+            steps_axis(ax, stages)
             if key == "labels":
                 for name, points in sorted(labels.items()):
                     ax.plot([p[0] for p in points], [p[1] for p in points], marker="s", label=name)
@@ -273,7 +273,7 @@ def diversity(sample_rows: Sequence[dict[str, Any]], *, stages: Sequence[tuple[s
     if not steps and not rep_steps:
         return None
     base_steps, base = mean_by_step(sample_rows, "distinct2_base")
-    with figure(HALF, ncols=2) as (fig, (left, right)):
+    with new_figure(HALF, ncols=2) as (fig, (left, right)):
         left.set_title("Sample diversity (distinct-2)")
         if steps:
             left.plot(steps, distinct2, marker="o", color=NEUTRAL, label="checkpoint")
@@ -281,14 +281,14 @@ def diversity(sample_rows: Sequence[dict[str, Any]], *, stages: Sequence[tuple[s
             left.plot(base_steps, base, linestyle="--", color=THRESHOLD, label="base model")
         left.set_ylim(0, 1.02)
         left.set_ylabel("unique bigrams / bigrams")
-        _steps_axis(left, stages)
+        steps_axis(left, stages)
         left.legend(loc="lower left")
         right.set_title("Repetition ratio")
         if rep_steps:
             right.plot(rep_steps, repetition, marker="o", color=OOD)
         right.set_ylim(bottom=0)
         right.set_ylabel("repeated n-gram share")
-        _steps_axis(right, stages)
+        steps_axis(right, stages)
         return to_svg(fig)
 
 
@@ -300,15 +300,16 @@ FORECAST_LABELS = {
 
 
 @memoized
-def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float, stages: Sequence[tuple[str, int]] = ()) -> str | None:
+def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float,
+         stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forgetting forecast per checkpoint against the alarm threshold, checkpoints where forgetting
     was detected, where the forecast abstained, and change points."""
     if not risk_rows:
         return None
-    with figure(TALL) as (fig, ax):
+    with new_figure(TALL) as (fig, ax):
         steps = [r["step"] for r in risk_rows]
         values = [r["value"] if r["applicable"] else None for r in risk_rows]
-        ax.plot(steps, _floats(values), marker="o", color=NEUTRAL, label="forecast P(detected within horizon)")
+        ax.plot(steps, as_floats(values), marker="o", color=NEUTRAL, label="forecast P(detected within horizon)")
         detected = [r["step"] for r in risk_rows if r.get("detected")]
         if detected:
             ax.plot(detected, [1.0] * len(detected), linestyle="none", marker="s", color=OOD, label="detected")
@@ -322,7 +323,7 @@ def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float, stages: Seque
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("OOD forgetting: forecast and detection")
         ax.set_ylabel("probability")
-        _steps_axis(ax, stages)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
         return to_svg(fig)
 
@@ -336,7 +337,7 @@ def forecasts(forecasts: dict[str, Any], *, observed: dict[str, tuple[list[int],
         return None
     ncols = 1 if len(series) == 1 else 2
     nrows = math.ceil(len(series) / ncols)
-    with figure(TALL, nrows=nrows, ncols=ncols, squeeze=False) as (fig, axes):
+    with new_figure(TALL, nrows=nrows, ncols=ncols, squeeze=False) as (fig, axes):
         fig.suptitle("Forecasts: Theil–Sen trend to threshold", x=0.02, ha="left", fontsize=10,
                      fontweight="bold")
         flat = list(axes.flat)

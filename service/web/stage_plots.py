@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from service.web.plots import figure, memoized, to_svg
+from service.web.plots import memoized, new_figure, to_svg
 
 METRIC_TITLES = {"accuracy": "accuracy", "loglik": "reference log-likelihood, nats/token"}
 
@@ -31,7 +31,7 @@ def transfer_heatmap(rows: Sequence[dict[str, Any]], metric: str, found: dict[st
         for p in found["probe_sets"]
     ]
     n_rows, n_cols = matrix.shape
-    with figure((1.6 + 1.1 * n_cols, 1.2 + 0.45 * n_rows)) as (fig, ax):
+    with new_figure((1.6 + 1.1 * n_cols, 1.2 + 0.45 * n_rows)) as (fig, ax):
         image = ax.imshow(np.ma.masked_invalid(matrix), cmap="viridis", aspect="auto")
         ax.grid(False)
         ax.set_xticks(range(n_cols), col_labels)

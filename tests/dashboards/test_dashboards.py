@@ -204,7 +204,26 @@ def test_run_detail_selects_a_run_and_its_method_from_label_values() -> None:
     for name in ("run", "method"):
         assert variables[name]["type"] == "query"
         assert variables[name]["query"]["query"].startswith("label_values(")
-    assert variables["run"]["multi"] is False, "the SQL panels compare r.name = '$run': one run"
+    assert variables["run"]["multi"] is True, "several runs side by side"
+    assert variables["run"]["includeAll"] is False
+
+
+def test_run_detail_queries_read_every_selected_run_and_keep_them_apart() -> None:
+    """With several runs selected, PromQL matches `run=~"$run"` and aggregates by run; SQL reads
+    `r.name IN ($run)`; panels whose series would mix runs repeat per run."""
+    for query in (q for q in _queries() if q.board == "run-detail.json"):
+        assert 'run="$run"' not in query.text and "= '$run'" not in query.text, query.id
+        kind = query.datasource.get("type")
+        if kind == PROMETHEUS and "$run" in query.text and not query.text.startswith("label_values"):
+            assert 'run=~"$run"' in query.text, query.id
+            head = query.text.split("(", 1)[0].strip()
+            if head in ("max", "min", "sum", "avg"):
+                assert query.text.startswith(f"{head} by (run"), f"{query.id}: aggregate by run, not across runs"
+        if kind == POSTGRES and "$run" in query.text:
+            assert "r.name IN ($run)" in query.text, query.id
+    board = _boards()["run-detail.json"]
+    repeated = {p["title"] for p in _panels(board["panels"]) if p.get("repeat") == "run"}
+    assert any(t.startswith("Probe KL (forward") for t in repeated), repeated
 
 
 # ---- PromQL ---------------------------------------------------------------------------------------

@@ -127,6 +127,7 @@ def test_the_rules_file_defines_the_expected_alerts() -> None:
         "OODForgettingWhileSpecializing",
         "ResponseDiversityCollapse",
         "EntropyCollapse",
+        "SelfDistillationCollapse",
         "ParameterDriftAccelerating",
         "DriftJobsFailing",
         "DriftJobsBacklog",
