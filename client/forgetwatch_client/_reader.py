@@ -130,6 +130,19 @@ class ForgetwatchReader:
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
 
+    def stages(self, run: str) -> list[dict[str, Any]]:
+        """The run's stages in training order: name, position, start_step, end_step, probe_sets, retention_sets."""
+        return self._get(f"/v1/runs/{_segment(run)}/stages")
+
+    def transfer(self, run: str) -> dict[str, Any]:
+        """{"rows", "metrics": {"accuracy"|"loglik": {"probe_sets", "matrix", "bwt", "fwt", ...}}}: the
+        transfer matrix R[i][j] (row 0 the base, row i the end of stage i) with BWT and FWT intervals."""
+        return self._get(f"/v1/runs/{_segment(run)}/transfer")
+
+    def retention(self, run: str, stage: str) -> dict[str, Any]:
+        """Each checkpoint of `stage` against the stage's start on every retention set."""
+        return self._get(f"/v1/runs/{_segment(run)}/stages/{_segment(stage)}/retention")
+
     def close(self) -> None:
         self._http.close()
 

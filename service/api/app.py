@@ -30,6 +30,7 @@ from service.api.routes import (
     run_status,
     runs,
     samples,
+    stages,
     training_metrics,
 )
 from service.api.schemas import Problem
@@ -95,7 +96,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
     for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
-                   response_drift, compare):
+                   response_drift, compare, stages):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
     app.include_router(compare_page.router)

@@ -115,6 +115,26 @@ class RunOut(BaseModel):
     archived_at: datetime | None = None
 
 
+StageName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$")]
+
+
+class StageCreate(Strict):
+    name: StageName = Field(description="The stage's name, unique in the run: math, chemistry, tools, code, ...")
+    start_step: Step = Field(description="The training step the stage starts at; after the previous stage's")
+    probe_sets: Annotated[list[Name], Field(min_length=1, max_length=32)] = Field(
+        description="The probe sets this stage trains for (created beforehand); earlier stages' and ood sets "
+                    "become its retention sets by themselves")
+
+
+class StageOut(BaseModel):
+    name: str
+    position: int = Field(description="1 for the first stage")
+    start_step: int
+    end_step: int | None = Field(description="The next stage's start step (exclusive); None for the last stage")
+    probe_sets: list[str]
+    retention_sets: list[str]
+
+
 JobStatus = Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
 JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "probe_drift", "measure_base",
                   "sample_drift", "compute_risk"]

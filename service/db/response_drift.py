@@ -47,8 +47,10 @@ def store_base_cache(session: Session, *, base_model: str, probe_set_id: int, k:
 
 def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: int, evaluation: Any,
                        correct: Sequence[bool | None] | None = None) -> None:
-    """Replace this checkpoint's result on one probe set (aggregate row + one row per probe)."""
+    """Replace this checkpoint's result on one probe set (aggregate row + one row per probe);
+    `correct` defaults to the evaluation's own per-probe outcome."""
     div, forg = evaluation.divergence, evaluation.forgetting
+    correct = forg.correct if correct is None else correct
     ll, acc = forg.log_likelihood, forg.accuracy
     params = {
         "c": checkpoint_id, "p": probe_set_id, "domain": div.domain,
@@ -76,12 +78,15 @@ def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: in
              f"VALUES (:c, :p, {', '.join(':' + c for c in columns)}, CAST(:data AS jsonb))"), params)
     session.execute(
         text("INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, forward_kl, reverse_kl, "
-             "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct) "
-             "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct)"),
+             "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct, n_tokens, "
+             "from_reference, base_correct) "
+             "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct, :n, :ref, :base_correct)"),
         [{"c": checkpoint_id, "p": probe_set_id, "i": i, "fwd": json_safe(d.forward_kl), "rev": json_safe(d.reverse_kl),
           "tv": json_safe(d.total_variation), "ent": json_safe(d.entropy), "agree": json_safe(d.top1_agreement),
           "lp": json_safe(d.mean_logprob), "blp": json_safe(d.base_mean_logprob),
-          "correct": correct[i] if correct is not None and i < len(correct) else None}
+          "correct": correct[i] if correct is not None and i < len(correct) else None,
+          "n": d.n_tokens, "ref": d.from_reference,
+          "base_correct": forg.base_correct[i] if i < len(forg.base_correct) else None}
          for i, d in enumerate(div.per_probe)],
     )
 

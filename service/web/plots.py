@@ -105,9 +105,16 @@ def _has_data(values: Sequence[Any]) -> bool:
     return any(v is not None and math.isfinite(float(v)) for v in values)
 
 
-def steps_axis(ax: Axes) -> None:
+def steps_axis(ax: Axes, stages: Sequence[tuple[str, int]] = ()) -> None:
     ax.set_xlabel("training step")
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    low, high = ax.get_xlim()
+    for name, start in stages:  # a dotted line where each stage of the run starts, named at the top
+        if not low <= start <= high:
+            continue
+        ax.axvline(start, color=THRESHOLD, linestyle=":", linewidth=1.0, gid=f"stage-boundary-{name}")
+        ax.annotate(name, (start, 1), xycoords=("data", "axes fraction"), fontsize=7, color=NEUTRAL,
+                    xytext=(2, -8), textcoords="offset points")
 
 
 def _threshold(ax: Axes, value: float | None, label: str) -> None:
@@ -116,7 +123,8 @@ def _threshold(ax: Axes, value: float | None, label: str) -> None:
 
 
 @memoized
-def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | None = None) -> str | None:
+def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | None = None,
+                stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Global relative L2 distance to the base over steps (and the spectral shift, if computed)."""
     rel = [r["relative_l2_distance"] for r in global_rows]
     if not _has_data(rel):
@@ -128,7 +136,7 @@ def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | Non
         _threshold(ax, threshold, "forecast threshold")
         ax.set_title("Global parameter drift")
         ax.set_ylabel("relative L2")
-        steps_axis(ax)
+        steps_axis(ax, stages)
         if _has_data(nss):
             twin = ax.twinx()
             twin.plot(steps, as_floats(nss), color="#7b5ea7", linestyle=":", marker=".", label="spectral shift")
@@ -179,7 +187,8 @@ def _ticks(labels: Sequence[str], most: int) -> tuple[list[int], list[str]]:
 
 
 @memoized
-def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = None) -> str | None:
+def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = None,
+             stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forward KL(base‖checkpoint) per token, mean over probe sets per domain, with the p10–p90 band."""
     drawn = False
     with new_figure(HALF) as (fig, ax):
@@ -200,13 +209,14 @@ def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = 
         ax.set_title("Probe KL(base ‖ checkpoint)")
         ax.set_ylabel("nats / token")
         ax.set_ylim(bottom=0)
-        steps_axis(ax)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
         return to_svg(fig)
 
 
 @memoized
-def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tuple[int, float]]]) -> str | None:
+def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tuple[int, float]]], *,
+               stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Measured change vs the base per probe set (accuracy, else reference log-likelihood), and
     the trainer's ground-truth labels when it posted any."""
     sets = sorted({(r["probe_set"], r["domain"]) for r in probe_rows})
@@ -217,7 +227,7 @@ def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tupl
         for ax, (key, title, ylabel) in zip(axes[0], panels, strict=True):
             ax.set_title(title)
             ax.set_ylabel(ylabel)
-            steps_axis(ax)
+            steps_axis(ax, stages)
             if key == "labels":
                 for name, points in sorted(labels.items()):
                     ax.plot([p[0] for p in points], [p[1] for p in points], marker="s", label=name)
@@ -256,7 +266,7 @@ def _set_color(domain: str, index: int) -> str:
 
 
 @memoized
-def diversity(sample_rows: Sequence[dict[str, Any]]) -> str | None:
+def diversity(sample_rows: Sequence[dict[str, Any]], *, stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """distinct-2 of the pushed samples against the base model's, and the repetition ratio."""
     steps, distinct2 = mean_by_step(sample_rows, "distinct2")
     rep_steps, repetition = mean_by_step(sample_rows, "repetition_ratio")
@@ -271,14 +281,14 @@ def diversity(sample_rows: Sequence[dict[str, Any]]) -> str | None:
             left.plot(base_steps, base, linestyle="--", color=THRESHOLD, label="base model")
         left.set_ylim(0, 1.02)
         left.set_ylabel("unique bigrams / bigrams")
-        steps_axis(left)
+        steps_axis(left, stages)
         left.legend(loc="lower left")
         right.set_title("Repetition ratio")
         if rep_steps:
             right.plot(rep_steps, repetition, marker="o", color=OOD)
         right.set_ylim(bottom=0)
         right.set_ylabel("repeated n-gram share")
-        steps_axis(right)
+        steps_axis(right, stages)
         return to_svg(fig)
 
 
@@ -290,7 +300,8 @@ FORECAST_LABELS = {
 
 
 @memoized
-def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float) -> str | None:
+def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float,
+         stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forgetting forecast per checkpoint against the alarm threshold, checkpoints where forgetting
     was detected, where the forecast abstained, and change points."""
     if not risk_rows:
@@ -312,7 +323,7 @@ def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float) -> str | None
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("OOD forgetting: forecast and detection")
         ax.set_ylabel("probability")
-        steps_axis(ax)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
         return to_svg(fig)
 

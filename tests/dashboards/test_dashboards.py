@@ -429,6 +429,15 @@ _SEED = (
                                       'value', NULL)),
                false, jsonb_build_object('measured', true, 'detected', false, 'drop_low', step / 1e4)
           FROM checkpoints WHERE status = 'ready'""",
+    # The run is one stage training for tool-calls, so trivia (ood) is its retention set: its per-item
+    # results (3 of 4 right where the base had all 4) give the retention gauge a series.
+    "INSERT INTO run_probe_sets (run_id, probe_set_id) SELECT r.id, p.id FROM runs r, probe_sets p",
+    "INSERT INTO run_stages (run_id, position, name, start_step) SELECT id, 1, 'tools', 0 FROM runs",
+    """INSERT INTO run_stage_probe_sets (stage_id, probe_set_id)
+        SELECT s.id, p.id FROM run_stages s, probe_sets p WHERE p.name = 'tool-calls'""",
+    """INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, correct, base_correct)
+        SELECT c.id, p.id, i, i < 3, true FROM checkpoints c, probe_sets p, generate_series(0, 3) i
+         WHERE c.status = 'ready'""",
     # One finished job (so the duration histogram has samples) and one waiting.
     "INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES ('params', 'seeded'), ('probes', 'seeded')",
     "UPDATE procrastinate_jobs SET status = 'doing' WHERE queue_name = 'params'",

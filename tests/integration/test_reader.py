@@ -60,6 +60,28 @@ def test_the_reader_follows_pages_and_reads_each_kind_of_result(service: Service
     assert list(frame["kl"]) == [0.5, 0.7]
 
 
+def test_stages_are_added_by_the_client_and_read_back_with_the_transfer_matrix(service: Service) -> None:
+    with service.client(blocking=True) as writer:
+        for name, domain in (("stg-math", "in_domain"), ("stg-chem", "in_domain"), ("stg-ood", "ood")):
+            writer.probe_set(name, domain, [{"prompt": "1+1=", "reference": "2", "answer": "2"}])
+        writer.run("staged-read", base_model=service.base_model, probe_sets=["stg-ood"])
+        assert writer.add_stage("math", 0, ["stg-math"])["position"] == 1
+        assert writer.add_stage("chem", 100, ["stg-chem"])["retention_sets"] == ["stg-math", "stg-ood"]
+        assert writer.add_stage("chem", 100, ["stg-chem"])["position"] == 2  # the same stage again: a no-op
+        with pytest.raises(ForgetwatchError) as refused:
+            writer.add_stage("tools", 50, ["stg-chem"])
+        assert refused.value.status_code == 409 and "not after the last stage" in str(refused.value.detail)
+    with ForgetwatchReader(service.url, service.token) as fw:
+        assert [(s["name"], s["start_step"], s["end_step"]) for s in fw.stages("staged-read")] == [
+            ("math", 0, 100), ("chem", 100, None)]
+        transfer = fw.transfer("staged-read")
+        assert [r["stage"] for r in transfer["rows"]] == [None, "math", "chem"]
+        accuracy = transfer["metrics"]["accuracy"]
+        assert [p["name"] for p in accuracy["probe_sets"]] == ["stg-math", "stg-chem", "stg-ood"]
+        assert accuracy["bwt"] is None and "needs" in accuracy["bwt_reason"]
+        assert fw.retention("staged-read", "chem")["retention_sets"] == ["stg-math", "stg-ood"]
+
+
 def test_the_reader_compares_runs_by_name_or_tag(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for name, method, lr in (

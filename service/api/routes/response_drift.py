@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from service import retention
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.pagination import LINK_HEADER, Limit, StepCursor, page_steps
@@ -44,7 +45,8 @@ def _with_ratio(row: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2**53)], session: SessionDep,
                               _: Reader) -> dict[str, Any]:
     """Probe-set divergences (KL forward/reverse with p10–p90), measured forgetting with bootstrap
-    intervals, and the statistics of the samples pushed at this step."""
+    intervals, and the statistics of the samples pushed at this step. For a run declared as stages,
+    `since_stage_start`: the change on each retention set since the checkpoint's stage began."""
     run = queries.get_run(session, ref=run_ref)
     checkpoint = queries.get_checkpoint(session, run_id=run.id, step=step)
     analysis = analyses.analysis_status(session, checkpoint_id=checkpoint.id, kind="responses")
@@ -54,6 +56,7 @@ def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2
         "run": run.name, "step": step, "status": analysis["status"], "error": analysis["error"],
         "probe_sets": [_with_ratio(r) for r in store.checkpoint_probe_results(session, checkpoint_id=checkpoint.id)],
         "samples": samples,
+        "since_stage_start": retention.since_stage_start(session, run_id=run.id, step=step),
     }
 
 
