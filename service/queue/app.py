@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import procrastinate
 
 from service.db.session import libpq_url
@@ -13,7 +15,12 @@ QUEUES = ("params", "probes", "maintenance")
 
 
 def create_queue_app(database_url: str) -> procrastinate.App:
+    """An App with every task under our namespace. procrastinate's `add_tasks_from` renames the tasks
+    of the blueprint it is given, so each App gets copies: a second App in one process (tests, or an
+    API and a worker side by side) would otherwise see every name namespaced twice."""
     connector = procrastinate.PsycopgConnector(conninfo=libpq_url(database_url))
     app = procrastinate.App(connector=connector)
-    app.add_tasks_from(tasks.blueprint, namespace=NAMESPACE)
+    own = procrastinate.Blueprint()
+    own.tasks = {name: copy.copy(task) for name, task in tasks.blueprint.tasks.items()}
+    app.add_tasks_from(own, namespace=NAMESPACE)
     return app

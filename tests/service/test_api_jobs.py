@@ -29,9 +29,12 @@ def _pages(client: TestClient, url: str) -> list[Any]:
 
 
 def test_job_kinds_are_the_registered_tasks() -> None:
-    app = create_queue_app("postgresql+psycopg://nobody@127.0.0.1:1/none")  # never connects
-    tasks = {name.partition(":")[2] for name in app.tasks if name.startswith(f"{NAMESPACE}:")}
-    assert tasks == set(typing.get_args(JobKind))
+    for _ in range(2):  # a second App in the same process registers the same names
+        app = create_queue_app("postgresql+psycopg://nobody@127.0.0.1:1/none")  # never connects
+        tasks = {name.partition(":")[2] for name in app.tasks if name.startswith(f"{NAMESPACE}:")}
+        assert tasks == set(typing.get_args(JobKind))
+        ours = {name: task for name, task in app.tasks.items() if name.startswith(f"{NAMESPACE}:")}
+        assert {task.name for task in ours.values()} == set(ours)
 
 
 def test_jobs_list_by_run_status_and_kind_with_the_failure_reason(
