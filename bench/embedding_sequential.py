@@ -43,7 +43,9 @@ def draw_run(pool_a: np.ndarray, pool_b: np.ndarray, share: float, n: int, rng: 
     return batches
 
 
-def first_alarms(pool_a, pool_b, share: float, runs: int, n: int, *, single: bool) -> tuple[np.ndarray, np.ndarray]:
+def first_alarms(
+    pool_a, pool_b, share: float, runs: int, n: int, *, single: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """1-based checkpoint of each run's first alarm (CHECKPOINTS + 1 = never): sequential, single."""
     never = CHECKPOINTS + 1
     sequential, per_checkpoint = np.full(runs, never), np.full(runs, never)
@@ -54,7 +56,9 @@ def first_alarms(pool_a, pool_b, share: float, runs: int, n: int, *, single: boo
             sequential[seed] = result.first_detection + 1
         if single:
             for c, (x, y) in enumerate(batches):
-                if embedding_shift_test(x, y, alpha=ALPHA, n_permutations=200, random_state=seed).drift_detected:
+                if embedding_shift_test(
+                    x, y, alpha=ALPHA, n_permutations=200, random_state=seed
+                ).drift_detected:
                     per_checkpoint[seed] = c + 1
                     break
     return sequential, per_checkpoint
@@ -77,13 +81,21 @@ def main() -> None:
         sequential, single = first_alarms(pool_a, pool_b, share, runs, args.n_per_ckpt, single=args.single)
         by = {c: float(np.mean(sequential <= c)) for c in (1, 2, 3, 5, 8, 10, 15, 20)}
         rates[share] = by
-        print(f"sequential shift={share:.0%} runs={runs} alarmed_by_ckpt " +
-              " ".join(f"{c}:{v:.3f}" for c, v in by.items()), flush=True)
+        print(
+            f"sequential shift={share:.0%} runs={runs} alarmed_by_ckpt "
+            + " ".join(f"{c}:{v:.3f}" for c, v in by.items()),
+            flush=True,
+        )
         if args.single:
-            print(f"per-checkpoint shift={share:.0%} runs={runs} alarmed_by_ckpt " +
-                  " ".join(f"{c}:{np.mean(single <= c):.3f}" for c in by), flush=True)
-    print(f"embedding_sequential n_per_ckpt={args.n_per_ckpt} run_fpr={rates[0.0][CHECKPOINTS]:.3f} "
-          f"power20_by_ckpt5={rates[0.2][5]:.2f} power10_by_ckpt10={rates[0.1][10]:.2f}")
+            print(
+                f"per-checkpoint shift={share:.0%} runs={runs} alarmed_by_ckpt "
+                + " ".join(f"{c}:{np.mean(single <= c):.3f}" for c in by),
+                flush=True,
+            )
+    print(
+        f"embedding_sequential n_per_ckpt={args.n_per_ckpt} run_fpr={rates[0.0][CHECKPOINTS]:.3f} "
+        f"power20_by_ckpt5={rates[0.2][5]:.2f} power10_by_ckpt10={rates[0.1][10]:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -78,8 +78,10 @@ def _check_batches(batches, max_pairs_per_batch: int) -> list[tuple[np.ndarray, 
         x = np.asarray(batch[0], dtype=np.float64)
         y = np.asarray(batch[1], dtype=np.float64)
         if x.ndim != 2 or x.shape != y.shape:
-            raise ValueError(f"batches[{i}]: reference and current must be 2-D of equal shape (paired rows), "
-                             f"got {x.shape} and {y.shape}")
+            raise ValueError(
+                f"batches[{i}]: reference and current must be 2-D of equal shape (paired rows), "
+                f"got {x.shape} and {y.shape}"
+            )
         if dim is not None and x.shape[1] != dim and len(x):
             raise ValueError(f"batches[{i}] has embedding dim {x.shape[1]}, earlier batches {dim}")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
@@ -90,7 +92,9 @@ def _check_batches(batches, max_pairs_per_batch: int) -> list[tuple[np.ndarray, 
     return out
 
 
-def _pair_scores(past_x: np.ndarray, past_y: np.ndarray, x: np.ndarray, y: np.ndarray, whitening: float) -> np.ndarray:
+def _pair_scores(
+    past_x: np.ndarray, past_y: np.ndarray, x: np.ndarray, y: np.ndarray, whitening: float
+) -> np.ndarray:
     """z_t for each pair of the batch (x, y), given the window's earlier pairs; shape (n,)."""
     px, py = np.vstack([past_x, x]), np.vstack([past_y, y])  # (m, d): window then batch
     m, n = len(px), len(x)
@@ -100,7 +104,7 @@ def _pair_scores(past_x: np.ndarray, past_y: np.ndarray, x: np.ndarray, y: np.nd
         return np.zeros(n)
     k = rbf_kernel(d2, bandwidth)  # (2m, 2m)
     kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
-    h = (kyy - kxy.T - kxy + kxx)[m - n:]  # (n, m): h(t, s) for batch pairs t against all pairs s
+    h = (kyy - kxy.T - kxy + kxx)[m - n :]  # (n, m): h(t, s) for batch pairs t against all pairs s
     earlier = np.arange(m)[None, :] < np.arange(m - n, m)[:, None]  # s before t
     h = np.where(earlier, h, 0.0)
     norm = np.sqrt((h * h).sum(1))
@@ -123,7 +127,9 @@ def sequential_shift_test(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     if window < 1 or max_pairs_per_batch < 1:
-        raise ValueError(f"window and max_pairs_per_batch must be >= 1, got {window} and {max_pairs_per_batch}")
+        raise ValueError(
+            f"window and max_pairs_per_batch must be >= 1, got {window} and {max_pairs_per_batch}"
+        )
     if not whitening > 0:
         raise ValueError(f"whitening must be > 0, got {whitening}")
     grid = np.asarray(etas, dtype=np.float64)
@@ -150,5 +156,10 @@ def sequential_shift_test(
     running = np.maximum.accumulate(evalues) if evalues else np.ones(1)
     crossed = np.flatnonzero(running >= 1.0 / alpha)
     return SequentialShiftResult(
-        evalues=tuple(evalues), max_evalue=float(running[-1]), alpha=alpha, detected=bool(crossed.size),
-        first_detection=int(crossed[0]) if crossed.size else None, n_pairs=n_pairs)
+        evalues=tuple(evalues),
+        max_evalue=float(running[-1]),
+        alpha=alpha,
+        detected=bool(crossed.size),
+        first_detection=int(crossed[0]) if crossed.size else None,
+        n_pairs=n_pairs,
+    )

@@ -28,27 +28,23 @@ def reference_evalues(batches, *, etas, ridge=0.3):
     """The e-process written out pair by pair in float64, whitening in the primal (C + δI)^-1/2."""
     log_wealth, out, xs, ys = np.zeros(len(etas)), [], [], []
     for x, y in batches:
-        pooled = np.vstack([*xs, x, *ys, y])
+        xs.append(x)
+        ys.append(y)
+        pooled = np.vstack([*xs, *ys])  # references, then current responses
         centred = pooled - pooled.mean(0)
         cov = centred.T @ centred / len(pooled)
-        delta = ridge * np.trace(cov) / cov.shape[0]
-        vals, vecs = np.linalg.eigh(cov + delta * np.eye(len(cov)))
-        white = lambda a: (a - pooled.mean(0)) @ vecs @ np.diag(vals**-0.5) @ vecs.T  # noqa: E731
-        w = white(pooled)
+        vals, vecs = np.linalg.eigh(cov + ridge * np.trace(cov) / len(cov) * np.eye(len(cov)))
+        w = centred @ vecs @ np.diag(vals**-0.5) @ vecs.T
         d2 = ((w[:, None, :] - w[None, :, :]) ** 2).sum(-1)
-        h = np.sqrt(np.median(d2[np.triu_indices(len(w), 1)]))
-        k = lambda a, b: np.exp(-((white(a[None]) - white(b[None])) ** 2).sum() / (2 * h * h))  # noqa: E731
-        px, py = [*xs, x], [*ys, y]
-        allx, ally = np.vstack(px), np.vstack(py)
-        start = len(allx) - len(x)
-        for t in range(start, len(allx)):
-            terms = np.array([k(ally[t], ally[s]) - k(ally[t], allx[s]) - k(allx[t], ally[s]) + k(allx[t], allx[s])
-                              for s in range(t)])
+        kernel = np.exp(-d2 / (2 * np.median(d2[np.triu_indices(len(w), 1)])))
+        m = len(pooled) // 2  # pair t: reference row t, current row m + t
+        for t in range(m - len(x), m):
+            terms = np.array(
+                [kernel[m + t, m + s] - kernel[m + t, s] - kernel[t, m + s] + kernel[t, s] for s in range(t)]
+            )
             z = terms.sum() / np.sqrt((terms**2).sum()) if t else 0.0
             log_wealth += np.log1p(np.tanh(np.asarray(etas) * z))
         out.append(float(np.mean(np.exp(log_wealth))))
-        xs.append(x)
-        ys.append(y)
     return out
 
 
@@ -76,7 +72,8 @@ def test_evidence_accumulates_across_batches_under_a_mixture_shift():
 
 
 def test_the_learned_witness_detects_a_shift_whichever_side_is_called_current():
-    batches = run_batches(11, share=0.25)  # swapping every pair flips the witness and each pair: h(t, s) unchanged
+    # swapping every pair flips both the witness and each pair: every h(t, s) is unchanged
+    batches = run_batches(11, share=0.25)
     swapped = sequential_shift_test([(y, x) for x, y in batches])
     assert_allclose(swapped.evalues, sequential_shift_test(batches).evalues, rtol=1e-4)
     assert swapped.detected
@@ -90,14 +87,17 @@ def test_identical_responses_and_empty_batches_leave_the_evalue_at_one():
     assert sequential_shift_test([]).evalue == 1.0
 
 
-@pytest.mark.parametrize(("batches", "kwargs", "message"), [
-    ([(np.zeros((3, 2)), np.zeros((4, 2)))], {}, "equal shape"),
-    ([(np.zeros((3, 2)), np.zeros((3, 2))), (np.zeros((3, 5)), np.zeros((3, 5)))], {}, "embedding dim 5"),
-    ([(np.full((3, 2), np.nan), np.zeros((3, 2)))], {}, "NaN"),
-    ([], {"alpha": 1.0}, "alpha"),
-    ([], {"etas": ()}, "etas"),
-    ([], {"window": 0}, "window"),
-])
+@pytest.mark.parametrize(
+    ("batches", "kwargs", "message"),
+    [
+        ([(np.zeros((3, 2)), np.zeros((4, 2)))], {}, "equal shape"),
+        ([(np.zeros((3, 2)), np.zeros((3, 2))), (np.zeros((3, 5)), np.zeros((3, 5)))], {}, "embedding dim 5"),
+        ([(np.full((3, 2), np.nan), np.zeros((3, 2)))], {}, "NaN"),
+        ([], {"alpha": 1.0}, "alpha"),
+        ([], {"etas": ()}, "etas"),
+        ([], {"window": 0}, "window"),
+    ],
+)
 def test_invalid_inputs_are_refused_with_the_reason(batches, kwargs, message):
     with pytest.raises(ValueError, match=message):
         sequential_shift_test(batches, **kwargs)
