@@ -48,6 +48,7 @@ from threadpoolctl import threadpool_limits
 from drift.gram import gram_to_squared_distances, median_bandwidth, rbf_kernel, whitened_gram
 
 ETAS = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0)
+DEFAULT_ALPHA = 0.05  # alarm once the e-process reaches 1 / alpha = 20
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,9 @@ class SequentialShiftResult:
         return self.evalues[-1] if self.evalues else 1.0
 
 
-def _check_batches(batches, max_pairs_per_batch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _check_batches(
+    batches: Sequence[tuple[ArrayLike, ArrayLike]], max_pairs_per_batch: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     out: list[tuple[np.ndarray, np.ndarray]] = []
     dim = None
     for i, batch in enumerate(batches):
@@ -114,7 +117,7 @@ def _pair_scores(
 def sequential_shift_test(
     batches: Sequence[tuple[ArrayLike, ArrayLike]],
     *,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_ALPHA,
     window: int = 256,
     max_pairs_per_batch: int = 128,
     whitening: float = 0.3,

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from drift.sequential import DEFAULT_ALPHA
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
@@ -224,6 +225,10 @@ class _RunView:
                 _, values = data.mean_by_step(at, key)
                 if values:
                     add(f"samples: {label}", step, values[0], f"samples.{key}")
+            evidence = [r["shift_evalue_max"] for r in at if r["shift_evalue_max"] is not None]
+            if evidence:
+                add(f"samples: sequential shift e-value, largest so far (alarm at {1 / DEFAULT_ALPHA:.0f})", step,
+                    max(evidence), "samples.shift_evalue_max")
         for name, points in sorted(self.labels.items()):
             step, value = points[-1]
             add(f"label {name} (trainer)", step, value, f"label.{name}")
