@@ -1,5 +1,6 @@
 """Sequential shift evidence of pushed samples: each batch's paired embeddings (the base's responses
-and the checkpoint's, float32 rows) and the run's e-process after each batch.
+and the checkpoint's, float32 rows) and the run's e-process after each batch; per-prompt similarity
+to the base as a distribution (p10, share below 0.9, counts per fixed bin).
 
 Revision ID: 0013
 Revises: 0012
@@ -17,6 +18,9 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("sample_drift", sa.Column("shift_evalue", sa.Double, nullable=True))
     op.add_column("sample_drift", sa.Column("shift_evalue_max", sa.Double, nullable=True))
+    op.add_column("sample_drift", sa.Column("similarity_p10", sa.Double, nullable=True))
+    op.add_column("sample_drift", sa.Column("similarity_low_ratio", sa.Double, nullable=True))
+    op.add_column("sample_drift", sa.Column("similarity_histogram", sa.ARRAY(sa.Integer), nullable=True))
     op.create_table(
         "sample_embeddings",
         sa.Column("run_id", sa.BigInteger, nullable=False),
@@ -37,5 +41,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sample_embeddings")
-    op.drop_column("sample_drift", "shift_evalue_max")
+    for column in ("similarity_histogram", "similarity_low_ratio", "similarity_p10", "shift_evalue_max"):
+        op.drop_column("sample_drift", column)
     op.drop_column("sample_drift", "shift_evalue")

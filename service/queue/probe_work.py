@@ -27,7 +27,7 @@ from drift.encoding import encode_probe_items
 from drift.forgetting import CheckpointEvaluation, evaluate_checkpoint
 from drift.models import LOADING
 from drift.probes import ProbeSet
-from drift.shift import classifier_two_sample_test, embedding_shift_test
+from drift.shift import classifier_two_sample_test, embedding_shift_test, prompt_similarity
 
 Roots = tuple[Path, ...]
 GENERATION_TOKENS = 64
@@ -154,13 +154,16 @@ def sample_signals(base: str | None, prompts: Sequence[str], responses: Sequence
         base_responses = [_base_response(base, device, roots, prompt) for prompt in prompts]
         reference, current = embedder.embed(base_responses), embedder.embed(responses)
         pairs = (reference, current)
+        similarity = prompt_similarity(reference, current)
+        values.update(similarity_median=similarity.median, similarity_p25=similarity.p25,
+                      similarity_p10=similarity.p10, similarity_low_ratio=similarity.low_share,
+                      similarity_histogram=list(similarity.histogram))
         values["distinct2_base"] = collapse_signals(base_responses, embeddings=reference, tokenize=tokenize).distinct_2
         if len(responses) >= MIN_FOR_SHIFT_TEST:
             shift = embedding_shift_test(reference, current, paired=True, alpha=SHIFT_ALPHA, random_state=0)
             auc = classifier_two_sample_test(reference, current, random_state=0).auc
             values.update(mmd2=shift.mmd2, shift_pvalue=shift.p_value, shift_detected=shift.drift_detected,
-                          classifier_auc=auc, centroid_distance=shift.centroid_cosine_distance,
-                          similarity_median=shift.prompt_similarity_median, similarity_p25=shift.prompt_similarity_p25)
+                          classifier_auc=auc, centroid_distance=shift.centroid_cosine_distance)
             data["shift"] = {k: getattr(shift, k) for k in ("p_value", "statistic", "mmd_p_value",
                                                              "whitened_mmd_p_value", "typicality_p_value")}
     else:

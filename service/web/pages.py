@@ -19,6 +19,7 @@ from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from drift.sequential import DEFAULT_ALPHA
+from drift.shift import SIMILARITY_BIN_EDGES
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
@@ -160,6 +161,8 @@ class _RunView:
              "No probe results yet: attach probe sets to the run to measure KL against the base."),
             ("diversity", "", lambda: plots.diversity(self.sample_rows),
              f"No sample diversity yet: push generated samples with POST /v1/runs/{self.run.id}/samples."),
+            ("similarity", "", lambda: plots.similarity(self.sample_rows, edges=SIMILARITY_BIN_EDGES),
+             "No per-prompt similarity yet: it needs pushed samples and a base model the service can read."),
             ("forgetting", "wide" if wide_forgetting else "", lambda: plots.forgetting(self.probe_rows, self.labels),
              "No measured forgetting yet: needs probe sets with answers or references."),
         ]

@@ -282,6 +282,30 @@ def diversity(sample_rows: Sequence[dict[str, Any]]) -> str | None:
         return _svg(fig)
 
 
+@_memoized
+def similarity(sample_rows: Sequence[dict[str, Any]], *, edges: Sequence[float]) -> str | None:
+    """Per-prompt similarity to the base's response: each checkpoint's prompts stacked by bin, lowest
+    bin at the bottom (red), so a widening lower tail shows as a growing red base."""
+    steps = sorted({r["step"] for r in sample_rows if r.get("similarity_histogram")})
+    if not steps:
+        return None
+    counts = np.array([np.sum([r["similarity_histogram"] for r in sample_rows
+                               if r["step"] == s and r.get("similarity_histogram")], axis=0) for s in steps], float)
+    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (steps, bins)
+    colors = matplotlib.colormaps["RdYlGn"](np.linspace(0.05, 0.95, shares.shape[1]))
+    with _figure(HALF) as (fig, ax):
+        ax.set_title("Per-prompt similarity to the base's response")
+        x, bottom = np.arange(len(steps)), np.zeros(len(steps))
+        for i in range(shares.shape[1]):
+            ax.bar(x, shares[:, i], bottom=bottom, color=colors[i], label=f"{edges[i]:g}–{edges[i + 1]:g}")
+            bottom += shares[:, i]
+        ax.set_xticks(x, [str(s) for s in steps])
+        ax.set_xlabel("training step")
+        ax.set_ylabel("share of prompts")
+        ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize="x-small", title="cosine", reverse=True)
+        return _svg(fig)
+
+
 FORECAST_LABELS = {
     "ood_kl": ("ood KL", "nats / token"),
     "param_drift": ("parameter drift", "relative L2"),

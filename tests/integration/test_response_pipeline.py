@@ -126,5 +126,13 @@ def test_sample_batches_accumulate_a_sequential_shift_evalue(client: TestClient,
     gauge = [line.rsplit(" ", 1)[1] for line in metrics.splitlines()
              if line.startswith('forgetwatch_response_shift_evalue{method="unspecified",run="shift-run"}')]
     assert gauge and float(gauge[0]) == pytest.approx(values[2])
+    drift = client.get("/v1/runs/shift-run/response-drift").json()
+    edges = drift["similarity_bins"]
+    for sample in drift["samples"]:  # the same prompts and responses at every step: the same distribution
+        assert sum(sample["similarity_histogram"]) == len(ITEMS) == sample["n_samples"]
+        assert sample["similarity_p10"] <= sample["similarity_p25"] <= sample["similarity_median"]
+        assert sample["similarity_histogram"] == samples[0]["similarity_histogram"]
+        assert sample["similarity_low_ratio"] == sum(
+            c for c, high in zip(sample["similarity_histogram"], edges[1:], strict=True) if high <= 0.9) / len(ITEMS)
     page = client.get("/runs/shift-run").text
-    assert "sequential shift e-value" in page
+    assert "sequential shift e-value" in page and "No per-prompt similarity yet" not in page

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from drift.shift import SIMILARITY_BIN_EDGES
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.schemas import Name, Strict
@@ -57,10 +58,12 @@ def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2
 
 @router.get("/response-drift")
 def run_response_drift(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
-    """Series across steps: per probe set (with its domain), and per pushed sample batch."""
+    """Series across steps: per probe set (with its domain), and per pushed sample batch (its sequential
+    shift e-value, and per-prompt similarity to the base with counts per `similarity_bins` bin)."""
     run = queries.get_run(session, ref=run_ref)
     probe_sets: dict[str, dict[str, Any]] = {}
     for row in store.run_probe_series(session, run_id=run.id):
         entry = probe_sets.setdefault(row["probe_set"], {"domain": row["domain"], "series": []})
         entry["series"].append(_with_ratio({k: v for k, v in row.items() if k not in ("probe_set", "domain")}))
-    return {"run": run.name, "probe_sets": probe_sets, "samples": store.run_sample_series(session, run_id=run.id)}
+    return {"run": run.name, "probe_sets": probe_sets, "samples": store.run_sample_series(session, run_id=run.id),
+            "similarity_bins": list(SIMILARITY_BIN_EDGES)}
