@@ -49,6 +49,7 @@ from drift.gram import gram_to_squared_distances, median_bandwidth, rbf_kernel, 
 
 ETAS = (0.1, 0.2, 0.4)  # chosen on bench.embedding_shift's corpus; bench.embedding_sequential holds out its text
 DEFAULT_ALPHA = 0.05  # alarm once the e-process reaches 1 / alpha = 20
+MAX_PAIRS_PER_BATCH = 128  # the pairs of a batch that are bet on (the first ones)
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def sequential_shift_test(
     *,
     alpha: float = DEFAULT_ALPHA,
     window: int = 256,
-    max_pairs_per_batch: int = 128,
+    max_pairs_per_batch: int = MAX_PAIRS_PER_BATCH,
     whitening: float = 0.3,
     etas: Sequence[float] = ETAS,
 ) -> SequentialShiftResult:

@@ -21,7 +21,7 @@ import procrastinate
 from sqlalchemy.orm import Session
 
 from drift.confined import CheckpointError
-from drift.sequential import sequential_shift_test
+from drift.sequential import MAX_PAIRS_PER_BATCH, sequential_shift_test
 from service.db import queries
 from service.db import response_drift as store
 from service.db import sample_evidence as evidence
@@ -77,8 +77,9 @@ def sample_drift(context: procrastinate.JobContext, run_id: int, step: int, prob
 
 def update_shift_evalues(session: Session, *, run_id: int, step: int, probe_set: str,
                          pairs: tuple[np.ndarray, np.ndarray]) -> None:
-    """Store this batch's embeddings, then recompute and store the run's e-process after every batch."""
-    reference, current = pairs
+    """Store this batch's embeddings (the pairs the e-process bets on: at most `MAX_PAIRS_PER_BATCH`),
+    then recompute and store the run's e-process after every batch."""
+    reference, current = (side[:MAX_PAIRS_PER_BATCH] for side in pairs)
     evidence.store_batch_embeddings(session, run_id=run_id, step=step, probe_set=probe_set, reference=reference,
                                     current=current)
     batches = [b for b in evidence.run_batch_embeddings(session, run_id=run_id)
