@@ -47,7 +47,8 @@ from threadpoolctl import threadpool_limits
 
 from drift.gram import gram_to_squared_distances, median_bandwidth, rbf_kernel, whitened_gram
 
-ETAS = (0.1, 0.2, 0.4)  # chosen on bench.embedding_shift's corpus; bench.embedding_sequential holds out its text
+# chosen on bench.embedding_shift's corpus; bench.embedding_sequential holds out its text
+ETAS = (0.1, 0.2, 0.4)
 DEFAULT_ALPHA = 0.05  # alarm once the e-process reaches 1 / alpha = 20
 MAX_PAIRS_PER_BATCH = 128  # the pairs of a batch that are bet on (the first ones)
 
