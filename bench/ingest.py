@@ -147,17 +147,17 @@ def lost_items(conn: psycopg.Connection, results: list[dict]) -> int:
     return lost
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
+def start_cli(args: list[str], env: dict, log: Path) -> subprocess.Popen:
     return subprocess.Popen([FORGETWATCH, *args], env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -168,7 +168,7 @@ def measure_floor(libpq: str, trainers: int, seconds: float, processes: int, log
     with psycopg.connect(libpq, autocommit=True) as conn:
         conn.execute("CREATE TABLE floor_rows (id bigserial PRIMARY KEY, run text NOT NULL, step int NOT NULL, "
                      "prompt text NOT NULL, response text NOT NULL, created_at timestamptz NOT NULL DEFAULT now())")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
@@ -177,10 +177,10 @@ def measure_floor(libpq: str, trainers: int, seconds: float, processes: int, log
             env={**os.environ, "FLOOR_DATABASE_URL": libpq}, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True)
     try:
-        _wait_ready(base)
+        wait_ready(base)
         results = run_load(base, "", trainers, seconds, None)
     finally:
-        _stop(proc)
+        stop_process(proc)
     rps, _, errors = summarize("floor (one row per request)", results, seconds)
     with psycopg.connect(libpq) as conn:
         stored = conn.execute("SELECT count(*) FROM floor_rows").fetchone()[0]
@@ -189,7 +189,7 @@ def measure_floor(libpq: str, trainers: int, seconds: float, processes: int, log
     return rps
 
 
-def _wait_ready(base: str, timeout: float = 120) -> None:
+def wait_ready(base: str, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -235,18 +235,18 @@ def main() -> None:
                            check=True, capture_output=True, text=True).stdout.strip()
     _big_checkpoint(tmp / "ckpts" / "big", gib=4)
     floor_rps = measure_floor(libpq, args.trainers, args.seconds, args.api_workers, tmp / "floor.log")
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
-    procs = [_start(["serve", "--no-worker", "--port", str(port), "--workers", str(args.api_workers)], env,
+    procs = [start_cli(["serve", "--no-worker", "--port", str(port), "--workers", str(args.api_workers)], env,
                     tmp / "api.log")]
     try:
-        _wait_ready(base)
+        wait_ready(base)
         checkpoint = str(tmp / "ckpts" / "big")
         idle = run_load(base, token, args.trainers, args.seconds, checkpoint)
         rps, idle_p99, errors = summarize("idle", idle, args.seconds)
         busy: list[dict] = []
         if not args.no_busy:
-            procs += [_start(["worker", "--queues", "params"], env, tmp / f"worker{i}.log") for i in range(2)]
+            procs += [start_cli(["worker", "--queues", "params"], env, tmp / f"worker{i}.log") for i in range(2)]
             time.sleep(10)  # workers up and streaming the big checkpoints queued in the idle phase
             busy = run_load(base, token, args.trainers, args.seconds, checkpoint)
             _, busy_p99, busy_errors = summarize("busy (2 workers on 4 GiB checkpoints)", busy, args.seconds)
@@ -261,7 +261,7 @@ def main() -> None:
               f"lost={lost} errors={errors}")
     finally:
         for p in procs:
-            _stop(p)
+            stop_process(p)
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 

@@ -39,7 +39,7 @@ def open_checkpoint(path: str | os.PathLike, *, roots: Roots = None) -> Checkpoi
     """Open a checkpoint folder or file (see the module docstring); raises CheckpointError.
 
     With ``roots`` (resolved folders), the checkpoint and every file read from it, shards named by
-    an index included, must lie inside them (``drift.confined``). ``s3://`` URIs are read with range
+    an index included, must lie inside them (``drift.confined``). ``s3://`` and ``gs://`` URIs are read with range
     requests (``drift.remote``; ``roots`` then holds their allowed prefixes)."""
     path = as_location(path)
     if not _inside_roots(path, roots):

@@ -15,7 +15,7 @@ Names a checkpoint gives for its own files (shards in an index) must be relative
 to, nor quote a file's bytes. ``roots=None`` means "no confinement" (the offline ``forgetwatch diff``).
 
 Checkpoints in object storage (``drift.remote.RemotePath``) are confined the same way: ``roots`` may
-hold URI prefixes (``"s3://bucket/prefix"``), and a remote file is read (``open_reader``) only when
+hold URI prefixes (``"s3://bucket/prefix"``, ``"gs://bucket/prefix"``), and a remote file is read (``open_reader``) only when
 its URI lies under one of them; keys never hold ``..`` (``member`` refuses it in index entries).
 """
 

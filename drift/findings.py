@@ -8,7 +8,10 @@ nats/token) and ``acc_base_ood`` (base ood accuracy). Without them the drops are
 Codes (stable ids): ``nonfinite_tensors``, ``ood_accuracy_drop``, ``ood_loglik_drop``,
 ``specialization_forgetting_divergence``, ``ood_kl_rising``, ``ood_kl_change_point``,
 ``param_drift_accelerating``, ``diversity_drop``, ``repetition_rise``, ``entropy_collapse``,
-``response_similarity_tail_drop``.
+``response_similarity_tail_drop``, ``self_distillation_collapse``.
+
+``teacher_divergence`` (optional) is the trainer's teacher–student divergence at the checkpoint's step
+(a training metric named in ``TEACHER_DIVERGENCE_METRICS``).
 """
 
 from __future__ import annotations
@@ -57,6 +60,13 @@ JUMP_SHARE = 0.5
 #: embed_similarity_p25 down by at least this (absolute) since the first checkpoint.
 SIMILARITY_TAIL_DROP = 0.05
 NONFINITE_LIST_MAX = 5
+#: The collapse signature of self-distillation (arXiv:2607.01763: an EMA teacher that the student caught
+#: up with, then a loop): teacher–student divergence at most COLLAPSE_DIVERGENCE_SHARE of its peak so far,
+#: while distinct-2 is down at least DIVERSITY_DROP[0] and repetition up as in ``repetition_rise``
+#: (REPETITION_GROWTH × its first value and at least REPETITION_LEVEL[0]).
+COLLAPSE_DIVERGENCE_SHARE = 0.05
+#: Training metric names read as teacher–student divergence, first found wins.
+TEACHER_DIVERGENCE_METRICS = ("teacher_student_divergence", "distill/teacher_kl", "teacher_kl")
 
 _SEVERITY_RANK = {"critical": 0, "warning": 1, "info": 2}
 History = Sequence[Mapping[str, object]]
@@ -108,7 +118,7 @@ def findings(
     hist, st = history[:t + 1], [int(s) for s in steps[:t + 1]]
     out: list[Finding] = []
     for rule in (_nonfinite, _measured_forgetting, _kl_growth, _kl_change_point, _param_acceleration,
-                 _diversity, _repetition, _entropy, _similarity_tail):
+                 _diversity, _repetition, _entropy, _similarity_tail, _self_distillation_collapse):
         out.extend(rule(hist, st, list(nonfinite_names)))
     return sorted(out, key=lambda f: _SEVERITY_RANK[f.severity])
 
@@ -262,3 +272,20 @@ def _similarity_tail(hist: History, st: list[int], _names: list[str]) -> list[Fi
     return [Finding("response_similarity_tail_drop", "warning",
                     f"lower-quartile response similarity to base fell {first:.3f} → {sim[-1]:.3f}",
                     st[-1], float(first - sim[-1]))]
+
+
+def _self_distillation_collapse(hist: History, st: list[int], _names: list[str]) -> list[Finding]:
+    div = _series(hist, "teacher_divergence")
+    if not np.isfinite(div[-1]) or not np.any(np.isfinite(div[:-1])):
+        return []
+    peak = float(np.nanmax(div))
+    if peak <= 0 or div[-1] > COLLAPSE_DIVERGENCE_SHARE * peak:
+        return []
+    diversity, repetition = _diversity(hist, st, _names), _repetition(hist, st, _names)
+    if not diversity or not repetition:
+        return []
+    return [Finding("self_distillation_collapse", "critical",
+                    f"self-distillation collapse: teacher–student divergence {peak:.3g} → {div[-1]:.3g} "
+                    f"while response diversity fell {100 * (diversity[0].value or 0):.0f}% and repetition rose "
+                    f"to {repetition[0].value:.2f}: the student copies a teacher that loops", st[-1],
+                    float(div[-1] / peak))]

@@ -106,9 +106,10 @@ def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[
         return "skipped_size", None
     if not finite:
         return "nonfinite", None
-    if is_remote(base_info.file):  # object storage: the ETag changes whenever the object does
-        meta = RemotePath(base_info.file).info()
-        identity = {"file": base_info.file, "size": meta.get("size"), "etag": str(meta.get("ETag", ""))}
+    if is_remote(base_info.file):  # object storage: its version (ETag, generation) changes with the object
+        remote = RemotePath(base_info.file)
+        meta = remote.info()
+        identity = {"file": base_info.file, "size": meta.get("size"), "etag": remote.version(meta)}
     else:
         st = os.stat(base_info.file)
         identity = {"file": os.path.abspath(base_info.file), "size": st.st_size, "mtime_ns": st.st_mtime_ns}

@@ -3,7 +3,7 @@
 transformers and peft read a model folder by file name, so a probe job copies the folder's
 top-level files (what ``from_pretrained`` reads) from object storage into
 ``cache_dir/<digest>/`` and loads that. The digest covers the URI and each file's name, size and
-ETag, so a replaced object is fetched again. Every file is read through ``drift.confined``
+version (S3's ETag, GCS's generation), so a replaced object is fetched again. Every file is read through ``drift.confined``
 (``open_reader``: the URI must lie under an allowed prefix). The cache holds at most ``max_bytes``:
 before a new folder is copied, the least recently used complete folders are removed until it fits;
 a folder larger than ``max_bytes`` is refused with the setting to raise. Staging is serialised per
@@ -75,7 +75,7 @@ def stage_folder(location: RemotePath, cache_dir: Path, *, max_bytes: int, roots
     if total > max_bytes:
         raise CheckpointError(f"{location.name}: {total} bytes, more than the local cache may hold ({max_bytes}); "
                               "raise FORGETWATCH_CACHE_MAX_BYTES on the probe workers")
-    blob = repr([str(location)] + [(f.name, info.get("size"), str(info.get("ETag", ""))) for f, info in described])
+    blob = repr([str(location)] + [(f.name, info.get("size"), f.version(info)) for f, info in described])
     target = cache_dir / hashlib.sha256(blob.encode()).hexdigest()[:32]
     with _locked(cache_dir):
         if (target / _DONE).is_file():

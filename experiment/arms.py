@@ -41,6 +41,10 @@ class Reporter(Protocol):
     def on_samples(self, step: int, items: list[dict[str, str]]) -> None:
         """``items``: ``{"prompt", "response", "probe_set"}`` sampled from the live model on probe prompts."""
 
+    def on_metrics(self, step: int, values: dict[str, float]) -> None:
+        """``values``: the training statistics averaged since the previous checkpoint (loss, reward, grad
+        norm; ``teacher_student_divergence`` for self-distillation), sent before the checkpoint itself."""
+
 
 class NullReporter:
     """A reporter that ignores everything."""
@@ -49,6 +53,9 @@ class NullReporter:
         pass
 
     def on_samples(self, step: int, items: list[dict[str, str]]) -> None:
+        pass
+
+    def on_metrics(self, step: int, values: dict[str, float]) -> None:
         pass
 
 
@@ -131,6 +138,8 @@ def _run(
         labels = _labels(model, codec, config.n_eval, config.skills)
         train = {k: float(np.mean(v)) for k, v in pending.items()}
         pending.clear()
+        if train:
+            reporter.on_metrics(step, train)
         checkpoints.append(CheckpointResult(step=step, path=path, labels=labels, train=train))
         reporter.on_checkpoint(step, path, labels)
         if config.n_samples:

@@ -117,7 +117,7 @@ def self_distillation_step(
     m = mask.float()
     loss = (kl * m).sum() / m.sum()
     reward = np.mean([is_correct(p, r) for p, r in zip(repeated, responses, strict=True)])
-    return loss, {"reward": float(reward), "reverse_kl": float(loss.detach())}
+    return loss, {"reward": float(reward), "teacher_student_divergence": float(loss.detach())}
 
 
 def ema_update(model: torch.nn.Module, state: StepState) -> None:

@@ -31,7 +31,8 @@ def method_of(arm: str) -> str:
 
 
 class ServiceReporter:
-    """Registers every checkpoint (the base as step 0), its ground-truth labels and the samples."""
+    """Registers every checkpoint (the base as step 0), its ground-truth labels, the samples and the
+    training statistics."""
 
     def __init__(self, client: ForgetwatchClient, *, arm: str, run_name: str, base_dir: Path,
                  probe_sets: list[str], tags: dict[str, str | float | int]) -> None:
@@ -44,6 +45,9 @@ class ServiceReporter:
         self.client.checkpoint(step, str(path))
         self.client.labels(step, labels)
         self.steps.append(step)
+
+    def on_metrics(self, step: int, values: dict[str, float]) -> None:
+        self.client.metrics(step, values)
 
     def on_samples(self, step: int, items: list[dict[str, str]]) -> None:
         by_set: dict[str, list[dict[str, str]]] = defaultdict(list)

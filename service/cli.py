@@ -165,8 +165,8 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
     from service.db import queries
     from service.db.session import make_engine, make_sessionmaker
     from service.errors import NotFound
-    from service.queue import param_tasks, probe_tasks
-    from service.queue.defer import enqueue_risk
+    from service.queue import param_tasks, probe_tasks, sample_tasks
+    from service.queue.defer import enqueue_risk, task_name
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
@@ -186,6 +186,10 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
                         if kind in again:
                             again[kind](session, checkpoint_id)
                             retried += 1
+                    for step, probe_set in queries.failed_sample_batches(
+                            session, run_id=run.id, task=task_name(sample_tasks.NAME)):
+                        sample_tasks.enqueue(session, run_id=run.id, step=step, probe_set=probe_set or None)
+                        retried += 1
                 for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
                     enqueue_risk(session, checkpoint_id)
                     count += 1
@@ -294,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "runs (after an upgrade of the alarms)")
     reanalyze.add_argument("--run", help="one run (name or id; default: every run)")
     reanalyze.add_argument("--failed", action="store_true",
-                           help="also run again every failed parameter and probe analysis (after fixing its cause)")
+                           help="also run again every failed parameter, probe and sample analysis (after fixing its cause)")
     reanalyze.set_defaults(func=cmd_reanalyze)
 
     token = sub.add_parser("token", help="manage API tokens")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from drift.remote import RemotePath
+from drift.remote import SCHEMES, RemotePath, normal_uri
 from service.errors import Forbidden, ForgetwatchError, Unprocessable
 
 _HF_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*(?:/[A-Za-z0-9][\w.-]*)?)(?:@(?P<revision>[A-Za-z0-9][\w.-]*))?/?$")
@@ -39,23 +39,23 @@ def resolve_hf_uri(uri: str, roots: list[Path], *, cache_dir: Path | None = None
 def resolve_location(uri: str, roots: list[Path], prefixes: list[str], *,
                      hf_cache: Path | None = None) -> Path | RemotePath:
     """A local path (`resolve_checkpoint_uri`); for `hf://org/name@revision` the snapshot folder in the
-    local Hugging Face cache `hf_cache`; for `s3://bucket/key`, a `RemotePath` that lies under one of
-    the allowed `prefixes` (segment-wise; no `.` or `..` segments, no query). Raises Forbidden (never
-    saying anything about what the URI points at) or Unprocessable."""
+    local Hugging Face cache `hf_cache`; for object storage (`s3://bucket/key`, `gs://bucket/key`), a
+    `RemotePath` that lies under one of the allowed `prefixes` (segment-wise; no `.` or `..` segments,
+    no query). Raises Forbidden (never saying anything about what the URI points at) or Unprocessable."""
     if uri.startswith("hf://"):
         return resolve_hf_uri(uri, roots, cache_dir=hf_cache)
-    if not uri.startswith("s3://"):
+    if not uri.startswith(SCHEMES):
         return resolve_checkpoint_uri(uri, roots)
+    scheme = uri.partition("://")[0]
     if "\x00" in uri or "?" in uri or "#" in uri:
-        raise Unprocessable(f"object storage URI {uri[:300]!r} holds '?', '#' or NUL; give s3://bucket/key")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    parts = [p for p in key.split("/") if p]
-    if not bucket or any(p in (".", "..") for p in parts):
-        raise Unprocessable(f"object storage URI {uri[:300]!r} needs a bucket and no '.' or '..' segments")
-    normal = "s3://" + "/".join([bucket, *parts])
+        raise Unprocessable(f"object storage URI {uri[:300]!r} holds '?', '#' or NUL; give {scheme}://bucket/key")
+    try:
+        normal = normal_uri(uri)
+    except ValueError:
+        raise Unprocessable(f"object storage URI {uri[:300]!r} needs a bucket and no '.' or '..' segments") from None
     if not any(normal == prefix or normal.startswith(prefix + "/") for prefix in prefixes):
         raise Forbidden(f"{uri[:300]!r} is outside the allowed checkpoint prefixes; add its prefix "
-                        "(s3://bucket/prefix) to FORGETWATCH_CHECKPOINT_ROOTS on the service")
+                        f"({scheme}://bucket/prefix) to FORGETWATCH_CHECKPOINT_ROOTS on the service")
     return RemotePath(normal)
 
 
@@ -71,7 +71,7 @@ def resolve_checkpoint_uri(uri: str, roots: list[Path]) -> Path:
         raw = unquote(parsed.path)
     elif "://" in uri:
         raise Unprocessable(
-            f"unsupported URI {uri[:300]!r}: give an absolute local path, a file:// URI, s3://bucket/key, hf://org/name@revision, "
+            f"unsupported URI {uri[:300]!r}: give an absolute local path, a file:// URI, s3:// or gs://bucket/key, hf://org/name@revision, "
             "or upload the files with PUT /v1/runs/{run}/checkpoints/{step}/files/{filename}"
         )
     else:
@@ -97,7 +97,7 @@ def check_base_model(uri: str, roots: list[Path], prefixes: list[str], *, hf_cac
     a file that is not a weights file. A folder's contents are not judged here: a trainer may register
     its run before the base is written there, and the jobs that load it fail with the reason.
 
-    `s3://` bases are checked against the allowed prefixes only (the workers read them and fail the
+    Object storage bases (`s3://`, `gs://`) are checked against the allowed prefixes only (the workers read them and fail the
     analysis with the storage's reason). A bare Hugging Face Hub id (`gpt2`, `org/name`) is refused:
     the service never downloads, so it must be written `hf://org/name[@revision]` and be in the
     service's local Hugging Face cache, which is checked here."""

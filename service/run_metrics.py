@@ -13,9 +13,11 @@ from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from service.db import metric_queries as db
 from service.db.response_drift import forgetting_ratio
+from service.retention import retention_drops
 
 RUN_LABELS = ["run", "method"]
 
@@ -55,6 +57,20 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
     yield rel_l2
     yield nss
     yield from collect_analysis_metrics(conn, runs, alarm_probability=alarm_probability)
+    yield collect_retention(conn, runs)
+
+
+def collect_retention(conn: Connection, runs: dict[int, Any]) -> GaugeMetricFamily:
+    """Per retention set of each staged run's current stage: its relative drop since the stage began."""
+    family = _family("forgetwatch_retention_drop_ratio", "Relative drop of accuracy (or reference log-likelihood) on "
+                     "a retention set since the run's current stage began (the previous stage's last analysed "
+                     "checkpoint, or the base); positive = worse, at the latest analysed checkpoint.",
+                     ("stage", "probe_set"))
+    with Session(bind=conn) as session:
+        for run_id, run in runs.items():
+            for stage, probe_set, ratio in retention_drops(session, run_id=run_id):
+                family.add_metric([run.name, run.method, stage, probe_set], ratio)
+    return family
 
 
 

@@ -12,6 +12,8 @@ import platformdirs
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from drift.remote import normal_uri
+
 ENV_PREFIX = "FORGETWATCH_"
 
 
@@ -32,15 +34,13 @@ def _default_data_dir() -> Path:
 
 
 def _remote_prefix(value: str) -> str:
-    """`s3://bucket[/prefix]`, normalised without a trailing slash; anything else is refused."""
-    if not value.startswith("s3://"):
-        raise ValueError(f"FORGETWATCH_CHECKPOINT_ROOTS: {value[:200]!r} is not a folder or an s3://bucket/prefix "
-                         "(the object storage this service reads)")
-    bucket, _, prefix = value.removeprefix("s3://").partition("/")
-    parts = [p for p in prefix.split("/") if p]
-    if not bucket or any(p in (".", "..") for p in parts):
-        raise ValueError(f"FORGETWATCH_CHECKPOINT_ROOTS: {value[:200]!r} needs a bucket and no '.' or '..' segments")
-    return "s3://" + "/".join([bucket, *parts])
+    """`s3://bucket[/prefix]` or `gs://bucket[/prefix]`, normalised without a trailing slash; anything
+    else is refused."""
+    try:
+        return normal_uri(value)
+    except ValueError as error:
+        raise ValueError(f"FORGETWATCH_CHECKPOINT_ROOTS: {error} (a folder, or the object storage prefix this "
+                         "service reads)") from None
 
 
 class Settings(BaseSettings):
@@ -69,10 +69,11 @@ class Settings(BaseSettings):
     """Where the embedded database, uploads, caches and the local token live."""
 
     checkpoint_roots: Annotated[list[Path | str], NoDecode] = Field(default_factory=list)
-    """Folders checkpoint URIs may point into, and object storage prefixes (`s3://bucket/prefix`)
-    (comma-separated; folders also colon-separated). `<data_dir>/checkpoints` is always allowed;
-    uploads land there. Object storage credentials come from the standard environment
-    (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, ...)."""
+    """Folders checkpoint URIs may point into, and object storage prefixes (`s3://bucket/prefix`,
+    `gs://bucket/prefix`) (comma-separated; folders also colon-separated). `<data_dir>/checkpoints` is
+    always allowed; uploads land there. Object storage credentials come from the standard environment
+    (`AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_ENDPOINT_URL`, ...; `GOOGLE_APPLICATION_CREDENTIALS`,
+    `STORAGE_EMULATOR_HOST`, ...)."""
 
     hf_cache_dir: Path | None = None
     """The Hugging Face hub cache `hf://org/name@revision` URIs resolve in (only what it already holds;
@@ -253,7 +254,7 @@ class Settings(BaseSettings):
 
     @property
     def remote_prefixes(self) -> list[str]:
-        """Allowed object storage prefixes (`s3://bucket/prefix`, no trailing slash)."""
+        """Allowed object storage prefixes (`s3://bucket/prefix`, `gs://bucket/prefix`, no trailing slash)."""
         return [r for r in self.checkpoint_roots if isinstance(r, str)]
 
     @property

@@ -181,3 +181,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
 
     with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real Google Cloud Storage JSON API server (gcp-storage-emulator) for the whole test session,
+    with a `models` bucket."""
+    from tests.integration.gcs import gcs_emulator
+
+    with gcs_emulator(tmp_path_factory.mktemp("gcs")) as server:
+        yield server

@@ -133,11 +133,22 @@ class ForgetwatchClient:
 
         return self._call(build)
 
+    def add_stage(self, name: str, start_step: int, probe_sets: Sequence[str]) -> dict[str, Any] | None:
+        """Append a stage to the run: from `start_step` on it trains for `probe_sets`; earlier stages'
+        probe sets and ood sets become its retention sets. The same stage again is a no-op."""
+
+        def build() -> list[dict[str, Any]]:
+            run = self._require_run("add_stage")
+            body = {"name": name, "start_step": int(start_step), "probe_sets": list(probe_sets)}
+            return [self._request_op("POST", f"/v1/runs/{_segment(run)}/stages", body, f"stage run={run} {name}")]
+
+        return self._call(build)
+
     def checkpoint(
         self, step: int, path: str | os.PathLike, *, upload: bool = False, skip: Iterable[str] = ()
     ) -> dict[str, Any] | None:
         """Register the checkpoint folder saved at `step`: by reference (the service reads `path`, a local
-        folder or an `s3://`/`hf://` URI, which must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with
+        folder or an `s3://`/`gs://`/`hf://` URI, which must lie in its FORGETWATCH_CHECKPOINT_ROOTS) or, with
         `upload`, by streaming each top-level file of a local folder to the service (files matching a
         `skip` glob are left out)."""
 

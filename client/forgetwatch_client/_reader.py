@@ -14,7 +14,7 @@ from forgetwatch_client._transport import ForgetwatchError, classify
 
 
 class ForgetwatchReader:
-    """Read runs, checkpoints, probe sets, drift, labels, training metrics and status; lists follow
+    """Read runs, checkpoints, probe sets, drift, risk, jobs, labels, training metrics and status; lists follow
     the service's pages (`page_size` items a request).
 
         with ForgetwatchReader("http://forgetwatch:8700", token) as fw:
@@ -25,11 +25,13 @@ class ForgetwatchReader:
 
     def __init__(self, url: str, token: str, *, timeout: float = 30.0, page_size: int = 100) -> None:
         self.page_size = page_size
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                                  timeout=timeout)
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+        )
 
-    def runs(self, *, method: str | None = None, tags: Mapping[str, Any] | None = None,
-             archived: bool = False) -> Iterator[dict[str, Any]]:
+    def runs(
+        self, *, method: str | None = None, tags: Mapping[str, Any] | None = None, archived: bool = False
+    ) -> Iterator[dict[str, Any]]:
         """Every run (archived ones only with `archived=True`), following the service's pages."""
         params: list[tuple[str, str | int]] = [("method", method)] if method else []
         params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
@@ -56,12 +58,41 @@ class ForgetwatchReader:
         return [s for r in self._pages(f"/v1/runs/{_segment(run)}/samples", params) for s in r.json()]
 
     def param_drift(self, run: str) -> dict[str, Any]:
-        """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base."""
-        return self._get(f"/v1/runs/{_segment(run)}/param-drift")
+        """{"global": [per step], "blocks": {block: [per step]}}: parameter drift against the base,
+        every page joined."""
+        joined: dict[str, Any] = {"run": run, "global": [], "blocks": {}}
+        for response in self._pages(f"/v1/runs/{_segment(run)}/param-drift"):
+            body = response.json()
+            joined["run"] = body["run"]
+            joined["global"].extend(body["global"])
+            for block, points in body["blocks"].items():
+                joined["blocks"].setdefault(block, []).extend(points)
+        return joined
 
     def response_drift(self, run: str) -> dict[str, Any]:
-        """{"probe_sets": {name: {"domain", "series"}}, "samples": [...]}: probe and sample drift."""
-        return self._get(f"/v1/runs/{_segment(run)}/response-drift")
+        """{"probe_sets": {name: {"domain", "series"}}, "samples": [...]}: probe and sample drift,
+        every page joined."""
+        joined: dict[str, Any] = {"run": run, "probe_sets": {}, "samples": []}
+        for response in self._pages(f"/v1/runs/{_segment(run)}/response-drift"):
+            body = response.json()
+            joined["run"] = body["run"]
+            joined["samples"].extend(body["samples"])
+            for name, entry in body["probe_sets"].items():
+                known = joined["probe_sets"].setdefault(name, {"domain": entry["domain"], "series": []})
+                known["series"].extend(entry["series"])
+        return joined
+
+    def risk(self, run: str) -> list[dict[str, Any]]:
+        """Detection and forecast per assessed checkpoint in step order, every page."""
+        return [row for r in self._pages(f"/v1/runs/{_segment(run)}/risk") for row in r.json()["series"]]
+
+    def jobs(self, *, run: str | None = None, status: str | None = None,
+             kind: str | None = None) -> list[dict[str, Any]]:
+        """The service's jobs in id order, every page: only those of `run`, in `status` (`failed`, ...)
+        or of `kind` (`probe_drift`, ...) when given; a failed analysis' reason is in `error`."""
+        params: list[tuple[str, str | int]] = [(k, v) for k, v in (("run", run), ("status", status), ("kind", kind))
+                                               if v is not None]
+        return [job for r in self._pages("/v1/jobs", params) for job in r.json()]
 
     def labels(self, run: str) -> list[dict[str, Any]]:
         """[{"step", name: value, ...}] in step order, every page."""
@@ -76,8 +107,41 @@ class ForgetwatchReader:
                 series.setdefault(name, []).extend(points)
         return dict(sorted(series.items()))
 
+    def compare(
+        self,
+        runs: Sequence[str] = (),
+        *,
+        tags: Mapping[str, Any] | None = None,
+        step: float | None = None,
+        gain: float | None = None,
+        metrics: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Runs side by side (`runs` by name, else those with every tag in `tags`; `method` matches the
+        run's method): in-domain gain against ood loss at a matched step and a matched gain, the
+        Pareto-efficient runs (`pareto_at_step`, `pareto_latest`), each run's entropy ceiling and
+        overlays by step (with the training metrics in `metrics` as `metric:NAME`)."""
+        params: list[tuple[str, str | int | float]] = [("runs", ",".join(runs))] if runs else []
+        params += [("tag", f"{k}={v}") for k, v in (tags or {}).items()]
+        params += [("step", step)] if step is not None else []
+        params += [("gain", gain)] if gain is not None else []
+        params += [("metric", m) for m in metrics]
+        return self._get_response("/v1/compare", params).json()
+
     def status(self, run: str) -> RunStatus:
         return RunStatus.from_json(self._get(f"/v1/runs/{_segment(run)}/status"))
+
+    def stages(self, run: str) -> list[dict[str, Any]]:
+        """The run's stages in training order: name, position, start_step, end_step, probe_sets, retention_sets."""
+        return self._get(f"/v1/runs/{_segment(run)}/stages")
+
+    def transfer(self, run: str) -> dict[str, Any]:
+        """{"rows", "metrics": {"accuracy"|"loglik": {"probe_sets", "matrix", "bwt", "fwt", ...}}}: the
+        transfer matrix R[i][j] (row 0 the base, row i the end of stage i) with BWT and FWT intervals."""
+        return self._get(f"/v1/runs/{_segment(run)}/transfer")
+
+    def retention(self, run: str, stage: str) -> dict[str, Any]:
+        """Each checkpoint of `stage` against the stage's start on every retention set."""
+        return self._get(f"/v1/runs/{_segment(run)}/stages/{_segment(stage)}/retention")
 
     def close(self) -> None:
         self._http.close()
@@ -101,15 +165,18 @@ class ForgetwatchReader:
     def _get(self, path: str) -> Any:
         return self._get_response(path).json()
 
-    def _get_response(self, path: str, params: Sequence[tuple[str, str | int]] | None = None) -> httpx.Response:
+    def _get_response(
+        self, path: str, params: Sequence[tuple[str, str | int | float]] | None = None
+    ) -> httpx.Response:
         try:
             response = self._http.get(path, params=params)
         except httpx.HTTPError as error:
             raise ForgetwatchError(f"GET {path}: {error}") from error
         outcome = classify(response)
         if outcome.kind != "ok":
-            raise ForgetwatchError(f"GET {path}: {outcome.describe()}", status_code=outcome.status_code,
-                                   detail=outcome.detail)
+            raise ForgetwatchError(
+                f"GET {path}: {outcome.describe()}", status_code=outcome.status_code, detail=outcome.detail
+            )
         return response
 
 

@@ -125,7 +125,7 @@ class ForgetwatchLoop:
             self.client.metrics(step, values)
 
     def register(self, step: int, folder: str | Path) -> None:
-        """Register the checkpoint of `step`: a local folder, or a URI (s3://, hf://) the service reads."""
+        """Register the checkpoint of `step`: a local folder, or a URI (s3://, gs://, hf://) the service reads."""
         self.client.checkpoint(step, folder, upload=self.upload, skip=self.skip if self.upload else ())
 
     def decide_stop(self, alarm: bool) -> bool:

@@ -20,6 +20,7 @@ from service.api.guard import RequestGuard
 from service.api.middleware import RequestMetricsMiddleware
 from service.api.routes import (
     checkpoints,
+    compare,
     health,
     jobs,
     param_drift,
@@ -29,6 +30,7 @@ from service.api.routes import (
     run_status,
     runs,
     samples,
+    stages,
     training_metrics,
 )
 from service.api.schemas import Problem
@@ -37,7 +39,7 @@ from service.db.session import make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
 from service.settings import Settings
-from service.web import pages
+from service.web import compare_page, pages
 
 log = logging.getLogger("forgetwatch")
 
@@ -94,9 +96,10 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
     for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
-                   response_drift):
+                   response_drift, compare, stages):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
+    app.include_router(compare_page.router)
     if not open_docs:
         app.include_router(protected_docs.router)
     install_error_handlers(app)

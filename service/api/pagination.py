@@ -32,3 +32,14 @@ def page(request: Request, response: Response, rows: Sequence[T], *, limit: int,
     rows = rows[:limit]
     response.headers["Link"] = f'<{request.url.include_query_params(after=cursor(rows[-1]))}>; rel="next"'
     return rows
+
+
+def page_steps(request: Request, response: Response, *series: list[dict[str, Any]],
+               limit: int) -> tuple[list[dict[str, Any]], ...]:
+    """Rows of per-step series (each fetched with its first `limit + 1` steps after the cursor) cut to
+    the first `limit` steps of them all, through `page`: the `Link` header carries the last step."""
+    steps = sorted({row["step"] for rows in series for row in rows})
+    kept = page(request, response, steps, limit=limit, cursor=int)
+    if len(kept) == len(steps):
+        return series
+    return tuple([row for row in rows if row["step"] <= kept[-1]] for rows in series)

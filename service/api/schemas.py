@@ -75,22 +75,32 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+TagKey = Annotated[NoNulText, StringConstraints(max_length=100)]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)]
+
+
 class RunCreate(Strict):
     name: RunName
     base_model: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] = Field(
         description=(
             "Where the base model is, readable by the service: an absolute path or file:// URI under "
             "FORGETWATCH_CHECKPOINT_ROOTS (a folder that will hold config.json and weights, or one weights file), "
-            "s3://bucket/key under an allowed prefix, or hf://org/name[@revision] in the service's local "
+            "s3://bucket/key or gs://bucket/key under an allowed prefix, or hf://org/name[@revision] in the service's local "
             "Hugging Face cache (nothing is downloaded; a bare Hub id such as gpt2 is refused)"),
         examples=["/models/qwen2.5-0.5b-instruct", "s3://models/base", "hf://Qwen/Qwen2.5-0.5B-Instruct@main"],
     )
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_\-]{1,64}$")] = Field(
         default="unspecified", description="Training method label: sft, grpo, self_distillation, ..."
     )
-    tags: Annotated[dict[Annotated[NoNulText, StringConstraints(max_length=100)], TagValue],
-                    Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)] = {}
+    tags: Tags = {}
     probe_sets: Annotated[list[Name], Field(max_length=32)] = []
+
+
+class RunPatch(Strict):
+    """Tags to set (merged over the run's tags) and tag keys to remove."""
+
+    tags: Tags = {}
+    remove_tags: Annotated[list[TagKey], Field(max_length=64)] = []
 
 
 class RunOut(BaseModel):
@@ -105,11 +115,38 @@ class RunOut(BaseModel):
     archived_at: datetime | None = None
 
 
+StageName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]*$")]
+
+
+class StageCreate(Strict):
+    name: StageName = Field(description="The stage's name, unique in the run: math, chemistry, tools, code, ...")
+    start_step: Step = Field(description="The training step the stage starts at; after the previous stage's")
+    probe_sets: Annotated[list[Name], Field(min_length=1, max_length=32)] = Field(
+        description="The probe sets this stage trains for (created beforehand); earlier stages' and ood sets "
+                    "become its retention sets by themselves")
+
+
+class StageOut(BaseModel):
+    name: str
+    position: int = Field(description="1 for the first stage")
+    start_step: int
+    end_step: int | None = Field(description="The next stage's start step (exclusive); None for the last stage")
+    probe_sets: list[str]
+    retention_sets: list[str]
+
+
+JobStatus = Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
+JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "probe_drift", "measure_base",
+                  "sample_drift", "compute_risk"]
+"""The tasks a job may run (`GET /v1/jobs?kind=`); tests/service/test_api_jobs.py keeps it equal to
+the worker's registered tasks."""
+
+
 class JobOut(BaseModel):
     id: int
     task: str
     queue: str
-    status: Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
+    status: JobStatus
     attempts: int
 
 
@@ -117,7 +154,8 @@ class CheckpointCreate(Strict):
     step: Step
     uri: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] | None = Field(
         default=None,
-        description="Local path or file:// URI inside the allowed roots; omit after uploading files",
+        description=("Local path or file:// URI inside the allowed roots, s3://bucket/key or gs://bucket/key under an "
+                     "allowed prefix, or hf://org/name[@revision]; omit after uploading files"),
     )
 
 
@@ -250,6 +288,14 @@ class ProbeSetSummary(BaseModel):
 
 class JobDetail(JobOut):
     args: dict[str, Any]
+
+
+class JobListed(JobDetail):
+    kind: str = Field(description="the task without its namespace (`probe_drift`, ...)")
+    run: str | None = Field(description="the run the job works for")
+    step: int | None = Field(description="the step of the checkpoint the job works on, if any")
+    error: str | None = Field(description=(
+        "why the checkpoint's analysis of this kind failed (what to do), when it did"))
 
 
 class Problem(BaseModel):

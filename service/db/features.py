@@ -8,6 +8,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from drift.entropy_ceiling import values_at_steps
+from drift.findings import TEACHER_DIVERGENCE_METRICS
+from service.db import training_metrics
+
 
 @dataclass(frozen=True)
 class RunHistory:
@@ -78,6 +82,14 @@ def run_history(session: Session, *, run_id: int, up_to_step: int | None = None)
             rows[cid].update(embed_mmd=s["mmd"], embed_auc=s["auc"], embed_similarity_p25=s["sim_p25"],
                              distinct2=s["distinct2"], distinct2_base=s["distinct2_base"],
                              repetition_ratio=s["repetition"], sample_entropy=s["sample_entropy"])
+    divergence = training_metrics.series(session, run_id=run_id, names=TEACHER_DIVERGENCE_METRICS)
+    name = next((n for n in TEACHER_DIVERGENCE_METRICS if divergence.get(n)), None)
+    if name is not None:  # the trainer's teacher–student divergence at or before each checkpoint's step
+        points = divergence[name]
+        at = values_at_steps([int(p["step"]) for p in points], [p["value"] for p in points],
+                             [step for _, step in checkpoints])
+        for (cid, _), value in zip(checkpoints, at, strict=True):
+            rows[cid]["teacher_divergence"] = value
     latest = checkpoints[-1][0] if checkpoints else None
     nonfinite = session.execute(
         text("SELECT name FROM param_drift_tensors WHERE checkpoint_id = :c AND nan_count + inf_count > 0 "

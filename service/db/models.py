@@ -78,6 +78,27 @@ class RunProbeSet(Base):
     )
 
 
+class RunStage(Base):
+    """One stage of a run: from `start_step` until the next stage's, it trains for its probe sets."""
+
+    __tablename__ = "run_stages"
+    __table_args__ = (UniqueConstraint("run_id", "name"),
+                      UniqueConstraint("run_id", "position", name="uq_run_stages_run_id_position"),
+                      UniqueConstraint("run_id", "start_step", name="uq_run_stages_run_id_start_step"))
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(Text)
+    start_step: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = _now()
+
+
+class RunStageProbeSet(Base):
+    __tablename__ = "run_stage_probe_sets"
+    stage_id: Mapped[int] = mapped_column(ForeignKey("run_stages.id", ondelete="CASCADE"), primary_key=True)
+    probe_set_id: Mapped[int] = mapped_column(ForeignKey("probe_sets.id", ondelete="CASCADE"), primary_key=True)
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "step"),)

@@ -257,13 +257,18 @@ def checkpoint_tensors(session: Session, *, checkpoint_id: int) -> list[dict[str
     return [dict(r) for r in rows]
 
 
-def run_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
-    """Global and per-block summaries of every checkpoint of a run, by step."""
+def run_series(session: Session, *, run_id: int, after: int | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """Global and per-block summaries of the run's checkpoints, by step: the steps after `after`, at
+    most `limit` of them (all when None)."""
     rows = session.execute(
         text(f"SELECT c.step, s.scope, s.key, {', '.join('s.' + c for c in SUMMARY_COLUMNS)} "
              "FROM param_drift_summaries s JOIN checkpoints c ON c.id = s.checkpoint_id "
-             "WHERE c.run_id = :r AND s.scope IN ('global', 'block') ORDER BY c.step, s.scope, s.key"),
-        {"r": run_id},
+             "WHERE c.run_id = :r AND s.scope IN ('global', 'block') AND c.step IN ("
+             "SELECT DISTINCT c2.step FROM checkpoints c2 JOIN param_drift_summaries s2 ON s2.checkpoint_id = c2.id "
+             "WHERE c2.run_id = :r AND s2.scope IN ('global', 'block') AND c2.step > :after "
+             "ORDER BY c2.step LIMIT :limit) ORDER BY c.step, s.scope, s.key"),
+        {"r": run_id, "after": -1 if after is None else after, "limit": limit},
     ).mappings()
     return [dict(r) for r in rows]
 

@@ -40,6 +40,16 @@ def list_runs(session: Session, *, after: int | None = None, limit: int | None =
     return session.scalars(query.order_by(Run.id).limit(limit)).all()
 
 
+def update_tags(session: Session, *, run: Run, tags: Mapping[str, Any], remove: Sequence[str] = ()) -> Run:
+    """Merge `tags` over the run's tags, then drop the keys in `remove`."""
+    merged = {**run.tags, **tags}
+    for key in remove:
+        merged.pop(key, None)
+    run.tags = merged
+    session.flush()
+    return run
+
+
 def set_archived(session: Session, *, run: Run, archived: bool) -> Run:
     """Archive (hide from lists, pages and /metrics; keep everything) or bring back a run. Idempotent."""
     if archived and run.archived_at is None:
@@ -104,7 +114,8 @@ def create_run(
     tags: dict[str, Any],
     probe_sets: Sequence[str],
 ) -> tuple[Run, bool]:
-    """Create a run; the same definition again returns the existing run, a different one conflicts."""
+    """Create a run; the same base and method again return the existing run (its stored tags unchanged),
+    a different base or method conflicts."""
     ids = probe_set_ids(session, names=probe_sets) if probe_sets else {}
     existing = session.scalar(select(Run).where(Run.name == name))
     if existing is None:
@@ -119,11 +130,12 @@ def create_run(
             attach_probe_sets(session, run_id=run.id, probe_set_ids=ids.values())
             return run, True
     assert existing is not None
-    same = (existing.base_model, existing.method, existing.tags) == (base_model, method, tags)
-    if not same:
+    # A run is its base and method; tags describe it and change through PATCH, so a trainer that
+    # restarts with the tags it started with is never refused (the stored tags stay).
+    if (existing.base_model, existing.method) != (base_model, method):
         raise Conflict(
             f"run {name!r} already exists with base_model={existing.base_model!r}, "
-            f"method={existing.method!r}, tags={existing.tags!r}; choose another name for a different run"
+            f"method={existing.method!r}; choose another name for a different run"
         )
     attach_probe_sets(session, run_id=existing.id, probe_set_ids=ids.values())
     return existing, False
@@ -358,3 +370,17 @@ _FAILED_ANALYSES = text(
 def failed_analyses(session: Session, *, run_id: int) -> list[tuple[int, str]]:
     """(checkpoint id, analysis kind) of every failed analysis of the run's checkpoints, by step."""
     return [(int(c), str(k)) for c, k in session.execute(_FAILED_ANALYSES, {"r": run_id})]
+
+
+_FAILED_SAMPLE_BATCHES = text(
+    "SELECT DISTINCT (j.args->>'step')::bigint AS step, j.args->>'probe_set' AS probe_set "
+    "FROM procrastinate_jobs j WHERE j.task_name = :task AND j.status = 'failed' "
+    "AND (j.args->>'run_id')::bigint = :r AND NOT EXISTS (SELECT 1 FROM sample_drift d WHERE d.run_id = :r "
+    "AND d.step = (j.args->>'step')::bigint AND d.probe_set = j.args->>'probe_set') ORDER BY step, probe_set"
+)
+
+
+def failed_sample_batches(session: Session, *, run_id: int, task: str) -> list[tuple[int, str]]:
+    """(step, probe set key) of the run's sample batches whose analysis job (`task`, its full name)
+    failed and that have no stored result since."""
+    return [(int(s), str(p)) for s, p in session.execute(_FAILED_SAMPLE_BATCHES, {"r": run_id, "task": task})]

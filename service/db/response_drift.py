@@ -47,8 +47,10 @@ def store_base_cache(session: Session, *, base_model: str, probe_set_id: int, k:
 
 def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: int, evaluation: Any,
                        correct: Sequence[bool | None] | None = None) -> None:
-    """Replace this checkpoint's result on one probe set (aggregate row + one row per probe)."""
+    """Replace this checkpoint's result on one probe set (aggregate row + one row per probe);
+    `correct` defaults to the evaluation's own per-probe outcome."""
     div, forg = evaluation.divergence, evaluation.forgetting
+    correct = forg.correct if correct is None else correct
     ll, acc = forg.log_likelihood, forg.accuracy
     params = {
         "c": checkpoint_id, "p": probe_set_id, "domain": div.domain,
@@ -76,12 +78,15 @@ def store_probe_result(session: Session, *, checkpoint_id: int, probe_set_id: in
              f"VALUES (:c, :p, {', '.join(':' + c for c in columns)}, CAST(:data AS jsonb))"), params)
     session.execute(
         text("INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, forward_kl, reverse_kl, "
-             "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct) "
-             "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct)"),
+             "total_variation, entropy, top1_agreement, mean_logprob, base_mean_logprob, correct, n_tokens, "
+             "from_reference, base_correct) "
+             "VALUES (:c, :p, :i, :fwd, :rev, :tv, :ent, :agree, :lp, :blp, :correct, :n, :ref, :base_correct)"),
         [{"c": checkpoint_id, "p": probe_set_id, "i": i, "fwd": json_safe(d.forward_kl), "rev": json_safe(d.reverse_kl),
           "tv": json_safe(d.total_variation), "ent": json_safe(d.entropy), "agree": json_safe(d.top1_agreement),
           "lp": json_safe(d.mean_logprob), "blp": json_safe(d.base_mean_logprob),
-          "correct": correct[i] if correct is not None and i < len(correct) else None}
+          "correct": correct[i] if correct is not None and i < len(correct) else None,
+          "n": d.n_tokens, "ref": d.from_reference,
+          "base_correct": forg.base_correct[i] if i < len(forg.base_correct) else None}
          for i, d in enumerate(div.per_probe)],
     )
 
@@ -114,18 +119,29 @@ def checkpoint_probe_results(session: Session, *, checkpoint_id: int) -> list[di
     return [dict(r) for r in rows]
 
 
-def run_probe_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+def run_probe_series(session: Session, *, run_id: int, after: int | None = None,
+                     limit: int | None = None) -> list[dict[str, Any]]:
+    """Probe results of the run's checkpoints by step and probe set: the steps after `after`, at most
+    `limit` of them (all when None)."""
     rows = session.execute(
         text(f"SELECT c.step, s.name AS probe_set, p.domain, {', '.join('p.' + c for c in PROBE_COLUMNS)} "
              "FROM probe_drift p JOIN probe_sets s ON s.id = p.probe_set_id JOIN checkpoints c ON c.id = p.checkpoint_id "
-             "WHERE c.run_id = :r ORDER BY c.step, s.name"), {"r": run_id}).mappings()
+             "WHERE c.run_id = :r AND c.step IN (SELECT DISTINCT c2.step FROM probe_drift p2 JOIN checkpoints c2 "
+             "ON c2.id = p2.checkpoint_id WHERE c2.run_id = :r AND c2.step > :after ORDER BY c2.step LIMIT :limit) "
+             "ORDER BY c.step, s.name"),
+        {"r": run_id, "after": -1 if after is None else after, "limit": limit}).mappings()
     return [dict(r) for r in rows]
 
 
-def run_sample_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+def run_sample_series(session: Session, *, run_id: int, after: int | None = None,
+                      limit: int | None = None) -> list[dict[str, Any]]:
+    """Sample statistics of the run by step and probe set: the steps after `after`, at most `limit`
+    of them (all when None)."""
     rows = session.execute(
         text(f"SELECT step, probe_set, {', '.join(SAMPLE_COLUMNS)} FROM sample_drift WHERE run_id = :r "
-             "ORDER BY step, probe_set"), {"r": run_id}).mappings()
+             "AND step IN (SELECT DISTINCT step FROM sample_drift WHERE run_id = :r AND step > :after "
+             "ORDER BY step LIMIT :limit) ORDER BY step, probe_set"),
+        {"r": run_id, "after": -1 if after is None else after, "limit": limit}).mappings()
     return [dict(r) for r in rows]
 
 

@@ -46,7 +46,7 @@ def store_assessment(session: Session, *, checkpoint_id: int, applicable: bool, 
 _SERIES = text(
     "SELECT c.step, r.applicable, r.value, r.model, r.reason, r.reason_code, r.changepoint, r.forecasts, "
     "r.findings, r.detected, r.detection, r.heuristic, r.features FROM checkpoints c JOIN risk_estimates r "
-    "ON r.checkpoint_id = c.id WHERE c.run_id = :r ORDER BY c.step"
+    "ON r.checkpoint_id = c.id WHERE c.run_id = :r AND c.step > :after ORDER BY c.step LIMIT :limit"
 )
 
 
@@ -64,7 +64,7 @@ def run_status(session: Session, *, run: Run, threshold: float, horizon: int) ->
                                        {"r": run.id}):
         counts[state] = counts.get(state, 0) + 1
         last_step = step
-    assessed = [dict(r) for r in session.execute(_SERIES, {"r": run.id}).mappings()]
+    assessed = risk_series(session, run_id=run.id)
     latest = assessed[-1] if assessed else None
     first_predicted = next((r["step"] for r in assessed if _predicted(r, threshold)), None)
     first_detected = next((r["step"] for r in assessed if r["detected"]), None)
@@ -109,7 +109,9 @@ def current_status(session: Session, *, run: Run, settings: Settings) -> dict[st
                       horizon=settings.forecast_horizon_checkpoints)
 
 
-def risk_series(session: Session, *, run_id: int) -> list[dict[str, Any]]:
+def risk_series(session: Session, *, run_id: int, after: int | None = None,
+                limit: int | None = None) -> list[dict[str, Any]]:
     """Detection and forecast per assessed checkpoint, in step order (forecast null where it abstained,
-    with the reason)."""
-    return [dict(r) for r in session.execute(_SERIES, {"r": run_id}).mappings()]
+    with the reason): the steps after `after`, at most `limit` of them (all when None)."""
+    params = {"r": run_id, "after": -1 if after is None else after, "limit": limit}
+    return [dict(r) for r in session.execute(_SERIES, params).mappings()]

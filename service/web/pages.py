@@ -8,6 +8,7 @@ HTML is in `service/web/html/` (Jinja2, autoescaped); this module loads what eac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -20,13 +21,16 @@ from sqlalchemy.orm import Session
 
 from drift.sequential import DEFAULT_ALPHA
 from drift.shift import SIMILARITY_BIN_EDGES
+from service import retention, transfer
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
 from service.db import queries, response_drift, status
+from service.db import stages as stage_store
 from service.db.models import Run
+from service.entropy_ceiling import entropy_ceiling
 from service.errors import NotFound
 from service.settings import Settings
-from service.web import data, plots
+from service.web import data, plots, similarity_plot, stage_plots
 from service.web.templates import ENVIRONMENT, page
 
 router = APIRouter(include_in_schema=False)
@@ -48,7 +52,7 @@ def _drawn(section: str, template: str, context: Callable[[], dict[str, Any]]) -
         return Markup(failed(section, _reason(error)))
 
 
-def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
+def locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | None:
     """None when the pages may be served to this request, else the 401 page."""
     if request.app.state.settings.pages_are_public or not isinstance(reader, Refusal):
         return None
@@ -59,7 +63,7 @@ def _locked(request: Request, reader: Principal | Refusal) -> HTMLResponse | Non
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     settings = request.app.state.settings
     runs = queries.list_runs(session)
@@ -69,15 +73,16 @@ def index(request: Request, session: SessionDep, reader: OptionalReader) -> HTML
                          for run in runs][::-1]}
 
     run_list = _drawn("run list", "run_list.html", rows) if runs else ""
+    methods = sorted({run.method for run in runs})
     return page("index.html", title="Runs", runs=runs, alarm=settings.forecast_alarm_probability,
-                run_list=run_list)
+                run_list=run_list, methods=methods)
 
 
 # --- one run -----------------------------------------------------------------------------------
 
 @router.get("/runs/{name:path}", response_class=HTMLResponse)
 def run_page(name: str, request: Request, session: SessionDep, reader: OptionalReader) -> HTMLResponse:
-    if (denied := _locked(request, reader)) is not None:
+    if (denied := locked(request, reader)) is not None:
         return denied
     try:
         run = queries.get_run(session, ref=name)
@@ -92,6 +97,7 @@ class _RunView:
 
     def __init__(self, session: Session, run: Run, settings: Settings) -> None:
         self.run = run
+        self.session = session
         self.settings = settings
         self.status = data.run_status(session, settings=settings, run_ref=str(run.id))
         series = param_store.run_series(session, run_id=run.id)
@@ -102,6 +108,8 @@ class _RunView:
         self.risk_rows = status.risk_series(session, run_id=run.id)
         self.labels = data.label_series(session, run_id=run.id)
         self.forecasts: dict[str, Any] = self.status["trends"] or {}
+        self.stages = stage_store.run_stages(session, run_id=run.id)
+        self.marks = [(stage.name, stage.start_step) for stage in self.stages]
 
     def sections(self) -> list[Markup]:
         common = {"run": self.run, "status": self.status}
@@ -111,10 +119,30 @@ class _RunView:
             _drawn("cards", "run/cards.html", lambda: {**common, "alarm": self.settings.forecast_alarm_probability,
                                                         "trends": self._trends(), "acceleration": self._acceleration()}),
             _drawn("findings", "run/findings.html", lambda: common),
+            *([_drawn("stages", "run/stages.html", self._stages)] if self.stages else []),
+            _drawn("entropy ceiling", "run/ceiling.html", lambda: {"ceiling": self._ceiling()}),
             _drawn("plots", "run/plots.html", lambda: {"plots": self._plots()}),
             _drawn("latest", "run/latest.html", lambda: {"rows": self._latest()}),
             _drawn("footer", "run/footer.html", lambda: {**common, "now": now}),
         ]
+
+    def _stages(self) -> dict[str, Any]:
+        """The stage table and the transfer matrix of each metric as a heat map."""
+        report = transfer.transfer_report(self.session, run_id=self.run.id)
+        domains = stage_store.probe_set_domains(self.session, run_id=self.run.id)
+        rows = report["rows"]
+        stages = [{"name": s.name, "position": s.position, "start_step": s.start_step,
+                   "end_step": rows[s.position]["end_step"], "probe_sets": s.probe_sets,
+                   "retention_sets": retention.retention_sets(self.stages, domains, s.position),
+                   "checkpoint_step": rows[s.position]["checkpoint_step"]} for s in self.stages]
+        heatmaps = [{"metric": metric, "svg": Markup(svg) if (svg := stage_plots.transfer_heatmap(
+                        rows, metric, found)) is not None else None,
+                     "empty": f"No {stage_plots.METRIC_TITLES[metric]} measured on the stages' probe sets yet."}
+                    for metric, found in report["metrics"].items()]
+        return {"stages": stages, "heatmaps": heatmaps}
+
+    def _ceiling(self) -> dict[str, Any]:
+        return dataclasses.asdict(entropy_ceiling(self.session, run_id=self.run.id, probe_rows=self.probe_rows))
 
     def _trends(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -148,22 +176,23 @@ class _RunView:
         s = self.settings
         wide_forgetting = len(plots.forgetting_panels(self.probe_rows, self.labels)) > 1
         figures: list[tuple[str, str, Callable[[], str | None], str]] = [
-            ("risk", "", lambda: plots.risk(self.risk_rows, threshold=s.forecast_alarm_probability),
+            ("risk", "", lambda: plots.risk(self.risk_rows, threshold=s.forecast_alarm_probability, stages=self.marks),
              "No assessments yet: detection and forecast are computed once a checkpoint's analyses finish."),
             ("forecasts", "", lambda: plots.forecasts(self.forecasts, observed=self._observed()),
              "No forecasts yet: trends need three or more assessed checkpoints."),
             ("param-drift", "", lambda: plots.param_drift(
-                self.global_rows, threshold=self._threshold("param_drift", s.forecast_param_rel_l2)),
+                self.global_rows, threshold=self._threshold("param_drift", s.forecast_param_rel_l2), stages=self.marks),
              "No parameter drift yet: it appears when the first checkpoint's parameter analysis finishes."),
             ("block-heatmap", "", lambda: plots.block_heatmap(self.block_rows), "No per-block drift yet."),
-            ("probe-kl", "", lambda: plots.probe_kl(self.probe_rows,
+            ("probe-kl", "", lambda: plots.probe_kl(self.probe_rows, stages=self.marks,
                                             threshold=self._threshold("ood_kl", s.forecast_ood_kl_nats)),
              "No probe results yet: attach probe sets to the run to measure KL against the base."),
-            ("diversity", "", lambda: plots.diversity(self.sample_rows),
+            ("diversity", "", lambda: plots.diversity(self.sample_rows, stages=self.marks),
              f"No sample diversity yet: push generated samples with POST /v1/runs/{self.run.id}/samples."),
-            ("similarity", "", lambda: plots.similarity(self.sample_rows, edges=SIMILARITY_BIN_EDGES),
+            ("similarity", "", lambda: similarity_plot.similarity(self.sample_rows, edges=SIMILARITY_BIN_EDGES),
              "No per-prompt similarity yet: it needs pushed samples and a base model the service can read."),
-            ("forgetting", "wide" if wide_forgetting else "", lambda: plots.forgetting(self.probe_rows, self.labels),
+            ("forgetting", "wide" if wide_forgetting else "", lambda: plots.forgetting(self.probe_rows, self.labels,
+                                                                                  stages=self.marks),
              "No measured forgetting yet: needs probe sets with answers or references."),
         ]
         cells = []

@@ -60,7 +60,7 @@ _CACHE_SIZE = 256
 _METADATA = re.compile(r"\s*<metadata>.*?</metadata>", re.DOTALL)
 
 
-def _memoized(draw: Callable[..., str | None]) -> Callable[..., str | None]:
+def memoized(draw: Callable[..., str | None]) -> Callable[..., str | None]:
     """Drawing takes ~0.2 s a plot; a page reloaded with no new data reuses the last SVGs. The key
     is the plot's whole input, so new data always draws anew."""
 
@@ -82,14 +82,14 @@ def _memoized(draw: Callable[..., str | None]) -> Callable[..., str | None]:
 
 
 @contextmanager
-def _figure(figsize: tuple[float, float], **subplots: Any) -> Iterator[tuple[Figure, Any]]:
+def new_figure(figsize: tuple[float, float], **subplots: Any) -> Iterator[tuple[Figure, Any]]:
     with _LOCK, matplotlib.rc_context(_RC):
         fig = Figure(figsize=figsize, layout="constrained")
         axes = fig.subplots(**subplots) if subplots else fig.add_subplot()
         yield fig, axes
 
 
-def _svg(fig: Figure) -> str:
+def to_svg(fig: Figure) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     document = buffer.getvalue()
@@ -97,7 +97,7 @@ def _svg(fig: Figure) -> str:
     return _METADATA.sub("", document, count=1)
 
 
-def _floats(values: Sequence[Any]) -> np.ndarray:
+def as_floats(values: Sequence[Any]) -> np.ndarray:
     return np.array([math.nan if v is None else float(v) for v in values], dtype=float)
 
 
@@ -105,9 +105,16 @@ def _has_data(values: Sequence[Any]) -> bool:
     return any(v is not None and math.isfinite(float(v)) for v in values)
 
 
-def _steps_axis(ax: Axes) -> None:
+def steps_axis(ax: Axes, stages: Sequence[tuple[str, int]] = ()) -> None:
     ax.set_xlabel("training step")
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)
+    low, high = ax.get_xlim()
+    for name, start in stages:  # a dotted line where each stage of the run starts, named at the top
+        if not low <= start <= high:
+            continue
+        ax.axvline(start, color=THRESHOLD, linestyle=":", linewidth=1.0, gid=f"stage-boundary-{name}")
+        ax.annotate(name, (start, 1), xycoords=("data", "axes fraction"), fontsize=7, color=NEUTRAL,
+                    xytext=(2, -8), textcoords="offset points")
 
 
 def _threshold(ax: Axes, value: float | None, label: str) -> None:
@@ -115,23 +122,24 @@ def _threshold(ax: Axes, value: float | None, label: str) -> None:
         ax.axhline(value, color=THRESHOLD, linestyle="--", linewidth=1.0, label=label)
 
 
-@_memoized
-def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | None = None) -> str | None:
+@memoized
+def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | None = None,
+                stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Global relative L2 distance to the base over steps (and the spectral shift, if computed)."""
     rel = [r["relative_l2_distance"] for r in global_rows]
     if not _has_data(rel):
         return None
     steps = [r["step"] for r in global_rows]
     nss = [r.get("normalized_spectral_shift") for r in global_rows]
-    with _figure(HALF) as (fig, ax):
-        ax.plot(steps, _floats(rel), marker="o", color=NEUTRAL, label="relative L2 ‖θ−θ₀‖/‖θ₀‖")
+    with new_figure(HALF) as (fig, ax):
+        ax.plot(steps, as_floats(rel), marker="o", color=NEUTRAL, label="relative L2 ‖θ−θ₀‖/‖θ₀‖")
         _threshold(ax, threshold, "forecast threshold")
         ax.set_title("Global parameter drift")
         ax.set_ylabel("relative L2")
-        _steps_axis(ax)
+        steps_axis(ax, stages)
         if _has_data(nss):
             twin = ax.twinx()
-            twin.plot(steps, _floats(nss), color="#7b5ea7", linestyle=":", marker=".", label="spectral shift")
+            twin.plot(steps, as_floats(nss), color="#7b5ea7", linestyle=":", marker=".", label="spectral shift")
             twin.set_ylabel("normalized spectral shift", color="#7b5ea7")
             twin.grid(False)
             twin.spines["right"].set_visible(True)
@@ -140,10 +148,10 @@ def param_drift(global_rows: Sequence[dict[str, Any]], *, threshold: float | Non
             ax.legend(lines[0] + more[0], lines[1] + more[1], loc="lower right")
         else:
             ax.legend(loc="lower right")
-        return _svg(fig)
+        return to_svg(fig)
 
 
-@_memoized
+@memoized
 def block_heatmap(block_rows: Sequence[dict[str, Any]]) -> str | None:
     """Relative L2 per block (rows) and step (columns)."""
     rows = [r for r in block_rows if r.get("relative_l2_distance") is not None]
@@ -158,7 +166,7 @@ def block_heatmap(block_rows: Sequence[dict[str, Any]]) -> str | None:
     for r in rows:
         grid[row[r["key"]], col[int(r["step"])]] = float(r["relative_l2_distance"])
     height = min(max(2.6, 0.9 + 0.16 * len(blocks)), 7.0)
-    with _figure((HALF[0], height)) as (fig, ax):
+    with new_figure((HALF[0], height)) as (fig, ax):
         image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="magma_r", origin="lower")
         fig.colorbar(image, ax=ax, label="relative L2", shrink=0.9)
         ax.set_title("Per-block drift (relative L2)")
@@ -167,7 +175,7 @@ def block_heatmap(block_rows: Sequence[dict[str, Any]]) -> str | None:
         ax.set_xlabel("training step")
         ax.set_yticks(*_ticks(blocks, 12))
         ax.set_xticks(*_ticks([str(s) for s in steps], 8))
-        return _svg(fig)
+        return to_svg(fig)
 
 
 def _ticks(labels: Sequence[str], most: int) -> tuple[list[int], list[str]]:
@@ -178,11 +186,12 @@ def _ticks(labels: Sequence[str], most: int) -> tuple[list[int], list[str]]:
     return positions, [labels[i] for i in positions]
 
 
-@_memoized
-def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = None) -> str | None:
+@memoized
+def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = None,
+             stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forward KL(base‖checkpoint) per token, mean over probe sets per domain, with the p10–p90 band."""
     drawn = False
-    with _figure(HALF) as (fig, ax):
+    with new_figure(HALF) as (fig, ax):
         for domain, color, label in (("ood", OOD, "ood"), ("in_domain", IN_DOMAIN, "in-domain")):
             steps, kl = mean_by_step(probe_rows, "kl_forward", where={"domain": domain})
             if not steps:
@@ -200,24 +209,25 @@ def probe_kl(probe_rows: Sequence[dict[str, Any]], *, threshold: float | None = 
         ax.set_title("Probe KL(base ‖ checkpoint)")
         ax.set_ylabel("nats / token")
         ax.set_ylim(bottom=0)
-        _steps_axis(ax)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
-        return _svg(fig)
+        return to_svg(fig)
 
 
-@_memoized
-def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tuple[int, float]]]) -> str | None:
+@memoized
+def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tuple[int, float]]], *,
+               stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Measured change vs the base per probe set (accuracy, else reference log-likelihood), and
     the trainer's ground-truth labels when it posted any."""
     sets = sorted({(r["probe_set"], r["domain"]) for r in probe_rows})
     panels = forgetting_panels(probe_rows, labels)
     if not panels:
         return None
-    with _figure((HALF[0] * min(len(panels), 2), HALF[1]), ncols=len(panels), squeeze=False) as (fig, axes):
+    with new_figure((HALF[0] * min(len(panels), 2), HALF[1]), ncols=len(panels), squeeze=False) as (fig, axes):
         for ax, (key, title, ylabel) in zip(axes[0], panels, strict=True):
             ax.set_title(title)
             ax.set_ylabel(ylabel)
-            _steps_axis(ax)
+            steps_axis(ax, stages)
             if key == "labels":
                 for name, points in sorted(labels.items()):
                     ax.plot([p[0] for p in points], [p[1] for p in points], marker="s", label=name)
@@ -229,7 +239,7 @@ def forgetting(probe_rows: Sequence[dict[str, Any]], labels: dict[str, list[tupl
                         ax.plot(steps, values, marker="o", linestyle="-" if domain == "ood" else "--",
                                 color=_set_color(domain, i), label=f"{probe_set} ({_domain(domain)})")
             ax.legend(loc="lower left" if key != "labels" else "best")
-        return _svg(fig)
+        return to_svg(fig)
 
 
 def forgetting_panels(probe_rows: Sequence[dict[str, Any]],
@@ -255,15 +265,15 @@ def _set_color(domain: str, index: int) -> str:
     return (reds if domain == "ood" else blues)[index % 4]
 
 
-@_memoized
-def diversity(sample_rows: Sequence[dict[str, Any]]) -> str | None:
+@memoized
+def diversity(sample_rows: Sequence[dict[str, Any]], *, stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """distinct-2 of the pushed samples against the base model's, and the repetition ratio."""
     steps, distinct2 = mean_by_step(sample_rows, "distinct2")
     rep_steps, repetition = mean_by_step(sample_rows, "repetition_ratio")
     if not steps and not rep_steps:
         return None
     base_steps, base = mean_by_step(sample_rows, "distinct2_base")
-    with _figure(HALF, ncols=2) as (fig, (left, right)):
+    with new_figure(HALF, ncols=2) as (fig, (left, right)):
         left.set_title("Sample diversity (distinct-2)")
         if steps:
             left.plot(steps, distinct2, marker="o", color=NEUTRAL, label="checkpoint")
@@ -271,39 +281,15 @@ def diversity(sample_rows: Sequence[dict[str, Any]]) -> str | None:
             left.plot(base_steps, base, linestyle="--", color=THRESHOLD, label="base model")
         left.set_ylim(0, 1.02)
         left.set_ylabel("unique bigrams / bigrams")
-        _steps_axis(left)
+        steps_axis(left, stages)
         left.legend(loc="lower left")
         right.set_title("Repetition ratio")
         if rep_steps:
             right.plot(rep_steps, repetition, marker="o", color=OOD)
         right.set_ylim(bottom=0)
         right.set_ylabel("repeated n-gram share")
-        _steps_axis(right)
-        return _svg(fig)
-
-
-@_memoized
-def similarity(sample_rows: Sequence[dict[str, Any]], *, edges: Sequence[float]) -> str | None:
-    """Per-prompt similarity to the base's response: each checkpoint's prompts stacked by bin, lowest
-    bin at the bottom (red), so a widening lower tail shows as a growing red base."""
-    steps = sorted({r["step"] for r in sample_rows if r.get("similarity_histogram")})
-    if not steps:
-        return None
-    counts = np.array([np.sum([r["similarity_histogram"] for r in sample_rows
-                               if r["step"] == s and r.get("similarity_histogram")], axis=0) for s in steps], float)
-    shares = counts / np.maximum(counts.sum(1, keepdims=True), 1)  # (steps, bins)
-    colors = matplotlib.colormaps["RdYlGn"](np.linspace(0.05, 0.95, shares.shape[1]))
-    with _figure(HALF) as (fig, ax):
-        ax.set_title("Per-prompt similarity to the base's response")
-        x, bottom = np.arange(len(steps)), np.zeros(len(steps))
-        for i in range(shares.shape[1]):
-            ax.bar(x, shares[:, i], bottom=bottom, color=colors[i], label=f"{edges[i]:g}–{edges[i + 1]:g}")
-            bottom += shares[:, i]
-        ax.set_xticks(x, [str(s) for s in steps])
-        ax.set_xlabel("training step")
-        ax.set_ylabel("share of prompts")
-        ax.legend(loc="center left", bbox_to_anchor=(1, 0.5), fontsize="x-small", title="cosine", reverse=True)
-        return _svg(fig)
+        steps_axis(right, stages)
+        return to_svg(fig)
 
 
 FORECAST_LABELS = {
@@ -313,16 +299,17 @@ FORECAST_LABELS = {
 }
 
 
-@_memoized
-def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float) -> str | None:
+@memoized
+def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float,
+         stages: Sequence[tuple[str, int]] = ()) -> str | None:
     """Forgetting forecast per checkpoint against the alarm threshold, checkpoints where forgetting
     was detected, where the forecast abstained, and change points."""
     if not risk_rows:
         return None
-    with _figure(TALL) as (fig, ax):
+    with new_figure(TALL) as (fig, ax):
         steps = [r["step"] for r in risk_rows]
         values = [r["value"] if r["applicable"] else None for r in risk_rows]
-        ax.plot(steps, _floats(values), marker="o", color=NEUTRAL, label="forecast P(detected within horizon)")
+        ax.plot(steps, as_floats(values), marker="o", color=NEUTRAL, label="forecast P(detected within horizon)")
         detected = [r["step"] for r in risk_rows if r.get("detected")]
         if detected:
             ax.plot(detected, [1.0] * len(detected), linestyle="none", marker="s", color=OOD, label="detected")
@@ -336,12 +323,12 @@ def risk(risk_rows: Sequence[dict[str, Any]], *, threshold: float) -> str | None
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("OOD forgetting: forecast and detection")
         ax.set_ylabel("probability")
-        _steps_axis(ax)
+        steps_axis(ax, stages)
         ax.legend(loc="upper left")
-        return _svg(fig)
+        return to_svg(fig)
 
 
-@_memoized
+@memoized
 def forecasts(forecasts: dict[str, Any], *, observed: dict[str, tuple[list[int], list[float]]]) -> str | None:
     """One small panel per forecast series of the latest assessment: what was measured, the
     Theil–Sen trend, its threshold and (a star) where the trend meets it."""
@@ -350,7 +337,7 @@ def forecasts(forecasts: dict[str, Any], *, observed: dict[str, tuple[list[int],
         return None
     ncols = 1 if len(series) == 1 else 2
     nrows = math.ceil(len(series) / ncols)
-    with _figure(TALL, nrows=nrows, ncols=ncols, squeeze=False) as (fig, axes):
+    with new_figure(TALL, nrows=nrows, ncols=ncols, squeeze=False) as (fig, axes):
         fig.suptitle("Forecasts: Theil–Sen trend to threshold", x=0.02, ha="left", fontsize=10,
                      fontweight="bold")
         flat = list(axes.flat)
@@ -358,7 +345,7 @@ def forecasts(forecasts: dict[str, Any], *, observed: dict[str, tuple[list[int],
             _forecast_panel(ax, name, forecast, observed.get(name, ([], [])))
         for ax in flat[len(series):]:
             ax.set_visible(False)
-        return _svg(fig)
+        return to_svg(fig)
 
 
 def _forecast_panel(ax: Axes, name: str, forecast: dict[str, Any], observed: tuple[list[int], list[float]]) -> None:

@@ -204,7 +204,26 @@ def test_run_detail_selects_a_run_and_its_method_from_label_values() -> None:
     for name in ("run", "method"):
         assert variables[name]["type"] == "query"
         assert variables[name]["query"]["query"].startswith("label_values(")
-    assert variables["run"]["multi"] is False, "the SQL panels compare r.name = '$run': one run"
+    assert variables["run"]["multi"] is True, "several runs side by side"
+    assert variables["run"]["includeAll"] is False
+
+
+def test_run_detail_queries_read_every_selected_run_and_keep_them_apart() -> None:
+    """With several runs selected, PromQL matches `run=~"$run"` and aggregates by run; SQL reads
+    `r.name IN ($run)`; panels whose series would mix runs repeat per run."""
+    for query in (q for q in _queries() if q.board == "run-detail.json"):
+        assert 'run="$run"' not in query.text and "= '$run'" not in query.text, query.id
+        kind = query.datasource.get("type")
+        if kind == PROMETHEUS and "$run" in query.text and not query.text.startswith("label_values"):
+            assert 'run=~"$run"' in query.text, query.id
+            head = query.text.split("(", 1)[0].strip()
+            if head in ("max", "min", "sum", "avg"):
+                assert query.text.startswith(f"{head} by (run"), f"{query.id}: aggregate by run, not across runs"
+        if kind == POSTGRES and "$run" in query.text:
+            assert "r.name IN ($run)" in query.text, query.id
+    board = _boards()["run-detail.json"]
+    repeated = {p["title"] for p in _panels(board["panels"]) if p.get("repeat") == "run"}
+    assert any(t.startswith("Probe KL (forward") for t in repeated), repeated
 
 
 # ---- PromQL ---------------------------------------------------------------------------------------
@@ -411,6 +430,15 @@ _SEED = (
                                       'value', NULL)),
                false, jsonb_build_object('measured', true, 'detected', false, 'drop_low', step / 1e4)
           FROM checkpoints WHERE status = 'ready'""",
+    # The run is one stage training for tool-calls, so trivia (ood) is its retention set: its per-item
+    # results (3 of 4 right where the base had all 4) give the retention gauge a series.
+    "INSERT INTO run_probe_sets (run_id, probe_set_id) SELECT r.id, p.id FROM runs r, probe_sets p",
+    "INSERT INTO run_stages (run_id, position, name, start_step) SELECT id, 1, 'tools', 0 FROM runs",
+    """INSERT INTO run_stage_probe_sets (stage_id, probe_set_id)
+        SELECT s.id, p.id FROM run_stages s, probe_sets p WHERE p.name = 'tool-calls'""",
+    """INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, correct, base_correct)
+        SELECT c.id, p.id, i, i < 3, true FROM checkpoints c, probe_sets p, generate_series(0, 3) i
+         WHERE c.status = 'ready'""",
     # One finished job (so the duration histogram has samples) and one waiting.
     "INSERT INTO procrastinate_jobs (queue_name, task_name) VALUES ('params', 'seeded'), ('probes', 'seeded')",
     "UPDATE procrastinate_jobs SET status = 'doing' WHERE queue_name = 'params'",

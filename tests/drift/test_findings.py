@@ -114,3 +114,25 @@ def test_current_index_ignores_later_checkpoints_and_findings_are_sorted_by_seve
     assert findings([], []) == []
     with pytest.raises(ValueError, match="out of range"):
         findings(h, STEPS, current_index=N)
+
+
+def _collapsing(divergence):
+    """Diversity down 50% and repetition up 0.05 → 0.45 over the last checkpoints, with `divergence`."""
+    h = _stable(3)
+    h = _with(h, "distinct2", [0.6] * 6 + [0.5, 0.4, 0.35, 0.3])
+    h = _with(h, "repetition_ratio", [0.05] * 6 + [0.1, 0.2, 0.3, 0.45])
+    return _with(h, "teacher_divergence", divergence)
+
+
+def test_self_distillation_collapse_needs_the_divergence_near_zero_with_diversity_and_repetition_signals():
+    falling = [0.4, 0.5, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05, 0.02]  # 0.02 / peak 0.6 = 0.033 ≤ 0.05
+    (found,) = [f for f in findings(_collapsing(falling), STEPS) if f.code == "self_distillation_collapse"]
+    assert found.severity == "critical" and found.step == STEPS[-1]
+    assert found.value == pytest.approx(0.02 / 0.6)
+    assert "0.6 → 0.02" in found.message
+    # 0.04 / 0.6 = 0.067 > 0.05 of the peak: not collapsed yet
+    assert "self_distillation_collapse" not in _codes(_collapsing(falling[:-1] + [0.04]))
+    # the divergence near zero but diversity and repetition stable: a teacher the student matched, no loop
+    assert "self_distillation_collapse" not in _codes(_with(_stable(3), "teacher_divergence", falling))
+    # no divergence reported (not self-distillation): nothing, whatever the samples do
+    assert "self_distillation_collapse" not in _codes(_collapsing([None] * N))

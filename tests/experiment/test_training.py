@@ -65,12 +65,16 @@ class RecordingReporter:
     def __init__(self):
         self.checkpoints: list[tuple[int, Path, dict[str, float]]] = []
         self.samples: list[tuple[int, list[dict[str, str]]]] = []
+        self.metrics: list[tuple[int, dict[str, float]]] = []
 
     def on_checkpoint(self, step, path, labels):
         self.checkpoints.append((step, path, labels))
 
     def on_samples(self, step, items):
         self.samples.append((step, items))
+
+    def on_metrics(self, step, values):
+        self.metrics.append((step, values))
 
 
 def test_tokenizer_and_model_round_trip_through_save_pretrained_and_auto_classes(tmp_path):
@@ -261,6 +265,10 @@ def test_each_arm_saves_loadable_checkpoints_and_reports_labels(tiny_base, tmp_p
     assert len(items) == 2 * config.n_samples
     assert all(set(it) == {"prompt", "response", "probe_set"} for it in items)
     assert {it["probe_set"] for it in items} == {"arithmetic_ood", "letters_in_domain"}
+    assert [step for step, _ in reporter.metrics] == [2, 4]  # nothing trained before the base checkpoint
+    assert all(np.isfinite(v) for _, values in reporter.metrics for v in values.values())
+    if train is train_self_distillation:  # read by the service's collapse finding
+        assert all(values["teacher_student_divergence"] >= 0 for _, values in reporter.metrics)
     if train is not train_grpo:  # GRPO leaves the weights alone when every group is all-wrong
         final = AutoModelForCausalLM.from_pretrained(tmp_path / "step-4", local_files_only=True)
         base = AutoModelForCausalLM.from_pretrained(tiny_base, local_files_only=True)

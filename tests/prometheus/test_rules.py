@@ -127,11 +127,13 @@ def test_the_rules_file_defines_the_expected_alerts() -> None:
         "OODForgettingWhileSpecializing",
         "ResponseDiversityCollapse",
         "EntropyCollapse",
+        "SelfDistillationCollapse",
         "ParameterDriftAccelerating",
         "DriftJobsFailing",
         "DriftJobsBacklog",
         "ForgetwatchDown",
         "ForgetwatchDatabaseDown",
+        "RetentionSetDropped",
     }
     names = _alert_ids()
     assert expected <= set(names), f"missing alerts: {sorted(expected - set(names))}"

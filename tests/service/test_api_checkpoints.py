@@ -44,7 +44,7 @@ def test_same_step_same_uri_is_200_different_uri_409(client: TestClient, run_id:
 
 
 @pytest.mark.parametrize("uri", ["/etc", "{root}/../../etc", "file:///etc/passwd", "file://evil.example/x",
-                                 "{root}/link", "s3://bucket/ckpt"])
+                                 "{root}/link", "s3://bucket/ckpt", "gs://bucket/ckpt"])
 def test_paths_outside_roots_are_403(client: TestClient, run_id: int, checkpoint_root: Path, uri: str) -> None:
     os.symlink("/etc", checkpoint_root / "link")
     response = client.post(f"/v1/runs/{run_id}/checkpoints", json={"step": 1, "uri": uri.format(root=checkpoint_root)})
@@ -52,7 +52,8 @@ def test_paths_outside_roots_are_403(client: TestClient, run_id: int, checkpoint
     assert "FORGETWATCH_CHECKPOINT_ROOTS" in response.json()["detail"] or "host" in response.json()["detail"]
 
 
-@pytest.mark.parametrize("uri", ["relative/path", "gs://bucket/ckpt", "s3://bucket/a/../b", "{root}/missing"])
+@pytest.mark.parametrize("uri", ["relative/path", "az://bucket/ckpt", "s3://bucket/a/../b", "gs://bucket/a/../b",
+                                 "{root}/missing"])
 def test_unusable_uris_are_422(client: TestClient, run_id: int, checkpoint_root: Path, uri: str) -> None:
     response = client.post(f"/v1/runs/{run_id}/checkpoints", json={"step": 1, "uri": uri.format(root=checkpoint_root)})
     assert response.status_code == 422

@@ -77,3 +77,47 @@ def test_samples_come_a_page_at_a_time_in_step_order(client: TestClient, base_mo
     only = _pages(client, "/v1/runs/sampled/samples?limit=2&step=20")
     assert [[s["prompt"] for s in p] for p in only] == [["p20-0", "p20-1"], ["p20-2"]]
     assert client.get("/v1/runs/sampled/samples?after=nope").status_code == 422
+
+
+def test_drift_and_risk_series_come_a_page_of_steps_at_a_time(client: TestClient, checkpoint_root: Path,
+                                                               engine: Engine) -> None:
+    from sqlalchemy.orm import Session
+
+    from drift.params import compare
+    from service.db import param_drift, queries, response_drift, status
+    from tests.integration.models import save_tiny_gpt2_run
+
+    base, *steps = save_tiny_gpt2_run(checkpoint_root / "gpt2", steps=3)
+    client.post("/v1/runs", json={"name": "series", "base_model": str(base)})
+    for step, folder in zip((30, 10, 20), steps, strict=True):
+        assert client.post("/v1/runs/series/checkpoints", json={"step": step, "uri": str(folder)}).status_code == 202
+    with Session(engine) as session, session.begin():
+        run = queries.get_run(session, ref="series")
+        for step, folder in zip((30, 10, 20), steps, strict=True):
+            checkpoint = queries.get_checkpoint(session, run_id=run.id, step=step)
+            param_drift.replace_summaries(session, checkpoint_id=checkpoint.id,
+                                          summary=compare(base, folder, spectral=False).summary)
+            status.store_assessment(session, checkpoint_id=checkpoint.id, applicable=True, value=step / 100,
+                                    model="test", reason=None, reason_code=None, changepoint=False, features={},
+                                    forecasts={}, findings=[], detected=False, detection={}, heuristic={})
+        for step in (40, 10, 25):
+            response_drift.store_sample_result(session, run_id=run.id, step=step, probe_set="chat",
+                                               values={"n_samples": step}, data={})
+
+    whole = client.get("/v1/runs/series/param-drift").json()
+    assert "Link" not in client.get("/v1/runs/series/param-drift").headers
+    pages = _pages(client, "/v1/runs/series/param-drift?limit=2")
+    assert [[p["step"] for p in page["global"]] for page in pages] == [[10, 20], [30]]
+    assert [point for page in pages for point in page["global"]] == whole["global"]
+    blocks = {b: [p for page in pages for p in page["blocks"][b]] for b in pages[0]["blocks"]}
+    assert blocks == whole["blocks"] and len(blocks) == 2  # the tiny GPT-2 has two layers
+
+    risk = _pages(client, "/v1/runs/series/risk?limit=1")
+    assert [[(r["step"], r["value"]) for r in page["series"]] for page in risk] == [[(10, 0.1)], [(20, 0.2)],
+                                                                                    [(30, 0.3)]]
+    responses = _pages(client, "/v1/runs/series/response-drift?limit=2")
+    assert [[s["step"] for s in page["samples"]] for page in responses] == [[10, 25], [40]]
+    assert client.get("/v1/runs/series/response-drift?after=25").json()["samples"][0]["n_samples"] == 40
+    for path in ("param-drift", "response-drift", "risk"):
+        assert client.get(f"/v1/runs/series/{path}?limit=0").status_code == 422
+        assert client.get(f"/v1/runs/series/{path}?after=-1").status_code == 422

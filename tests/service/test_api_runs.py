@@ -15,6 +15,15 @@ def test_create_run_returns_201_then_200_for_identical(client: TestClient, base_
     assert again.json()["id"] == first.json()["id"]
 
 
+def test_registering_again_with_other_tags_keeps_the_stored_ones(client: TestClient, base_model: str) -> None:
+    body = {"name": "r1", "base_model": base_model, "method": "sft", "tags": {"lr": "1e-5"}}
+    client.post("/v1/runs", json=body)
+    assert client.patch("/v1/runs/r1", json={"tags": {"seed": "3"}}).status_code == 200
+    again = client.post("/v1/runs", json=body)  # a restarted trainer with its original call
+    assert again.status_code == 200, again.text
+    assert again.json()["tags"] == {"lr": "1e-5", "seed": "3"}
+
+
 def test_same_name_different_definition_conflicts(client: TestClient, base_model: str) -> None:
     client.post("/v1/runs", json={"name": "r1", "base_model": base_model})
     response = client.post("/v1/runs", json={"name": "r1", "base_model": base_model, "method": "grpo"})

@@ -3,6 +3,7 @@ the run page and `/metrics`; abstention ("not applicable: …") for every input 
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 
 from service.db.session import make_sessionmaker
+from service.queue import sample_tasks
+from service.queue.defer import task_name
 from service.queue.risk_tasks import assess_checkpoint
 from service.settings import Settings
 
@@ -231,6 +234,19 @@ def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: Tes
                                  "kind = 'responses'"), {"c": first}).scalar() == "pending"
         assert conn.execute(text("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo' AND "
                                  "task_name LIKE '%probe_drift'")).scalar() == 1
+    with engine.begin() as conn:  # a sample batch whose analysis failed is queued again, once however often
+        run_id = conn.execute(text("SELECT id FROM runs WHERE name = 'again'")).scalar()
+        conn.execute(text("INSERT INTO procrastinate_jobs (queue_name, task_name, args, status) "
+                          "VALUES ('probes', :t, CAST(:a AS jsonb), 'failed')"),
+                     {"t": task_name(sample_tasks.NAME), "a": json.dumps({"run_id": run_id, "step": 10, "probe_set": ""})})
+    for _ in range(2):
+        done = subprocess.run([FORGETWATCH, "reanalyze", "--run", "again", "--failed"], env=worker_env(settings),
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0 and "1 failed analyses queued again" in done.stdout, done.stderr
+    with engine.begin() as conn:
+        queued = conn.execute(text("SELECT args FROM procrastinate_jobs WHERE status = 'todo' AND "
+                                   "task_name LIKE '%sample_drift'")).scalars().all()
+    assert queued == [{"run_id": run_id, "step": 10, "probe_set": ""}]
     missing = subprocess.run([FORGETWATCH, "reanalyze", "--run", "nope"], env=worker_env(settings),
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "forgetwatch reanalyze: no run 'nope'" in missing.stderr

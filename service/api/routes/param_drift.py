@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request, Response
 
 from service.api.deps import Reader, SessionDep
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page_steps
 from service.db import param_drift as store
 from service.db import queries
 
@@ -40,11 +41,14 @@ def checkpoint_param_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2**5
     return body
 
 
-@router.get("/param-drift")
-def run_param_drift(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
-    """Time series across steps: global drift and drift per block."""
+@router.get("/param-drift", responses=LINK_HEADER)
+def run_param_drift(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+                    limit: Limit = 1000, after: StepCursor = None) -> dict[str, Any]:
+    """Time series across steps: global drift and drift per block, `limit` steps a page in step order;
+    the `Link` header points to the next page."""
     run = queries.get_run(session, ref=run_ref)
-    series = store.run_series(session, run_id=run.id)
+    (series,) = page_steps(request, response, store.run_series(session, run_id=run.id, after=after, limit=limit + 1),
+                           limit=limit)
     global_series = [{"step": r["step"], **_metrics(r)} for r in series if r["scope"] == "global"]
     blocks: dict[str, list[dict[str, Any]]] = {}
     for r in series:

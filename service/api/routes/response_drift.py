@@ -2,13 +2,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from drift.shift import SIMILARITY_BIN_EDGES
+from service import retention
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page_steps
 from service.api.schemas import Name, Strict
 from service.db import param_drift as analyses
 from service.db import queries
@@ -44,26 +46,36 @@ def _with_ratio(row: dict[str, Any]) -> dict[str, Any]:
 def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2**53)], session: SessionDep,
                               _: Reader) -> dict[str, Any]:
     """Probe-set divergences (KL forward/reverse with p10–p90), measured forgetting with bootstrap
-    intervals, and the statistics of the samples pushed at this step."""
+    intervals, and the statistics of the samples pushed at this step. For a run declared as stages,
+    `since_stage_start`: the change on each retention set since the checkpoint's stage began."""
     run = queries.get_run(session, ref=run_ref)
     checkpoint = queries.get_checkpoint(session, run_id=run.id, step=step)
     analysis = analyses.analysis_status(session, checkpoint_id=checkpoint.id, kind="responses")
-    samples = [s for s in store.run_sample_series(session, run_id=run.id) if s["step"] == step]
+    samples = store.run_sample_series(session, run_id=run.id, after=step - 1, limit=1)
+    samples = [s for s in samples if s["step"] == step]
     return {
         "run": run.name, "step": step, "status": analysis["status"], "error": analysis["error"],
         "probe_sets": [_with_ratio(r) for r in store.checkpoint_probe_results(session, checkpoint_id=checkpoint.id)],
         "samples": samples,
+        "since_stage_start": retention.since_stage_start(session, run_id=run.id, step=step),
     }
 
 
-@router.get("/response-drift")
-def run_response_drift(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+@router.get("/response-drift", responses=LINK_HEADER)
+def run_response_drift(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+                       limit: Limit = 1000, after: StepCursor = None) -> dict[str, Any]:
     """Series across steps: per probe set (with its domain), and per pushed sample batch (its sequential
-    shift e-value, and per-prompt similarity to the base with counts per `similarity_bins` bin)."""
+    shift e-value, and per-prompt similarity to the base with counts per `similarity_bins` bin), `limit`
+    steps a page in step order (a step with probe results or samples); the `Link` header points to the
+    next page."""
     run = queries.get_run(session, ref=run_ref)
+    probes, samples = page_steps(request, response,
+                                 store.run_probe_series(session, run_id=run.id, after=after, limit=limit + 1),
+                                 store.run_sample_series(session, run_id=run.id, after=after, limit=limit + 1),
+                                 limit=limit)
     probe_sets: dict[str, dict[str, Any]] = {}
-    for row in store.run_probe_series(session, run_id=run.id):
+    for row in probes:
         entry = probe_sets.setdefault(row["probe_set"], {"domain": row["domain"], "series": []})
         entry["series"].append(_with_ratio({k: v for k, v in row.items() if k not in ("probe_set", "domain")}))
-    return {"run": run.name, "probe_sets": probe_sets, "samples": store.run_sample_series(session, run_id=run.id),
+    return {"run": run.name, "probe_sets": probe_sets, "samples": samples,
             "similarity_bins": list(SIMILARITY_BIN_EDGES)}

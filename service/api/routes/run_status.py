@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.pagination import LINK_HEADER, Limit, StepCursor, page
+from service.api.pagination import LINK_HEADER, Limit, StepCursor, page, page_steps
 from service.api.schemas import ONLY_DECLARED_KEYS, Step, Strict
 from service.db import labels, queries, status
 
@@ -56,9 +56,13 @@ def run_status(run_ref: str, session: SessionDep, settings: SettingsDep, _: Read
     return status.current_status(session, run=queries.get_run(session, ref=run_ref), settings=settings)
 
 
-@router.get("/risk")
-def run_risk(run_ref: str, session: SessionDep, _: Reader) -> dict[str, Any]:
+@router.get("/risk", responses=LINK_HEADER)
+def run_risk(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
+             limit: Limit = 1000, after: StepCursor = None) -> dict[str, Any]:
     """Detection and forecast per assessed checkpoint (`value`: the forecast probability, null where
-    it abstained, with `reason_code` and `reason`)."""
+    it abstained, with `reason_code` and `reason`), `limit` steps a page in step order; the `Link`
+    header points to the next page."""
     run = queries.get_run(session, ref=run_ref)
-    return {"run": run.name, "series": status.risk_series(session, run_id=run.id)}
+    (series,) = page_steps(request, response, status.risk_series(session, run_id=run.id, after=after, limit=limit + 1),
+                           limit=limit)
+    return {"run": run.name, "series": series}

@@ -10,7 +10,7 @@ from service import lifecycle
 from service.api.deps import Admin, IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
 from service.api.idempotency import run_idempotent
 from service.api.pagination import LINK_HEADER, Limit, page
-from service.api.schemas import NO_NUL_PATTERN, Documented, Problem, RunCreate, RunOut
+from service.api.schemas import NO_NUL_PATTERN, Documented, Problem, RunCreate, RunOut, RunPatch
 from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
@@ -39,7 +39,7 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
 
     `base_model` of a new run is checked now, so that a run no job could read is refused at once: a
     local path must exist, be readable and lie under FORGETWATCH_CHECKPOINT_ROOTS (403 otherwise); `hf://org/name@revision` must be in the service's local Hugging Face cache;
-    `s3://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
+    `s3://` and `gs://` must lie under an allowed prefix. A bare Hub id (`gpt2`) is 422: write `hf://gpt2`."""
 
     principal.check_may_write(body.name)
 
@@ -89,6 +89,18 @@ def _tag_filter(text: str) -> tuple[str, str]:
 def get_run(run_ref: str, session: SessionDep, _: Reader) -> RunOut:
     """A run by id or name."""
     run = queries.get_run(session, ref=run_ref)
+    return run_out(session, run, queries.last_steps(session).get(run.id))
+
+
+@router.patch("/{run_ref}", response_model=RunOut)
+def patch_run(run_ref: str, body: RunPatch, session: SessionDep, principal: Writer) -> RunOut:
+    """Change a run's tags (method, lr, teacher kind, seed, ...): `tags` are merged over the stored ones,
+    then the keys in `remove_tags` are dropped. Registering the run again (same base and method) keeps
+    these tags, whatever tags it carries."""
+    run = queries.get_run(session, ref=run_ref)
+    principal.check_may_write(run.name)
+    run = queries.update_tags(session, run=run, tags=body.tags, remove=body.remove_tags)
+    session.commit()
     return run_out(session, run, queries.last_steps(session).get(run.id))
 
 
