@@ -70,13 +70,20 @@ class ClassifierTestResult:
 
 @dataclass(frozen=True)
 class PromptSimilarity:
-    """Cosine similarity of each current response to the base response for the same prompt."""
+    """Cosine similarity of each current response to the base response for the same prompt, as a
+    distribution: quantiles, the share below ``low_threshold`` and counts per `SIMILARITY_BIN_EDGES`
+    bin (fixed edges, so batches of different checkpoints stack into one picture). The seed paper's
+    signal is the lower tail widening while the median holds."""
 
     median: float
     p25: float
     mean: float
     minimum: float
     n: int
+    p10: float = float("nan")
+    low_share: float = float("nan")
+    low_threshold: float = 0.9
+    histogram: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -291,13 +298,21 @@ def centroid_cosine_distance(reference, current) -> float:
     return float(1.0 - np.clip(a @ b / (na * nb), -1.0, 1.0))
 
 
-def prompt_similarity(reference, current) -> PromptSimilarity:
-    """Row-wise cosine similarity of paired responses (zero-norm rows count as similarity 0)."""
+SIMILARITY_BIN_EDGES = (-1.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+
+
+def prompt_similarity(reference, current, *, low_threshold: float = 0.9) -> PromptSimilarity:
+    """Row-wise cosine similarity of paired responses (zero-norm rows count as similarity 0), with
+    its p10/p25/median, the share of prompts below ``low_threshold`` and its histogram."""
     x, y = _check_pair(reference, current, min_rows=1, paired=True)
     norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
     sims = np.where(norms > 0, (x * y).sum(1) / np.where(norms > 0, norms, 1.0), 0.0)
+    sims = np.clip(sims, -1.0, 1.0)  # rounding can pass ±1
+    counts, _ = np.histogram(sims, bins=np.asarray(SIMILARITY_BIN_EDGES))
     return PromptSimilarity(median=float(np.median(sims)), p25=float(np.percentile(sims, 25)),
-                            mean=float(sims.mean()), minimum=float(sims.min()), n=int(sims.size))
+                            mean=float(sims.mean()), minimum=float(sims.min()), n=int(sims.size),
+                            p10=float(np.percentile(sims, 10)), low_share=float(np.mean(sims < low_threshold)),
+                            low_threshold=low_threshold, histogram=tuple(int(c) for c in counts))
 
 
 @_single_threaded_blas

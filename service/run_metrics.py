@@ -139,15 +139,18 @@ def collect_analysis_metrics(conn: Connection, runs: dict[int, Any], *, alarm_pr
 
     mmd = _family("forgetwatch_response_mmd", "MMD^2 between embeddings of the run's responses and the base's.")
     shifted = _family("forgetwatch_response_shift_detected", "1 when the embedding two-sample test rejects.")
+    evalue = _family("forgetwatch_response_shift_evalue", "Largest value so far of the run's sequential "
+                     "response-shift e-process (an e-value: under no shift, P(ever >= 1/alpha) <= alpha, so 20 "
+                     "is a run-level false-alarm probability of at most 5 %).")
     diversity = _family("forgetwatch_response_diversity", "distinct-2 of the latest sampled responses.")
     baseline = _family("forgetwatch_response_diversity_baseline", "distinct-2 of the base model's responses.")
     repetition = _family("forgetwatch_response_repetition_ratio", "Share of degenerate, loop-dominated responses.")
     for row in db.latest_samples(conn=conn, run_ids=ids):
         labels = [runs[row.run_id].name, runs[row.run_id].method]
         for family, value in ((mmd, row.mmd2), (diversity, row.distinct2), (baseline, row.distinct2_base),
-                              (repetition, row.repetition_ratio)):
+                              (repetition, row.repetition_ratio), (evalue, row.shift_evalue_max)):
             if value is not None:
                 family.add_metric(labels, value)
         if row.shift_detected is not None:
             shifted.add_metric(labels, 1.0 if row.shift_detected else 0.0)
-    yield from (mmd, shifted, diversity, baseline, repetition)
+    yield from (mmd, shifted, evalue, diversity, baseline, repetition)

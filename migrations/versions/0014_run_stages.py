@@ -3,14 +3,14 @@ needs per probe item: its token count, whether it was scored on a reference comp
 the base answered it correctly.
 
 Revision ID: 0014
-Revises: 0012
+Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0014"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -68,7 +68,8 @@ _LATEST_PROBES = text(
 )
 _LATEST_SAMPLES = text(
     """
-    SELECT DISTINCT ON (run_id) run_id, mmd2, shift_detected, distinct2, distinct2_base, repetition_ratio
+    SELECT DISTINCT ON (run_id) run_id, mmd2, shift_detected, distinct2, distinct2_base, repetition_ratio,
+           shift_evalue_max
       FROM sample_drift WHERE run_id = ANY(:runs) ORDER BY run_id, step DESC
     """
 )

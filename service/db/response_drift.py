@@ -97,7 +97,9 @@ PROBE_COLUMNS = ("kl_forward", "kl_forward_p10", "kl_forward_p25", "kl_forward_p
                  "accuracy_ci_low", "accuracy_ci_high")
 SAMPLE_COLUMNS = ("n_samples", "mmd2", "shift_pvalue", "shift_detected", "classifier_auc", "centroid_distance",
                   "similarity_median", "similarity_p25", "distinct1", "distinct2", "distinct2_base",
-                  "repetition_ratio", "degenerate_ratio", "length_mean", "length_std", "sample_entropy")
+                  "repetition_ratio", "degenerate_ratio", "length_mean", "length_std", "sample_entropy",
+                  "shift_evalue", "shift_evalue_max", "similarity_p10", "similarity_low_ratio",
+                  "similarity_histogram")
 
 
 def forgetting_ratio(values: Mapping[str, Any]) -> float | None:

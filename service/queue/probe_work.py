@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from drift.base_cache import BaseTopKCache, build_base_cache
 from drift.checkpoints import check_adapter_fits, is_adapter_folder
 from drift.confined import check_model_folder
@@ -25,7 +27,7 @@ from drift.encoding import encode_probe_items
 from drift.forgetting import CheckpointEvaluation, evaluate_checkpoint
 from drift.models import LOADING
 from drift.probes import ProbeSet
-from drift.shift import classifier_two_sample_test, embedding_shift_test
+from drift.shift import classifier_two_sample_test, embedding_shift_test, prompt_similarity
 
 Roots = tuple[Path, ...]
 GENERATION_TOKENS = 64
@@ -138,25 +140,30 @@ def _base_response(base: str, device: str, roots: Roots, prompt: str) -> str:
 
 def sample_signals(base: str | None, prompts: Sequence[str], responses: Sequence[str],
                    logprobs: Sequence[Sequence[float]] | None, *, device: str,
-                   roots: Roots) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(values, data) of a sample batch: collapse signals of the responses and, with a base model
+                   roots: Roots) -> tuple[dict[str, Any], dict[str, Any], tuple[np.ndarray, np.ndarray] | None]:
+    """(values, data, pairs) of a sample batch: collapse signals of the responses and, with a base model
     folder, their shift from the base's greedy responses to the same prompts (embedded by MiniLM or
-    the base's hidden states; n-gram diversity in the base's own tokens)."""
+    the base's hidden states; n-gram diversity in the base's own tokens); ``pairs`` are the embeddings
+    (base's, batch's), rows paired by prompt, or None without a base."""
     values: dict[str, Any] = {"n_samples": len(responses)}
     data: dict[str, Any] = {}
-    tokenize = current = None
+    tokenize = current = pairs = None
     if base is not None:
         tokenize = base_model(base, device, roots)[1].tokenize
         embedder = _embedder(base, device, roots)
         base_responses = [_base_response(base, device, roots, prompt) for prompt in prompts]
         reference, current = embedder.embed(base_responses), embedder.embed(responses)
+        pairs = (reference, current)
+        similarity = prompt_similarity(reference, current)
+        values.update(similarity_median=similarity.median, similarity_p25=similarity.p25,
+                      similarity_p10=similarity.p10, similarity_low_ratio=similarity.low_share,
+                      similarity_histogram=list(similarity.histogram))
         values["distinct2_base"] = collapse_signals(base_responses, embeddings=reference, tokenize=tokenize).distinct_2
         if len(responses) >= MIN_FOR_SHIFT_TEST:
             shift = embedding_shift_test(reference, current, paired=True, alpha=SHIFT_ALPHA, random_state=0)
             auc = classifier_two_sample_test(reference, current, random_state=0).auc
             values.update(mmd2=shift.mmd2, shift_pvalue=shift.p_value, shift_detected=shift.drift_detected,
-                          classifier_auc=auc, centroid_distance=shift.centroid_cosine_distance,
-                          similarity_median=shift.prompt_similarity_median, similarity_p25=shift.prompt_similarity_p25)
+                          classifier_auc=auc, centroid_distance=shift.centroid_cosine_distance)
             data["shift"] = {k: getattr(shift, k) for k in ("p_value", "statistic", "mmd_p_value",
                                                              "whitened_mmd_p_value", "typicality_p_value")}
     else:
@@ -167,4 +174,4 @@ def sample_signals(base: str | None, prompts: Sequence[str], responses: Sequence
                   length_mean=signals.length_mean, length_std=signals.length_std,
                   sample_entropy=signals.mean_token_entropy)
     data["signals"] = {k: getattr(signals, k) for k in ("mode_response_share", "mean_pairwise_similarity")}
-    return values, data
+    return values, data, pairs

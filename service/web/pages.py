@@ -19,6 +19,8 @@ from fastapi.responses import HTMLResponse
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
+from drift.sequential import DEFAULT_ALPHA
+from drift.shift import SIMILARITY_BIN_EDGES
 from service import retention, transfer
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
@@ -28,7 +30,7 @@ from service.db.models import Run
 from service.entropy_ceiling import entropy_ceiling
 from service.errors import NotFound
 from service.settings import Settings
-from service.web import data, plots, stage_plots
+from service.web import data, plots, similarity_plot, stage_plots
 from service.web.templates import ENVIRONMENT, page
 
 router = APIRouter(include_in_schema=False)
@@ -187,6 +189,8 @@ class _RunView:
              "No probe results yet: attach probe sets to the run to measure KL against the base."),
             ("diversity", "", lambda: plots.diversity(self.sample_rows, stages=self.marks),
              f"No sample diversity yet: push generated samples with POST /v1/runs/{self.run.id}/samples."),
+            ("similarity", "", lambda: similarity_plot.similarity(self.sample_rows, edges=SIMILARITY_BIN_EDGES),
+             "No per-prompt similarity yet: it needs pushed samples and a base model the service can read."),
             ("forgetting", "wide" if wide_forgetting else "", lambda: plots.forgetting(self.probe_rows, self.labels,
                                                                                   stages=self.marks),
              "No measured forgetting yet: needs probe sets with answers or references."),
@@ -253,6 +257,10 @@ class _RunView:
                 _, values = data.mean_by_step(at, key)
                 if values:
                     add(f"samples: {label}", step, values[0], f"samples.{key}")
+            evidence = [r["shift_evalue_max"] for r in at if r["shift_evalue_max"] is not None]
+            if evidence:
+                add(f"samples: sequential shift e-value, largest so far (alarm at {1 / DEFAULT_ALPHA:.0f})", step,
+                    max(evidence), "samples.shift_evalue_max")
         for name, points in sorted(self.labels.items()):
             step, value = points[-1]
             add(f"label {name} (trainer)", step, value, f"label.{name}")

@@ -410,8 +410,9 @@ _SEED = (
                -0.1, -2.0, '{}'
           FROM checkpoints c, probe_sets p WHERE c.status = 'ready'""",
     """INSERT INTO sample_drift (run_id, step, n_samples, mmd2, shift_detected, distinct2, distinct2_base,
-                                  repetition_ratio, data)
-        SELECT run_id, step, 64, step / 1e4, step > 200, 0.8 - step / 1e3, 0.8, step / 2e3, '{}'
+                                  repetition_ratio, shift_evalue, shift_evalue_max, data)
+        SELECT run_id, step, 64, step / 1e4, step > 200, 0.8 - step / 1e3, 0.8, step / 2e3, step / 10.0,
+               step / 10.0, '{}'
           FROM checkpoints WHERE status = 'ready'""",
     """INSERT INTO risk_estimates (checkpoint_id, applicable, value, model, changepoint, features, forecasts,
                                     findings, detected, detection)

@@ -4,6 +4,7 @@ from numpy.testing import assert_allclose
 
 from drift.gram import gram_to_squared_distances, rbf_kernel, squared_distances, whitened_gram
 from drift.shift import (
+    SIMILARITY_BIN_EDGES,
     ShiftResult,
     centroid_cosine_distance,
     classifier_two_sample_test,
@@ -167,3 +168,16 @@ def test_degenerate_and_invalid_inputs():
         embedding_shift_test(np.ones((4, 2)), np.ones((4, 2)), alpha=1.5)
     with pytest.raises(ValueError, match="n_permutations"):
         mmd_rbf(np.ones((4, 2)), np.ones((4, 2)), n_permutations=0)
+
+
+def test_prompt_similarity_describes_the_lower_tail_with_fixed_bins():
+    angles = np.array([0.0, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.2, 1.5])  # cosines 1 ... 0.07
+    x = np.tile([1.0, 0.0], (10, 1))
+    y = np.column_stack([np.cos(angles), np.sin(angles)])
+    sims = prompt_similarity(x, y, low_threshold=0.9)
+    cosines = np.cos(angles)
+    assert_allclose([sims.median, sims.p25, sims.p10], np.percentile(cosines, [50, 25, 10]))
+    assert sims.low_share == np.mean(cosines < 0.9) == 0.5
+    assert sims.histogram == tuple(np.histogram(cosines, bins=SIMILARITY_BIN_EDGES)[0])
+    assert sum(sims.histogram) == 10 and sims.histogram[0] == 2  # cos 1.2 and 1.5 rad < 0.5
+    assert prompt_similarity(x, x).histogram[-1] == 10  # identical responses: all in the top bin

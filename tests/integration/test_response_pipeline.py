@@ -3,6 +3,7 @@
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 
@@ -93,3 +94,45 @@ def test_the_service_measures_the_base_when_a_run_names_it_before_any_checkpoint
     (failed,) = lost["base"]
     assert failed["status"] == "failed" and failed["error"].startswith("the base cannot be loaded")
     assert failed["accuracy"] is None
+
+
+def test_sample_batches_accumulate_a_sequential_shift_evalue(client: TestClient, settings, checkpoint_root: Path,
+                                                             tmp_path: Path) -> None:
+    tokenizer = char_tokenizer()
+    base = _save(tiny_gpt2(tokenizer, n_positions=32), tokenizer, checkpoint_root / "base")
+    client.post("/v1/runs", json={"name": "shift-run", "base_model": str(base)})
+    client.post("/v1/runs/shift-run/checkpoints", json={"step": 1, "uri": str(base)})  # makes the run active
+    loops = [{"prompt": i["prompt"], "response": "= = = = = = = ="} for i in ITEMS]
+    for step in (1, 2, 3):
+        assert client.post("/v1/runs/shift-run/samples", json={"step": step, "items": loops}).status_code == 202
+
+    def evalues() -> list[dict] | None:
+        samples = client.get("/v1/runs/shift-run/response-drift").json()["samples"]
+        return samples if len(samples) == 3 and all(s["shift_evalue"] is not None for s in samples) else None
+
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        samples = wait_for(evalues, timeout=180, interval=1, what="three e-values")
+    finally:
+        stop(worker)
+    assert [s["step"] for s in samples] == [1, 2, 3]
+    values = [s["shift_evalue"] for s in samples]
+    # every pushed response is one loop, never what the base answers: the evidence grows batch by batch
+    assert values[0] < values[1] < values[2] and values[2] >= 20
+    assert [s["shift_evalue_max"] for s in samples] == values
+    per_step = client.get("/v1/runs/shift-run/checkpoints/1/response-drift").json()
+    assert per_step["samples"][0]["shift_evalue"] == values[0]
+    metrics = client.get("/metrics").text
+    gauge = [line.rsplit(" ", 1)[1] for line in metrics.splitlines()
+             if line.startswith('forgetwatch_response_shift_evalue{method="unspecified",run="shift-run"}')]
+    assert gauge and float(gauge[0]) == pytest.approx(values[2])
+    drift = client.get("/v1/runs/shift-run/response-drift").json()
+    edges = drift["similarity_bins"]
+    for sample in drift["samples"]:  # the same prompts and responses at every step: the same distribution
+        assert sum(sample["similarity_histogram"]) == len(ITEMS) == sample["n_samples"]
+        assert sample["similarity_p10"] <= sample["similarity_p25"] <= sample["similarity_median"]
+        assert sample["similarity_histogram"] == samples[0]["similarity_histogram"]
+        assert sample["similarity_low_ratio"] == sum(
+            c for c, high in zip(sample["similarity_histogram"], edges[1:], strict=True) if high <= 0.9) / len(ITEMS)
+    page = client.get("/runs/shift-run").text
+    assert "sequential shift e-value" in page and "No per-prompt similarity yet" not in page

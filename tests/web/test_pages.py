@@ -242,7 +242,7 @@ def test_run_without_results_shows_no_data_notes(web: TestClient) -> None:
     assert response.status_code == 200
     body = response.text
     assert html.escape(NASTY) in body and NASTY not in body
-    assert body.count("data-empty='true'") == 7 and "<svg" not in body
+    assert body.count("data-empty='true'") == 8 and "<svg" not in body
     assert "not assessed yet" in body and "No parameter drift yet" in body
 
 

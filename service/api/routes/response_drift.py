@@ -6,6 +6,7 @@ from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field
 
+from drift.shift import SIMILARITY_BIN_EDGES
 from service import retention
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
@@ -63,8 +64,10 @@ def checkpoint_response_drift(run_ref: str, step: Annotated[int, Path(ge=0, le=2
 @router.get("/response-drift", responses=LINK_HEADER)
 def run_response_drift(run_ref: str, request: Request, response: Response, session: SessionDep, _: Reader,
                        limit: Limit = 1000, after: StepCursor = None) -> dict[str, Any]:
-    """Series across steps: per probe set (with its domain), and per pushed sample batch, `limit` steps
-    a page in step order (a step with probe results or samples); the `Link` header points to the next page."""
+    """Series across steps: per probe set (with its domain), and per pushed sample batch (its sequential
+    shift e-value, and per-prompt similarity to the base with counts per `similarity_bins` bin), `limit`
+    steps a page in step order (a step with probe results or samples); the `Link` header points to the
+    next page."""
     run = queries.get_run(session, ref=run_ref)
     probes, samples = page_steps(request, response,
                                  store.run_probe_series(session, run_id=run.id, after=after, limit=limit + 1),
@@ -74,4 +77,5 @@ def run_response_drift(run_ref: str, request: Request, response: Response, sessi
     for row in probes:
         entry = probe_sets.setdefault(row["probe_set"], {"domain": row["domain"], "series": []})
         entry["series"].append(_with_ratio({k: v for k, v in row.items() if k not in ("probe_set", "domain")}))
-    return {"run": run.name, "probe_sets": probe_sets, "samples": samples}
+    return {"run": run.name, "probe_sets": probe_sets, "samples": samples,
+            "similarity_bins": list(SIMILARITY_BIN_EDGES)}

@@ -1,0 +1,170 @@
+"""An anytime-valid test of response shift over a run's checkpoints: an e-process built by betting.
+
+A trainer sends 16–64 responses per checkpoint; at that size a two-sample test per checkpoint is
+nearly blind to a 10–20 % shift (`drift.shift`). Here evidence accumulates over the checkpoints
+while the probability of *ever* raising a false alarm during the run stays ≤ alpha.
+
+Data: a sequence of batches, one per checkpoint, each a pair of embedding matrices ``reference``
+(n, d) and ``current`` (n, d) whose rows i answer the same prompt (the base's response and the
+checkpoint's). Pairs are taken in order, (x_1, y_1), (x_2, y_2), ... across batches.
+
+Null hypothesis: within every pair the two responses are exchangeable given everything before
+(swapping x_t and y_t leaves the joint law unchanged) — the checkpoint answers as the base does.
+
+Betting (Shekhar & Ramdas 2023, "Nonparametric two-sample testing by betting", IEEE Trans. Inf.
+Theory; Podkopaev et al. 2023, "Sequential kernelized independence testing", ICML, whose pairs are
+symmetric under the null as here): before pair t is revealed, the MMD witness of the earlier pairs
+in a window S_t (the last ``window`` pairs) scores it,
+
+    D_t = Σ_{s∈S_t} h(t, s),   h(t, s) = k(y_t, y_s) − k(y_t, x_s) − k(x_t, y_s) + k(x_t, x_s),
+
+so D_t = |S_t|·(g(y_t) − g(x_t)) with g the witness (mean embedding of earlier current responses
+minus that of earlier references). Swapping x_t and y_t flips the sign of every h(t, s) and leaves
+|h(t, s)| unchanged, so z_t = D_t / sqrt(Σ_s h(t, s)²) is, under the null, symmetric about 0 given
+the past. A bet on its sign with stake tanh(η z_t) — the likelihood ratio of mean +η against −η —
+pays ``1 + tanh(η z_t)``, which has conditional expectation exactly 1 under the null. The wealth
+
+    K_T(η) = Π_{t≤T} (1 + tanh(η z_t)),    E_T = mean over a grid of η of K_T(η),
+
+is a nonnegative martingale with E_0 = 1 under the null (a mixture of test martingales is one),
+so by Ville's inequality P(∃T: E_T ≥ 1/alpha) ≤ alpha: the e-process can be watched after every
+checkpoint and the run-level false-alarm probability stays ≤ alpha however long the run.
+
+The kernel is the RBF on whitened embeddings (as in `drift.shift`: style directions of low
+variance count as much as topic directions), with the whitening and the median-heuristic bandwidth
+computed on the window's and the batch's pooled responses. Those depend on the pairs only as
+unordered sets, which the null leaves invariant, so they may use the current batch too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike
+from threadpoolctl import threadpool_limits
+
+from drift.gram import gram_to_squared_distances, median_bandwidth, rbf_kernel, whitened_gram
+
+# chosen on bench.embedding_shift's corpus; bench.embedding_sequential holds out its text
+ETAS = (0.1, 0.2, 0.4)
+DEFAULT_ALPHA = 0.05  # alarm once the e-process reaches 1 / alpha = 20
+MAX_PAIRS_PER_BATCH = 128  # the pairs of a batch that are bet on (the first ones)
+
+
+@dataclass(frozen=True)
+class SequentialShiftResult:
+    """The e-process after each batch (``evalues``, starting from 1 before any data); ``max_evalue``
+    is its running maximum over batch ends and ``detected = max_evalue >= 1 / alpha``, first at
+    batch ``first_detection`` (0-based; None when not detected). ``n_pairs`` were bet on."""
+
+    evalues: tuple[float, ...]
+    max_evalue: float
+    alpha: float
+    detected: bool
+    first_detection: int | None
+    n_pairs: int
+
+    @property
+    def evalue(self) -> float:
+        """The e-process after the last batch (1.0 with no batches)."""
+        return self.evalues[-1] if self.evalues else 1.0
+
+
+def _check_batches(
+    batches: Sequence[tuple[ArrayLike, ArrayLike]], max_pairs_per_batch: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    dim = None
+    for i, batch in enumerate(batches):
+        if len(batch) != 2:
+            raise ValueError(f"batches[{i}] must be a (reference, current) pair, got {len(batch)} items")
+        x = np.asarray(batch[0], dtype=np.float64)
+        y = np.asarray(batch[1], dtype=np.float64)
+        if x.ndim != 2 or x.shape != y.shape:
+            raise ValueError(
+                f"batches[{i}]: reference and current must be 2-D of equal shape (paired rows), "
+                f"got {x.shape} and {y.shape}"
+            )
+        if dim is not None and x.shape[1] != dim and len(x):
+            raise ValueError(f"batches[{i}] has embedding dim {x.shape[1]}, earlier batches {dim}")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError(f"batches[{i}] contains NaN or inf")
+        if len(x):
+            dim = x.shape[1]
+        out.append((x[:max_pairs_per_batch], y[:max_pairs_per_batch]))
+    return out
+
+
+def _pair_scores(
+    past_x: np.ndarray, past_y: np.ndarray, x: np.ndarray, y: np.ndarray, whitening: float
+) -> np.ndarray:
+    """z_t for each pair of the batch (x, y), given the window's earlier pairs; shape (n,)."""
+    px, py = np.vstack([past_x, x]), np.vstack([past_y, y])  # (m, d): window then batch
+    m, n = len(px), len(x)
+    d2 = gram_to_squared_distances(whitened_gram(np.vstack([px, py]), ridge=whitening).astype(np.float64))
+    bandwidth = median_bandwidth(d2)
+    if bandwidth == 0.0:  # every response identical: no evidence either way
+        return np.zeros(n)
+    k = rbf_kernel(d2, bandwidth)  # (2m, 2m)
+    kxx, kyy, kxy = k[:m, :m], k[m:, m:], k[:m, m:]
+    h = (kyy - kxy.T - kxy + kxx)[m - n :]  # (n, m): h(t, s) for batch pairs t against all pairs s
+    earlier = np.arange(m)[None, :] < np.arange(m - n, m)[:, None]  # s before t
+    h = np.where(earlier, h, 0.0)
+    norm = np.sqrt((h * h).sum(1))
+    return np.where(norm > 0, h.sum(1) / np.where(norm > 0, norm, 1.0), 0.0)
+
+
+def sequential_shift_test(
+    batches: Sequence[tuple[ArrayLike, ArrayLike]],
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    window: int = 256,
+    max_pairs_per_batch: int = MAX_PAIRS_PER_BATCH,
+    whitening: float = 0.3,
+    etas: Sequence[float] = ETAS,
+) -> SequentialShiftResult:
+    """The e-process of the module docstring over ``batches`` (one (reference, current) pair of
+    (n, d) arrays per checkpoint, rows paired by prompt, in checkpoint order). Each batch's first
+    ``max_pairs_per_batch`` pairs are used; the witness looks back ``window`` pairs. Deterministic:
+    the same batches give the same e-values. An empty batch leaves the e-process unchanged."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    if window < 1 or max_pairs_per_batch < 1:
+        raise ValueError(
+            f"window and max_pairs_per_batch must be >= 1, got {window} and {max_pairs_per_batch}"
+        )
+    if not whitening > 0:
+        raise ValueError(f"whitening must be > 0, got {whitening}")
+    grid = np.asarray(etas, dtype=np.float64)
+    if grid.ndim != 1 or grid.size == 0 or not (np.isfinite(grid).all() and (grid > 0).all()):
+        raise ValueError(f"etas must be a non-empty sequence of positive numbers, got {etas!r}")
+    checked = _check_batches(batches, max_pairs_per_batch)
+    log_wealth = np.zeros(grid.size)  # log K(η) per η
+    evalues: list[float] = []
+    past_x: np.ndarray | None = None
+    past_y: np.ndarray | None = None
+    n_pairs = 0
+    with threadpool_limits(limits=1, user_api="blas"):  # small matrices: threads only spin
+        for x, y in checked:
+            if len(x):
+                if past_x is None or past_y is None:
+                    past_x, past_y = x[:0], y[:0]
+                z = _pair_scores(past_x[-window:], past_y[-window:], x, y, whitening)  # (n,)
+                # log(1 + tanh(a)) = log 2 − log(1 + e^(−2a)), finite for any a
+                log_wealth += (np.log(2.0) - np.logaddexp(0.0, -2.0 * np.outer(grid, z))).sum(1)
+                past_x, past_y = np.vstack([past_x, x])[-window:], np.vstack([past_y, y])[-window:]
+                n_pairs += len(x)
+            top = log_wealth.max()
+            evalues.append(float(np.exp(top) * np.mean(np.exp(log_wealth - top))))
+    running = np.maximum.accumulate(evalues) if evalues else np.ones(1)
+    crossed = np.flatnonzero(running >= 1.0 / alpha)
+    return SequentialShiftResult(
+        evalues=tuple(evalues),
+        max_evalue=float(running[-1]),
+        alpha=alpha,
+        detected=bool(crossed.size),
+        first_detection=int(crossed[0]) if crossed.size else None,
+        n_pairs=n_pairs,
+    )
