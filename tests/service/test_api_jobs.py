@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any
 
-import httpx
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -16,16 +14,7 @@ from service.api.schemas import JobKind
 from service.db import param_drift, queries
 from service.queue.app import create_queue_app
 from service.queue.defer import NAMESPACE
-
-
-def _pages(client: TestClient, url: str) -> list[Any]:
-    bodies = []
-    while url:
-        response = client.get(url)
-        assert response.status_code == 200, response.text
-        bodies.append(response.json())
-        url = httpx.Response(200, headers=response.headers).links.get("next", {}).get("url")
-    return bodies
+from tests.service.paging import every_page
 
 
 def test_job_kinds_are_the_registered_tasks() -> None:
@@ -72,10 +61,10 @@ def test_jobs_list_by_run_status_and_kind_with_the_failure_reason(
             {"c": str(checkpoint.id)},
         )
 
-    every = [job for page in _pages(client, "/v1/jobs?limit=3") for job in page]
+    every = [job for page in every_page(client, "/v1/jobs?limit=3") for job in page]
     ids = [job["id"] for job in every]
     assert ids == sorted(ids) and len(ids) == len(set(ids)) >= 10  # per run: measure_base, and 2 jobs a step
-    mine = [job for page in _pages(client, "/v1/jobs?run=jobs-a&limit=2") for job in page]
+    mine = [job for page in every_page(client, "/v1/jobs?run=jobs-a&limit=2") for job in page]
     assert {job["run"] for job in mine} == {"jobs-a"}
     assert sorted((job["kind"], job["step"]) for job in mine) == [
         ("measure_base", None),
