@@ -15,10 +15,15 @@
        (FORGETWATCH_BENCH_DATABASE_URL, default the server at 127.0.0.1:5432); a run on the base,
        ``POST`` of the checkpoint, and the wall time until its parameter drift reads ``ready``
        (spectral at default settings: top-64 SVD of every matrix up to 2^26 elements).
-   ``param_e2e_vs_read = e2e / read``. ``worker_extra_rss_mb``: the peak, during the job, of the
-   anonymous memory (``RssAnon``) of the worker and every child it starts, minus the value before the
-   ``POST`` (the safetensors files are memory-mapped: their pages are file-backed and the kernel can
-   drop them, so they are not counted).
+   Registering the run queues the base's half of the spectral pass (``prepare_spectral_base``: the
+   base's top-k SVD of every matrix, cached per base file), which a service runs while the trainer
+   takes its first steps; the bench waits for it (``base_prepare_vs_read``: its wall time / read)
+   and then times the checkpoint. ``param_e2e_vs_read = e2e / read``. ``worker_extra_rss_mb``: the
+   peak, during the checkpoint's job, of the anonymous memory of the worker and every child it
+   starts, minus the value just before the ``POST``. Each process counts its proportional share
+   (``Pss_Anon``): a child forked from the worker's fork server shares the fork server's pages
+   (torch, numba) until it writes them, and ``RssAnon`` would count them once per process. The
+   safetensors files are memory-mapped: their pages are file-backed and not counted.
 2. Probe analysis in this process. A Llama of ~110 M parameters (hidden 768, 12 layers, vocabulary
    32000) built from a config, a word-level tokenizer, 64 probes of 32 prompt tokens and 64
    reference tokens; the base's cache is built once. Timed, best of three interleaved rounds, the
@@ -30,7 +35,8 @@
    of the probe analysis. Probes with a checkable answer add greedy decoding on top (not timed here:
    its cost is the answer's length in incremental decoding steps, whatever the monitor).
 
-Last line: ``scale param_e2e_vs_read=… worker_extra_rss_mb=… probe_vs_forward=… probe_tokens_per_s=…``.
+Last line: ``scale param_e2e_vs_read=… worker_extra_rss_mb=… probe_vs_forward=… probe_tokens_per_s=…
+base_prepare_vs_read=…``.
 """
 
 from __future__ import annotations
@@ -156,12 +162,13 @@ def _tree(pid: int) -> list[int]:
     return found
 
 
-def _rss_anon_kb(pids: list[int]) -> int:
+def _anon_kb(pids: list[int]) -> int:
+    """Anonymous memory of ``pids``, each process's proportional share of shared pages (``Pss_Anon``)."""
     total = 0
     for pid in pids:
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("RssAnon:"):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss_Anon:"):
                     total += int(line.split()[1])
         except OSError:
             continue
@@ -169,7 +176,7 @@ def _rss_anon_kb(pids: list[int]) -> int:
 
 
 class TreeRssSampler:
-    """Peak `RssAnon` of a process tree, sampled every 20 ms in a thread."""
+    """Peak anonymous memory (``Pss_Anon``) of a process tree, sampled every 20 ms in a thread."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak_kb, self._stop = pid, 0, threading.Event()
@@ -177,7 +184,7 @@ class TreeRssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_kb = max(self.peak_kb, _rss_anon_kb(_tree(self.pid)))
+            self.peak_kb = max(self.peak_kb, _anon_kb(_tree(self.pid)))
             self._stop.wait(0.02)
 
     def __enter__(self) -> Self:
@@ -189,8 +196,9 @@ class TreeRssSampler:
         self._thread.join()
 
 
-def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float]:
-    """(e2e seconds, read seconds, worker extra RSS MiB) of one checkpoint through the service."""
+def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
+    """(e2e seconds, read seconds, base preparation seconds, worker extra memory MiB) of one checkpoint
+    through the service."""
     admin = os.environ.get("FORGETWATCH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
     db = f"fw_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -219,9 +227,18 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float]:
         evict((base, ckpt))
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=url_base, headers=headers, timeout=60) as client:
+            start = time.perf_counter()
             client.post("/v1/runs", json={"name": "scale", "base_model": str(base), "method": "sft"}).raise_for_status()
+            while not (jobs := client.get("/v1/jobs", params={"run": "scale", "kind": "prepare_spectral_base"}).json()) \
+                    or jobs[0]["status"] in ("todo", "doing"):
+                time.sleep(0.2)
+            prepare_s = time.perf_counter() - start
+            if jobs[0]["status"] != "succeeded":
+                raise SystemExit(f"the base's spectral preparation ended {jobs[0]['status']}: see {tmp / 'worker.log'}")
+            print(f"base prepared for the spectral pass in {prepare_s:.1f} s", flush=True)
+            evict((base, ckpt))
             time.sleep(2)  # the worker is idle and connected before its memory is read
-            idle_kb = _rss_anon_kb(_tree(worker.pid))
+            idle_kb = _anon_kb(_tree(worker.pid))
             with TreeRssSampler(worker.pid) as sampler:
                 start = time.perf_counter()
                 client.post("/v1/runs/scale/checkpoints", json={"step": 1, "uri": str(ckpt)}).raise_for_status()
@@ -236,7 +253,8 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float]:
         nss = body["global"]["normalized_spectral_shift"]
         print(f"param e2e: {e2e_s:.1f} s, relative_l2={body['global']['relative_l2_distance']:.4f} "
               f"normalized_spectral_shift={nss}", flush=True)
-        return e2e_s, read_s, max(0, sampler.peak_kb - idle_kb) / 1024
+        print(f"worker memory: {idle_kb / 1024:.0f} MB idle, {sampler.peak_kb / 1024:.0f} MB peak", flush=True)
+        return e2e_s, read_s, prepare_s, max(0, sampler.peak_kb - idle_kb) / 1024
     finally:
         for proc in procs:
             stop_process(proc)
@@ -299,15 +317,16 @@ def main() -> None:
     parser.add_argument("--skip-params", action="store_true")
     parser.add_argument("--skip-probes", action="store_true")
     args = parser.parse_args()
-    e2e_vs_read = extra_mb = probe_ratio = tokens_per_s = float("nan")
+    e2e_vs_read = prepare_vs_read = extra_mb = probe_ratio = tokens_per_s = float("nan")
     if not args.skip_params:
         base, ckpt = write_pair(args.layers)
-        e2e_s, read_s, extra_mb = param_e2e(base, ckpt)
-        e2e_vs_read = e2e_s / read_s
+        e2e_s, read_s, prepare_s, extra_mb = param_e2e(base, ckpt)
+        e2e_vs_read, prepare_vs_read = e2e_s / read_s, prepare_s / read_s
     if not args.skip_probes:
         probe_ratio, tokens_per_s = probe_timing()
     print(f"scale param_e2e_vs_read={e2e_vs_read:.2f} worker_extra_rss_mb={extra_mb:.0f} "
-          f"probe_vs_forward={probe_ratio:.2f} probe_tokens_per_s={tokens_per_s:.0f}")
+          f"probe_vs_forward={probe_ratio:.2f} probe_tokens_per_s={tokens_per_s:.0f} "
+          f"base_prepare_vs_read={prepare_vs_read:.1f}")
 
 
 if __name__ == "__main__":

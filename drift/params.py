@@ -24,6 +24,9 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
 
 from drift import _kernels as K
 from drift.aggregate import DriftSummary, TensorDrift, aggregate
@@ -32,7 +35,7 @@ from drift.checkpoints import list_tensors, open_checkpoint
 from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
 from drift.remote import RemotePath, is_remote
-from drift.spectral import SpectralDrift, SpectralOptions, cache_path, spectral_drift
+from drift.spectral import SpectralDrift, SpectralOptions, cache_path, prepare_base, spectral_drift
 from drift.streams import DenseStream, LowRankStream, fast_sums, float64_sums, lora_sums
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "aggregate",
     "compare",
     "list_tensors",
+    "prepare_spectral_base",
     "shard_groups",
     "tensor_rows",
 ]
@@ -99,13 +103,18 @@ def _row_names(base: Checkpoint, view: _View) -> list[str]:
     return names + [n for n in view.infos if n not in base.infos]
 
 
-def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[str, SpectralDrift | None]:
-    if len(a.shape) != 2 or min(a.shape) == 0:
-        return "not_matrix", None
-    if a.shape[0] * a.shape[1] > options.max_elements:
-        return "skipped_size", None
-    if not finite:
-        return "nonfinite", None
+def _spectral_applies(shape: tuple[int, ...], options: SpectralOptions) -> str | None:
+    """None when a tensor of ``shape`` gets spectral drift, else the status that says why not."""
+    if len(shape) != 2 or min(shape) == 0:
+        return "not_matrix"
+    if shape[0] * shape[1] > options.max_elements:
+        return "skipped_size"
+    return None
+
+
+def _base_cache_file(name: str, base_info: TensorInfo, options: SpectralOptions, cache_dir) -> Path | None:
+    """Where the base's spectral results for tensor ``name`` are cached: keyed by the file's identity
+    (path, size and mtime; for object storage its version), the tensor and the options."""
     if is_remote(base_info.file):  # object storage: its version (ETag, generation) changes with the object
         remote = RemotePath(base_info.file)
         meta = remote.info()
@@ -113,15 +122,56 @@ def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[
     else:
         st = os.stat(base_info.file)
         identity = {"file": os.path.abspath(base_info.file), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-    key = {
-        **identity,
-        "tensor": base_info.alias_of or name,
-        "dtype": base_info.dtype,
-    }
+    key = {**identity, "tensor": base_info.alias_of or name, "dtype": base_info.dtype}
+    return cache_path(cache_dir, key, options)
+
+
+def _spectral(name, base_info, a, b, sums, finite, options, cache_dir) -> tuple[str, SpectralDrift | None]:
+    skipped = _spectral_applies(tuple(a.shape), options)
+    if skipped:
+        return skipped, None
+    if not finite:
+        return "nonfinite", None
     result = spectral_drift(
-        a, b, options=options, cache_file=cache_path(cache_dir, key, options), delta_sq=float(sums[K.DD])
+        a, b, options=options, cache_file=_base_cache_file(name, base_info, options, cache_dir),
+        delta_sq=float(sums[K.DD]),
     )
     return "ok", result
+
+
+def _all_finite(a: DenseStream, rows_per_block: int = 1 << 12) -> bool:
+    return all(np.isfinite(a.rows32(r, min(r + rows_per_block, a.shape2d[0]))).all()
+               for r in range(0, a.shape2d[0], rows_per_block))
+
+
+def prepare_spectral_base(
+    base: Source,
+    *,
+    options: SpectralOptions | None = None,
+    cache_dir: str | os.PathLike,
+    roots: Roots = None,
+) -> int:
+    """Compute the base's spectral results for every matrix ``tensor_rows`` would compare, into
+    ``cache_dir``, so that a checkpoint's parameter drift does only its own part. Tensors already
+    cached or with non-finite values are left alone. Returns the number of matrices computed."""
+    options = options or SpectralOptions()
+    opened: list[Checkpoint] = []
+    computed = 0
+    try:
+        b = _open(base, opened, roots)
+        if b is None or b.kind == "lora":
+            raise ValueError(f"base must be a full model, got {base}")
+        for name, info in b.infos.items():
+            if info.alias_of or _spectral_applies(tuple(info.shape), options):
+                continue
+            a = DenseStream(b.array(name), info.dtype)
+            if not _all_finite(a):
+                continue  # a checkpoint's row reports "nonfinite" and never reads the cache
+            computed += prepare_base(a, options=options, cache_file=_base_cache_file(name, info, options, cache_dir))
+        return computed
+    finally:
+        for ckpt_ in opened:
+            ckpt_.close()
 
 
 def _row(name, base, view, prev_views, spectral, options, cache_dir, pool) -> TensorDrift:

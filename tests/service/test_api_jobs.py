@@ -63,13 +63,14 @@ def test_jobs_list_by_run_status_and_kind_with_the_failure_reason(
 
     every = [job for page in every_page(client, "/v1/jobs?limit=3") for job in page]
     ids = [job["id"] for job in every]
-    assert ids == sorted(ids) and len(ids) == len(set(ids)) >= 10  # per run: measure_base, and 2 jobs a step
+    assert ids == sorted(ids) and len(ids) == len(set(ids)) >= 12  # per run: measure_base, prepare_spectral_base, 2 jobs a step
     mine = [job for page in every_page(client, "/v1/jobs?run=jobs-a&limit=2") for job in page]
     assert {job["run"] for job in mine} == {"jobs-a"}
     assert sorted((job["kind"], job["step"]) for job in mine) == [
         ("measure_base", None),
         ("plan_param_drift", 1),
         ("plan_param_drift", 2),
+        ("prepare_spectral_base", None),
         ("probe_drift", 1),
         ("probe_drift", 2),
     ]
