@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     c0, c1, c2 = pooled.coefficients
     shape = (f"an inverted U peaking at MMD {pooled.peak_distance:.3f}" if pooled.inverted_u
              else "not an inverted U over the observed distances")
-    print(f"curve on all pairs: loss = {c0:.3f} + {c1:.3f} d + {c2:.3f} d^2 (noise sd {pooled.noise_sd:.3f}): {shape}")
+    print(f"curve on all pairs: loss = {c0:.3f} + {c1:.3f} d + {c2:.3f} b(d; mu={pooled.peak_scale}) "
+          f"(noise sd {pooled.noise_sd:.3f}): {shape}")
     found = _score(*held_out_by_family(pairs))
     print(_line("held out by family", found))
     print(f"preflight pairs={found['pairs']} spearman={found['spearman']:.3f} mae={found['mae']:.3f}")

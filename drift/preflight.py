@@ -10,16 +10,18 @@ the biased (V-statistic) estimate of Gretton et al. (2012, eq. 5), which is neve
 distance of a set to itself is 0; bounded by sqrt(2).
 
 Predictor: Bayesian linear regression of the retention loss y (the relative drop of a retention
-set's score across one stage, positive = forgotten) on the features (1, d, d²) of the distance d. A
-quadratic can express the seed's inverted U (the most forgetting for partially related domains,
-MMD ≈ 0.1–0.3): a negative d² coefficient with its vertex inside the observed distances. The
-weights have a Gaussian prior centred on `PRIOR_CURVE` (the inverted U with its peak of
-`PRIOR_PEAK_LOSS` at distance `PRIOR_PEAK_DISTANCE`, zero at 0 and at twice that distance), so with
-no history the forecast is the prior with a wide interval, and each measured (distance, loss) pair
-of the run's earlier stages pulls it toward the run's own relation (Bishop 2006, §3.3). The noise
-variance is the prior's ``PRIOR_NOISE_SD²`` pooled with the residuals (``ν₀ = PRIOR_NOISE_DOF``
-pseudo-observations). The interval is the normal predictive interval
-``mean ± z · sqrt(σ² + φᵀ S φ)``.
+set's score across one stage, positive = forgotten) on the features (1, d, b_μ(d)) of the distance
+d, where ``b_μ(d) = (d/μ)·exp(1 − d/μ)`` is a bump that is 0 at d = 0, peaks at 1 at d = μ and
+decays toward 0 for distant domains. Its weight h can express the seed's inverted U (the most
+forgetting for partially related domains, MMD ≈ 0.1–0.3), the linear term a monotone relation. The
+weights have a Gaussian prior centred on the bump of height `PRIOR_PEAK_LOSS` at
+`PRIOR_PEAK_DISTANCE` (so with no history the forecast is that prior with a wide interval); with
+history, μ is chosen from `PEAK_GRID` by the marginal likelihood (evidence) and each measured
+(distance, loss) pair of the run's earlier stages pulls the weights toward the run's own relation
+(Bishop 2006, §3.3–3.4). The noise variance is the prior's ``PRIOR_NOISE_SD²`` pooled with the
+residuals (``ν₀ = PRIOR_NOISE_DOF`` pseudo-observations). The interval is the normal predictive
+interval ``mean ± z · sqrt(σ² + φᵀ S φ)``. The fitted curve is called an inverted U when its
+maximum over the observed distances lies strictly inside them.
 """
 
 from __future__ import annotations
@@ -34,11 +36,11 @@ from drift.gram import median_bandwidth, rbf_kernel, squared_distances
 
 PRIOR_PEAK_DISTANCE = 0.2
 PRIOR_PEAK_LOSS = 0.1
-# y = PEAK · (1 − ((d − D)/D)²) = PEAK · (2 d / D − d² / D²): coefficients of (1, d, d²)
-PRIOR_CURVE = (0.0, 2 * PRIOR_PEAK_LOSS / PRIOR_PEAK_DISTANCE, -PRIOR_PEAK_LOSS / PRIOR_PEAK_DISTANCE**2)
-PRIOR_WEIGHT_SD = (0.1, 1.0, 2.5)
+PRIOR_CURVE = (0.0, 0.0, PRIOR_PEAK_LOSS)  # prior mean of the weights of (1, d, b_μ(d))
+PRIOR_WEIGHT_SD = (0.1, 0.3, 0.3)
 PRIOR_NOISE_SD = 0.1
 PRIOR_NOISE_DOF = 2.0
+PEAK_GRID = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
 MIN_PROMPTS = 8
 
 
@@ -54,12 +56,14 @@ class DomainDistance:
 
 @dataclass(frozen=True)
 class ForgettingCurve:
-    """A fitted relation loss ≈ c0 + c1·d + c2·d²: the posterior mean ``coefficients``, their
-    posterior ``covariance`` (3×3, row-major tuples), the noise ``noise_sd``, how many history pairs
-    ``n_pairs`` it was fitted on (0 = the prior alone), the range of their distances, and
-    ``inverted_u``: c2 < 0 with the vertex ``peak_distance`` inside the observed range."""
+    """A fitted relation loss ≈ c0 + c1·d + h·b_μ(d): the posterior mean ``coefficients`` (c0, c1, h),
+    the bump's ``peak_scale`` μ, the weights' posterior ``covariance`` (3×3, row-major tuples), the
+    noise ``noise_sd``, how many history pairs ``n_pairs`` it was fitted on (0 = the prior alone), the
+    range of their distances, and ``inverted_u``: the curve's maximum over that range, at
+    ``peak_distance``, lies strictly inside it."""
 
     coefficients: tuple[float, float, float]
+    peak_scale: float
     covariance: tuple[tuple[float, ...], ...]
     noise_sd: float
     n_pairs: int
@@ -108,13 +112,34 @@ def domain_distance(x: np.ndarray, y: np.ndarray, *, bandwidth: float | None = N
     return DomainDistance(float(np.sqrt(max(0.0, mmd2))), h, m, b.shape[0])
 
 
-def _features(d: np.ndarray) -> np.ndarray:
-    return np.stack([np.ones_like(d), d, d * d], axis=1)  # (n, 3)
+def _features(d: np.ndarray, scale: float) -> np.ndarray:
+    bump = (d / scale) * np.exp(1.0 - d / scale)
+    return np.stack([np.ones_like(d), d, bump], axis=1)  # (n, 3)
+
+
+def _posterior(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(mean, covariance, noise variance, log evidence) of the weights given features ``phi`` (n, 3)."""
+    m0 = np.array(PRIOR_CURVE)
+    s0 = np.diag(np.square(PRIOR_WEIGHT_SD))
+    s0_inv = np.linalg.inv(s0)
+    noise2 = PRIOR_NOISE_SD**2
+    for last in (False, False, True):  # noise variance pooled with the residuals of the mean
+        cov = np.linalg.inv(s0_inv + phi.T @ phi / noise2)
+        mean = cov @ (s0_inv @ m0 + phi.T @ y / noise2)
+        if not last:
+            rss = float(np.sum((y - phi @ mean) ** 2))
+            noise2 = (PRIOR_NOISE_DOF * PRIOR_NOISE_SD**2 + rss) / (PRIOR_NOISE_DOF + y.size)
+    marginal = noise2 * np.eye(y.size) + phi @ s0 @ phi.T  # y ~ N(Φ m0, σ²I + Φ S0 Φᵀ)
+    resid = y - phi @ m0
+    _, logdet = np.linalg.slogdet(marginal)
+    evidence = -0.5 * (resid @ np.linalg.solve(marginal, resid) + logdet + y.size * np.log(2 * np.pi))
+    return mean, cov, noise2, float(evidence)
 
 
 def fit_forgetting_curve(distances: Sequence[float], losses: Sequence[float]) -> ForgettingCurve:
-    """The posterior of loss ≈ c0 + c1·d + c2·d² given history pairs (distance, measured retention
-    loss); empty inputs give the prior (`PRIOR_CURVE`, `PRIOR_WEIGHT_SD`, `PRIOR_NOISE_SD`)."""
+    """The posterior of loss ≈ c0 + c1·d + h·b_μ(d) given history pairs (distance, measured retention
+    loss), μ the most likely of `PEAK_GRID`; empty inputs give the prior (`PRIOR_CURVE` at
+    μ = `PRIOR_PEAK_DISTANCE`, `PRIOR_WEIGHT_SD`, `PRIOR_NOISE_SD`)."""
     d = np.asarray(distances, dtype=np.float64).reshape(-1)
     y = np.asarray(losses, dtype=np.float64).reshape(-1)
     if d.shape != y.shape:
@@ -123,32 +148,26 @@ def fit_forgetting_curve(distances: Sequence[float], losses: Sequence[float]) ->
         raise ValueError("distances and losses must be finite; drop unmeasured pairs before fitting")
     if (d < 0).any():
         raise ValueError(f"distances must be >= 0, got {float(d.min())}")
-    m0 = np.array(PRIOR_CURVE)
-    s0_inv = np.diag(1.0 / np.square(PRIOR_WEIGHT_SD))
     if d.size == 0:
-        mean, cov, noise = m0, np.linalg.inv(s0_inv), PRIOR_NOISE_SD
+        scale, mean = PRIOR_PEAK_DISTANCE, np.array(PRIOR_CURVE)
+        cov, noise2 = np.diag(np.square(PRIOR_WEIGHT_SD)), PRIOR_NOISE_SD**2
     else:
-        phi = _features(d)
-        noise2 = PRIOR_NOISE_SD**2
-        for last in (False, False, True):  # noise variance pooled with the residuals of the mean
-            cov = np.linalg.inv(s0_inv + phi.T @ phi / noise2)
-            mean = cov @ (s0_inv @ m0 + phi.T @ y / noise2)
-            if not last:
-                rss = float(np.sum((y - phi @ mean) ** 2))
-                noise2 = (PRIOR_NOISE_DOF * PRIOR_NOISE_SD**2 + rss) / (PRIOR_NOISE_DOF + d.size)
-        noise = float(np.sqrt(noise2))
-    c0, c1, c2 = (float(v) for v in mean)
+        fits = [(_posterior(_features(d, mu), y), mu) for mu in PEAK_GRID]
+        (mean, cov, noise2, _), scale = max(fits, key=lambda fit: fit[0][3])
     span = (float(d.min()), float(d.max())) if d.size else (0.0, 2 * PRIOR_PEAK_DISTANCE)
-    vertex = -c1 / (2 * c2) if c2 < 0 else None
-    inverted = vertex is not None and span[0] < vertex < span[1]
+    grid = np.linspace(span[0], span[1], 201)
+    curve = _features(grid, scale) @ mean
+    top = int(np.argmax(curve))
+    inverted = span[1] > span[0] and 0 < top < grid.size - 1 and curve[top] > max(curve[0], curve[-1]) + 1e-12
     return ForgettingCurve(
-        coefficients=(c0, c1, c2),
+        coefficients=(float(mean[0]), float(mean[1]), float(mean[2])),
+        peak_scale=float(scale),
         covariance=tuple(tuple(float(v) for v in row) for row in cov),
-        noise_sd=float(noise),
+        noise_sd=float(np.sqrt(noise2)),
         n_pairs=int(d.size),
         distance_range=span if d.size else None,
         inverted_u=bool(inverted),
-        peak_distance=float(vertex) if vertex is not None else None,
+        peak_distance=float(grid[top]) if inverted else None,
         source="history" if d.size else "prior",
     )
 
@@ -162,7 +181,7 @@ def predict_forgetting(
     d = np.asarray(distances, dtype=np.float64).reshape(-1)
     if not np.isfinite(d).all() or (d < 0).any():
         raise ValueError(f"distances must be finite and >= 0, got {d.tolist()}")
-    phi = _features(d)
+    phi = _features(d, curve.peak_scale)
     mean = phi @ np.array(curve.coefficients)
     var = curve.noise_sd**2 + np.einsum("ni,ij,nj->n", phi, np.array(curve.covariance), phi)
     z = float(norm.ppf(0.5 + confidence / 2))

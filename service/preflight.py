@@ -6,9 +6,10 @@ job, `service.queue.preview_tasks`):
 
 1. `plan_forecast` (database): the preview, the prompts of every probe set involved, and the run's
    history: for each earlier stage k and each of its retention sets p with both rows measured in the
-   transfer matrix, the loss ``relative_drop(R[k−1, p], R[k, p])`` (positive = forgotten; accuracy
-   when the set measures it, else reference log-likelihood). Stage k's training prompts are its own
-   preview when one was posted, else the prompts of the probe sets it trains for.
+   transfer matrix, the loss ``relative_drop(R[k−1, p], R[k, p])`` (positive = forgotten; of accuracy
+   when it has a nonzero start, else of reference log-likelihood, the order `retention_drops` uses).
+   Stage k's training prompts are its own preview when one was posted, else the prompts of the probe
+   sets it trains for.
 2. `make_forecast` (math on the embeddings): the RBF-MMD distance (`drift.preflight.domain_distance`)
    of every (training prompts, retention set) pair, the forgetting curve fitted on the history (the
    documented prior of `drift.preflight` when the run has none), and the forecast with its interval
@@ -95,7 +96,7 @@ def plan_forecast(session: Session, *, run_id: int, stage_name: str) -> Forecast
                 if loss is not None:
                     history.append(HistoryPair(stage.name, "preview" if own else "probe_sets", keys, name, metric,
                                                loss))
-                break  # accuracy when the set measures it, else log-likelihood
+                    break  # accuracy when it has a nonzero start, else log-likelihood
     sets = tuple(retention.retention_sets(stages, domains, position))
     needed = set(sets) | {k.removeprefix("probe:") for pair in history for k in pair.source_keys} | {
         pair.probe_set for pair in history}

@@ -65,6 +65,7 @@ def test_without_history_the_forecast_is_the_documented_prior_inverted_u() -> No
     curve = fit_forgetting_curve([], [])
     assert curve.source == "prior" and curve.n_pairs == 0
     assert_allclose(curve.coefficients, PRIOR_CURVE)
+    assert curve.peak_scale == PRIOR_PEAK_DISTANCE
     peak, edge = predict_forgetting(curve, [PRIOR_PEAK_DISTANCE, 0.0])
     assert peak.loss == pytest.approx(PRIOR_PEAK_LOSS)
     assert edge.loss == pytest.approx(0.0, abs=1e-12)
@@ -73,28 +74,34 @@ def test_without_history_the_forecast_is_the_documented_prior_inverted_u() -> No
 
 
 def test_history_pulls_the_curve_to_the_runs_own_relation() -> None:
-    # an inverted U peaking at 0.5 with loss 0.4, measured many times without noise
-    d = np.tile(np.linspace(0.0, 1.0, 11), 4)
-    y = 0.4 * (1 - ((d - 0.5) / 0.5) ** 2)
+    # an inverted U peaking at 0.45 with loss 0.4 (a bump of PEAK_GRID's), measured many times without noise
+    d = np.tile(np.linspace(0.0, 1.2, 13), 4)
+    y = 0.4 * (d / 0.45) * np.exp(1 - d / 0.45)
     curve = fit_forgetting_curve(d, y)
-    assert curve.source == "history" and curve.n_pairs == 44
-    assert curve.inverted_u and curve.peak_distance == pytest.approx(0.5, abs=0.02)
-    [at_peak] = predict_forgetting(curve, [0.5])
+    assert curve.source == "history" and curve.n_pairs == 52 and curve.peak_scale == 0.45
+    assert curve.inverted_u and curve.peak_distance == pytest.approx(0.45, abs=0.02)
+    [at_peak] = predict_forgetting(curve, [0.45])
     assert at_peak.loss == pytest.approx(0.4, abs=0.02)
-    [prior] = predict_forgetting(fit_forgetting_curve([], []), [0.5])
+    [prior] = predict_forgetting(fit_forgetting_curve([], []), [0.45])
     assert at_peak.ci_high - at_peak.ci_low < prior.ci_high - prior.ci_low
 
 
 def test_the_posterior_mean_equals_the_closed_form_ridge_solution() -> None:
-    # at the reported noise σ², the mean solves (S0⁻¹ + ΦᵀΦ/σ²) w = S0⁻¹m0 + Φᵀy/σ²
+    # at the reported noise σ² and bump scale μ, the mean solves (S0⁻¹ + ΦᵀΦ/σ²) w = S0⁻¹m0 + Φᵀy/σ²
     d = np.array([0.1, 0.3, 0.6, 0.9])
     y = np.array([0.05, 0.2, 0.1, -0.02])
     curve = fit_forgetting_curve(d, y)
-    phi = np.stack([np.ones(4), d, d * d], 1)
-    s0_inv = np.diag(1 / np.square([0.1, 1.0, 2.5]))
+    mu = curve.peak_scale
+    phi = np.stack([np.ones(4), d, (d / mu) * np.exp(1 - d / mu)], 1)
+    s0_inv = np.diag(1 / np.square([0.1, 0.3, 0.3]))
     noise2 = curve.noise_sd**2
     w = np.linalg.solve(s0_inv + phi.T @ phi / noise2, s0_inv @ np.array(PRIOR_CURVE) + phi.T @ y / noise2)
     assert_allclose(curve.coefficients, w, rtol=1e-10)
+
+
+def test_the_prior_decays_for_distant_domains_instead_of_predicting_a_gain() -> None:
+    far, near = predict_forgetting(fit_forgetting_curve([], []), [1.4, 0.05])
+    assert 0 <= far.loss < 0.01 and 0 < near.loss < PRIOR_PEAK_LOSS
 
 
 def test_a_monotone_history_is_not_reported_as_an_inverted_u() -> None:
