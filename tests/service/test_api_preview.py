@@ -119,3 +119,16 @@ def test_the_openapi_document_states_the_preview_limits(client: TestClient) -> N
     prompts = schema["properties"]["prompts"]
     assert (prompts["minItems"], prompts["maxItems"]) == (8, 2000)
     assert prompts["items"]["minLength"] == 1
+
+
+def test_a_project_token_cannot_post_a_preview_to_another_projects_run(client: TestClient, run: str,
+                                                                       engine: Engine) -> None:
+    from service.db.tokens import create_token
+
+    with make_sessionmaker(engine)() as session:
+        token = create_token(session, name="team-a", scope="write", project="team-a/")
+        session.commit()
+    response = client.post(f"/v1/runs/{run}/stages/math/preview", json={"prompts": PREVIEW},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 403 and "team-a/" in response.json()["detail"]
+    assert client.get(f"/v1/runs/{run}/stages/math/preview").status_code == 404
