@@ -133,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"corpus {args.corpus}: {len(runs)} runs, families {families}, metric {args.metric}")
     distances = np.array([p.distance for p in pairs])
     print(f"distances: min={distances.min():.3f} median={np.median(distances):.3f} max={distances.max():.3f}")
+    raw = spearmanr(distances, [p.loss for p in pairs]).statistic
+    print(f"distance vs measured loss over all pairs: spearman={raw:.3f}")
     prior = fit_forgetting_curve([], [])
     print(_line("prior only", _score(pairs, predict_forgetting(prior, distances.tolist()))))
     print(_line("run history (the service's setting)", _score(*from_run_history(pairs))))
