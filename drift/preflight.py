@@ -18,7 +18,7 @@ weights have a Gaussian prior centred on the bump of height `PRIOR_PEAK_LOSS` at
 `PRIOR_PEAK_DISTANCE` (so with no history the forecast is that prior with a wide interval); with
 history, μ is chosen from `PEAK_GRID` by the marginal likelihood (evidence) and each measured
 (distance, loss) pair of the run's earlier stages pulls the weights toward the run's own relation
-(Bishop 2006, §3.3–3.4). The noise variance is the prior's ``PRIOR_NOISE_SD²`` pooled with the
+(Bishop 2006, §3.3 and §3.5). The noise variance is the prior's ``PRIOR_NOISE_SD²`` pooled with the
 residuals (``ν₀ = PRIOR_NOISE_DOF`` pseudo-observations). The interval is the normal predictive
 interval ``mean ± z · sqrt(σ² + φᵀ S φ)``. The fitted curve is called an inverted U when its
 maximum over the observed distances lies strictly inside them.
@@ -41,7 +41,6 @@ PRIOR_WEIGHT_SD = (0.1, 0.3, 0.3)
 PRIOR_NOISE_SD = 0.1
 PRIOR_NOISE_DOF = 2.0
 PEAK_GRID = (0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0)
-MIN_PROMPTS = 8
 
 
 @dataclass(frozen=True)
