@@ -144,6 +144,17 @@ class ForgetwatchClient:
 
         return self._call(build)
 
+    def preview_stage(self, name: str, prompts: Sequence[str]) -> dict[str, Any] | None:
+        """Before stage `name` runs, send a sample of its training prompts (8 or more): the service
+        forecasts the forgetting of each retention set (read it with `ForgetwatchReader.preview`)."""
+
+        def build() -> list[dict[str, Any]]:
+            run = self._require_run("preview_stage")
+            path = f"/v1/runs/{_segment(run)}/stages/{_segment(name)}/preview"
+            return [self._request_op("POST", path, {"prompts": list(prompts)}, f"preview run={run} {name}")]
+
+        return self._call(build)
+
     def checkpoint(
         self, step: int, path: str | os.PathLike, *, upload: bool = False, skip: Iterable[str] = ()
     ) -> dict[str, Any] | None:

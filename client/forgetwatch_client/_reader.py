@@ -143,6 +143,11 @@ class ForgetwatchReader:
         """Each checkpoint of `stage` against the stage's start on every retention set."""
         return self._get(f"/v1/runs/{_segment(run)}/stages/{_segment(stage)}/retention")
 
+    def preview(self, run: str, stage: str) -> dict[str, Any]:
+        """The stage's pre-flight preview: `status` (pending, done, failed) and, once done, the `forecast`
+        per retention set (RBF-MMD distance, predicted loss with its interval, the fitted curve)."""
+        return self._get(f"/v1/runs/{_segment(run)}/stages/{_segment(stage)}/preview")
+
     def close(self) -> None:
         self._http.close()
 

@@ -135,9 +135,46 @@ class StageOut(BaseModel):
     retention_sets: list[str]
 
 
+MIN_PREVIEW_PROMPTS = 8
+MAX_PREVIEW_PROMPTS = 2000
+
+
+def _enough_prompts(value: list[str]) -> list[str]:
+    if len(value) < MIN_PREVIEW_PROMPTS:
+        raise ValueError(
+            f"a preview needs at least {MIN_PREVIEW_PROMPTS} prompts to measure a domain distance, got {len(value)}; "
+            "sample more of the stage's training prompts (64 or more give a steadier distance)"
+        )
+    return value
+
+
+PreviewPrompt = Annotated[NoNulText, StringConstraints(min_length=1, max_length=20_000)]
+
+
+class PreviewCreate(Strict):
+    prompts: Annotated[
+        list[PreviewPrompt],
+        Field(max_length=MAX_PREVIEW_PROMPTS, json_schema_extra={"minItems": MIN_PREVIEW_PROMPTS}),
+        AfterValidator(_enough_prompts),
+    ] = Field(description=f"A sample of the stage's training prompts, {MIN_PREVIEW_PROMPTS} to "
+                          f"{MAX_PREVIEW_PROMPTS}; posting again replaces the stage's preview and its forecast")
+
+
+class PreviewOut(BaseModel):
+    stage: str
+    status: Literal["pending", "done", "failed"] = Field(
+        description="pending until the worker has embedded the prompts and stored the forecast")
+    n_prompts: int
+    forecast: dict[str, Any] | None = Field(
+        description="Per retention set: the RBF-MMD distance to the preview, the predicted loss (relative drop "
+                    "of its score across the stage, positive = forgotten) with its interval; the fitted curve "
+                    "and the history it was fitted on")
+    error: str | None = Field(description="Why the forecast failed, and what to do")
+
+
 JobStatus = Literal["todo", "doing", "succeeded", "failed", "cancelled", "aborted"]
 JobKind = Literal["plan_param_drift", "param_drift_part", "aggregate_param_drift", "prepare_spectral_base",
-                  "probe_drift", "measure_base", "sample_drift", "compute_risk"]
+                  "probe_drift", "measure_base", "sample_drift", "compute_risk", "stage_preview"]
 """The tasks a job may run (`GET /v1/jobs?kind=`); tests/service/test_api_jobs.py keeps it equal to
 the worker's registered tasks."""
 

@@ -99,6 +99,19 @@ class RunStageProbeSet(Base):
     probe_set_id: Mapped[int] = mapped_column(ForeignKey("probe_sets.id", ondelete="CASCADE"), primary_key=True)
 
 
+class StagePreview(Base):
+    """A sample of a stage's training prompts posted before it runs, and the forecast made from them."""
+
+    __tablename__ = "stage_previews"
+    stage_id: Mapped[int] = mapped_column(ForeignKey("run_stages.id", ondelete="CASCADE"), primary_key=True)
+    prompts: Mapped[list[str]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(Text, server_default="pending")
+    forecast: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+
 class Checkpoint(Base):
     __tablename__ = "checkpoints"
     __table_args__ = (UniqueConstraint("run_id", "step"),)

@@ -7,7 +7,14 @@ import copy
 import procrastinate
 
 from service.db.session import libpq_url
-from service.queue import param_tasks, probe_tasks, risk_tasks, sample_tasks, tasks  # noqa: F401 - registers tasks
+from service.queue import (  # noqa: F401 - registers tasks
+    param_tasks,
+    preview_tasks,
+    probe_tasks,
+    risk_tasks,
+    sample_tasks,
+    tasks,
+)
 from service.queue.defer import NAMESPACE
 
 # Queues let operators place work: probe jobs want GPUs, parameter jobs want disk bandwidth.

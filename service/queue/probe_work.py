@@ -175,3 +175,16 @@ def sample_signals(base: str | None, prompts: Sequence[str], responses: Sequence
                   sample_entropy=signals.mean_token_entropy)
     data["signals"] = {k: getattr(signals, k) for k in ("mode_response_share", "mean_pairwise_similarity")}
     return values, data, pairs
+
+
+def embed_texts(base: str | None, groups: dict[str, list[str]], *, device: str,
+                roots: Roots) -> tuple[str, dict[str, np.ndarray]]:
+    """(embedder name, key -> (len(texts), dim) embeddings) of each group of texts: MiniLM when the
+    package is installed, else the base model's hidden states (ValueError when neither is there)."""
+    from drift.embeddings import load_embedder, minilm_model_path
+
+    if minilm_model_path() is not None or base is None:
+        embedder = load_embedder(device="cpu")
+    else:
+        embedder = _embedder(base, device, roots)
+    return embedder.name, {key: embedder.embed(texts) for key, texts in groups.items()}

@@ -82,6 +82,25 @@ def test_stages_are_added_by_the_client_and_read_back_with_the_transfer_matrix(s
         assert fw.retention("staged-read", "chem")["retention_sets"] == ["stg-math", "stg-ood"]
 
 
+def test_a_stage_preview_is_sent_by_the_client_and_its_forecast_read_back(service: Service) -> None:
+    prompts = [f"{x}*{y}=" for x in range(3) for y in range(3)]
+    with service.client(blocking=True) as writer:
+        writer.probe_set("pre-math", "in_domain", [{"prompt": f"{x}+{y}=", "answer": str(x + y)} for x in range(4)
+                                                   for y in range(3)])
+        writer.run("preview-read", base_model=service.base_model)
+        writer.add_stage("math", 0, ["pre-math"])
+        assert writer.preview_stage("math", prompts) == {"stage": "math", "status": "pending", "n_prompts": 9,
+                                                         "forecast": None, "error": None}
+        with pytest.raises(ForgetwatchError) as refused:
+            writer.preview_stage("math", prompts[:3])
+        assert refused.value.status_code == 422 and "at least 8 prompts" in str(refused.value.detail)
+    with ForgetwatchReader(service.url, service.token) as fw:  # no worker here: the forecast stays pending
+        assert fw.preview("preview-read", "math")["status"] == "pending"
+        with pytest.raises(ForgetwatchError) as missing:
+            fw.preview("preview-read", "chem")
+        assert missing.value.status_code == 404
+
+
 def test_the_reader_compares_runs_by_name_or_tag(service: Service) -> None:
     with service.client(blocking=True) as writer:
         for name, method, lr in (

@@ -97,6 +97,12 @@ def test_transfer_matrix_retention_metrics_and_page_of_a_staged_run(
                 what=f"step {step}",
             )
             assert done["status"] == "ready", done
+        # before the tools stage runs: its preview, forecast from the math and chem stages' history
+        prompts = [p for p, _ in SKILLS["tools"]]
+        assert client.post("/v1/runs/staged/stages/tools/preview", json={"prompts": prompts}).status_code == 202
+        preview = wait_for(
+            lambda: (c := client.get("/v1/runs/staged/stages/tools/preview").json())["status"] != "pending" and c,
+            timeout=600, interval=1, what="the preview's forecast")
     finally:
         stop(worker)
 
@@ -159,6 +165,17 @@ def test_transfer_matrix_retention_metrics_and_page_of_a_staged_run(
         client.get("/v1/runs/staged/checkpoints/200/response-drift").json()["since_stage_start"]["stage"]
         == "math"
     )
+
+    # the forecast learned from the run's own stages: math cost arith, chem cost math and arith
+    assert preview["status"] == "done", preview
+    forecast = preview["forecast"]
+    history = {(h["stage"], h["probe_set"]): h for h in forecast["history"]}
+    assert sorted(history) == [("chem", "arith"), ("chem", "math"), ("math", "arith")]
+    assert history[("chem", "math")]["loss"] == pytest.approx((R[1][0] - R[2][0]) / R[1][0])
+    assert {h["training_prompts"] for h in history.values()} == {"probe_sets"}  # no earlier previews
+    assert forecast["curve"]["source"] == "history" and forecast["curve"]["n_pairs"] == 3
+    assert [e["probe_set"] for e in forecast["retention_sets"]] == ["math", "chem", "arith"]
+    assert all(e["ci_low"] < e["loss"] < e["ci_high"] for e in forecast["retention_sets"])
 
     metrics = client.get("/metrics").text
     found = re.search(r'forgetwatch_retention_drop_ratio\{[^}]*probe_set="math"[^}]*\} (\S+)', metrics)

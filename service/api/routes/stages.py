@@ -11,10 +11,11 @@ from sqlalchemy.orm import Session
 from service import retention, transfer
 from service.api.deps import IdempotencyKey, Reader, SessionDep, Writer
 from service.api.idempotency import run_idempotent
-from service.api.schemas import Problem, StageCreate, StageName, StageOut
-from service.db import queries
+from service.api.schemas import PreviewCreate, PreviewOut, Problem, StageCreate, StageName, StageOut
+from service.db import previews, queries
 from service.db import stages as db
-from service.queue import probe_tasks
+from service.errors import NotFound
+from service.queue import preview_tasks, probe_tasks
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["stages"])
 
@@ -113,3 +114,68 @@ def get_retention(
     now, the change with a paired-bootstrap interval over items, and the relative drop (positive = worse)."""
     run = queries.get_run(session, ref=run_ref)
     return {"run": run.name, **retention.retention_report(session, run_id=run.id, stage_name=stage)}
+
+
+def _preview_out(found: previews.Preview) -> PreviewOut:
+    return PreviewOut.model_validate({"stage": found.stage, "status": found.status, "n_prompts": len(found.prompts),
+                                      "forecast": found.forecast, "error": found.error})
+
+
+@router.post(
+    "/stages/{stage}/preview",
+    status_code=202,
+    response_model=PreviewOut,
+    responses={
+        404: {"model": Problem, "description": "Unknown run, or the run has no such stage"},
+        422: {"description": "Fewer than 8 prompts, more than 2000, or a prompt that is empty or holds NUL"},
+    },
+)
+def post_preview(
+    run_ref: str,
+    stage: Annotated[StageName, Path()],
+    body: PreviewCreate,
+    request: Request,
+    session: SessionDep,
+    principal: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> JSONResponse:
+    """Before a stage runs, post a sample of its training prompts (8 to 2000): the worker embeds them
+    (MiniLM), measures their RBF-MMD distance to each of the stage's retention sets and predicts the
+    forgetting each will suffer from the relation measured on the run's earlier stages (a documented
+    prior while there are none), with a 90 % interval. Answers 202 with the preview `pending`; read the
+    forecast with GET. Posting again replaces the preview and its forecast."""
+
+    def action() -> tuple[int, PreviewOut]:
+        run = queries.get_run(session, ref=run_ref)
+        stage_id = previews.stage_id(session, run_id=run.id, name=stage)
+        previews.put_preview(session, stage_id=stage_id, prompts=body.prompts)
+        preview_tasks.enqueue(session, run_id=run.id, stage=stage)
+        return 202, PreviewOut(stage=stage, status="pending", n_prompts=len(body.prompts), forecast=None, error=None)
+
+    return run_idempotent(
+        session,
+        principal=principal,
+        key=idempotency_key,
+        method="POST",
+        path=request.url.path,
+        payload=body.model_dump_json(),
+        action=action,
+    )
+
+
+@router.get(
+    "/stages/{stage}/preview",
+    response_model=PreviewOut,
+    responses={404: {"model": Problem, "description": "Unknown run or stage, or no preview posted for it"}},
+)
+def get_preview(run_ref: str, stage: Annotated[StageName, Path()], session: SessionDep, _: Reader) -> PreviewOut:
+    """The stage's preview and, once the worker has computed it, its forecast per retention set."""
+    run = queries.get_run(session, ref=run_ref)
+    previews.stage_id(session, run_id=run.id, name=stage)
+    found = previews.get_preview(session, run_id=run.id, name=stage)
+    if found is None:
+        raise NotFound(
+            f"stage {stage!r} has no preview yet; post a sample of its training prompts with "
+            f"POST /v1/runs/{{run}}/stages/{stage}/preview"
+        )
+    return _preview_out(found)
