@@ -1,4 +1,6 @@
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -113,3 +115,32 @@ def test_chat_probe_sets_round_trip_and_are_immutable(client: TestClient) -> Non
 def test_chat_items_that_do_not_fit_their_format_are_422(client: TestClient, fmt: str, item: dict, says: str) -> None:
     response = client.post("/v1/probe-sets", json={"name": "bad", "domain": "ood", "format": fmt, "items": [item]})
     assert response.status_code == 422 and says in json.dumps(response.json()["detail"]), response.text
+
+
+def _at_once(send, n: int = 8) -> list:
+    barrier = threading.Barrier(n)
+
+    def one(i: int):
+        barrier.wait()
+        return send(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_one_key_sent_by_many_at_once_is_acted_on_once(client: TestClient, run_id: int) -> None:
+    """The optimistic idempotency path: concurrent first requests with one key store one batch and all
+    answer with its response; with different bodies, one wins and the others are told the key is taken."""
+    body = {"step": 7, "items": [{"prompt": "p", "response": "r"}] * 3}
+    responses = _at_once(lambda _: client.post(f"/v1/runs/{run_id}/samples", json=body,
+                                               headers={"Idempotency-Key": "together"}))
+    assert [r.status_code for r in responses] == [202] * 8
+    assert all(r.json() == responses[0].json() for r in responses)
+    assert len(client.get(f"/v1/runs/{run_id}/samples", params={"step": 7}).json()) == 3
+    responses = _at_once(lambda i: client.post(f"/v1/runs/{run_id}/samples", json={**body, "step": 100 + i},
+                                               headers={"Idempotency-Key": "contested"}))
+    assert sorted(r.status_code for r in responses) == [202] + [409] * 7
+    (winner,) = [r.json()["step"] for r in responses if r.status_code == 202]
+    stored = client.get(f"/v1/runs/{run_id}/samples").json()
+    assert {s["step"] for s in stored} == {7, winner} and len(stored) == 6
+    assert all("already used for a different request" in r.json()["detail"] for r in responses if r.status_code == 409)
