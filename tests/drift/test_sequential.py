@@ -39,13 +39,13 @@ def median_rbf(w):
     return np.exp(-d2 / (2 * np.median(d2[np.triu_indices(len(w), 1)])))
 
 
-def reference_evalues(batches, *, etas, eta=0.2, ridge=0.3, typicality_ridge=1.0):
+def reference_evalues(batches, *, etas, eta=0.25, ridge=0.3, typicality_ridge=0.3):
     """The e-process written out pair by pair in float64, whitening in the primal."""
     log_wealth, log_typical, out, xs, ys = np.zeros(len(etas)), np.zeros(2), [], [], []
     for x, y in batches:
-        # typicality: leave-one-out density over (earlier references, batch references, batch currents)
+        # typicality: log leave-one-out density over (earlier references, batch references, batch currents)
         kernel = median_rbf(whiten(np.vstack([*xs, x, y]), typicality_ridge))
-        density = (kernel.sum(1) - 1) / (len(kernel) - 1)
+        density = np.log((kernel.sum(1) - 1) / (len(kernel) - 1))
         first = sum(len(b) for b in xs)
         s = np.array([density[first + i] - density[first + len(x) + i] for i in range(len(x))])
         for i in range(len(x)):
