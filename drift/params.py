@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from drift import _kernels as K
 from drift.aggregate import DriftSummary, TensorDrift, aggregate
@@ -255,9 +256,8 @@ def _derive(common, sums, numel, nan, inf, n_prev, is_lora) -> TensorDrift:
 
 
 def _default_threads() -> int:
-    return max(
-        1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    )
+    """torch's intra-op thread count (the cores, unless the caller's process was given a share), at most 8."""
+    return max(1, min(8, torch.get_num_threads()))
 
 
 def tensor_rows(

@@ -14,6 +14,7 @@ import procrastinate
 from procrastinate import exceptions as pexc
 
 from service.metrics import JobMetrics
+from service.queue.isolated import share_cores
 from service.queue.tasks import WorkerServices, forget_expired_idempotency_keys, sweep_orphaned_analyses
 
 log = logging.getLogger("forgetwatch")
@@ -78,6 +79,8 @@ async def run_worker(
     """Run until cancelled (or SIGTERM/SIGINT when signal handlers are installed); with
     `job_metrics`, every job's run time is observed there."""
     settings = services.settings
+    threads = share_cores(concurrency or settings.worker_concurrency)
+    log.info("action=worker_threads per_job=%s", threads)
     async with app.open_async():
         recovery = asyncio.create_task(
             _recovery_loop(app, services, stalled_after_seconds=settings.stalled_after_seconds)
