@@ -70,6 +70,17 @@ def run_previews(session: Session, *, run_id: int) -> dict[str, tuple[str, ...]]
     return {row.name: tuple(row.prompts) for row in rows}
 
 
+def run_forecasts(session: Session, *, run_id: int) -> dict[str, dict[str, Any]]:
+    """Stage name -> the stored forecast, for the run's stages whose preview has one, in stage order."""
+    rows = session.execute(
+        select(RunStage.name, StagePreview.forecast)
+        .join(StagePreview, StagePreview.stage_id == RunStage.id)
+        .where(RunStage.run_id == run_id, StagePreview.status == "done", StagePreview.forecast.is_not(None))
+        .order_by(RunStage.position)
+    ).all()
+    return {row.name: row.forecast for row in rows}
+
+
 def finish_preview(
     session: Session,
     *,

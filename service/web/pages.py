@@ -24,13 +24,13 @@ from drift.shift import SIMILARITY_BIN_EDGES
 from service import retention, transfer
 from service.api.deps import OptionalReader, Principal, Refusal, SessionDep
 from service.db import param_drift as param_store
-from service.db import queries, response_drift, status
+from service.db import previews, queries, response_drift, status
 from service.db import stages as stage_store
 from service.db.models import Run
 from service.entropy_ceiling import entropy_ceiling
 from service.errors import NotFound
 from service.settings import Settings
-from service.web import data, plots, similarity_plot, stage_plots
+from service.web import data, plots, preflight_plot, similarity_plot, stage_plots
 from service.web.templates import ENVIRONMENT, page
 
 router = APIRouter(include_in_schema=False)
@@ -127,7 +127,8 @@ class _RunView:
         ]
 
     def _stages(self) -> dict[str, Any]:
-        """The stage table and the transfer matrix of each metric as a heat map."""
+        """The stage table, the transfer matrix of each metric as a heat map, and each stage's
+        pre-flight forecast as its curve."""
         report = transfer.transfer_report(self.session, run_id=self.run.id)
         domains = stage_store.probe_set_domains(self.session, run_id=self.run.id)
         rows = report["rows"]
@@ -139,7 +140,10 @@ class _RunView:
                         rows, metric, found)) is not None else None,
                      "empty": f"No {stage_plots.METRIC_TITLES[metric]} measured on the stages' probe sets yet."}
                     for metric, found in report["metrics"].items()]
-        return {"stages": stages, "heatmaps": heatmaps}
+        forecasts = [{"stage": name, "note": found["note"], "svg": Markup(svg) if (
+                          svg := preflight_plot.forgetting_curve(found)) is not None else None}
+                     for name, found in previews.run_forecasts(self.session, run_id=self.run.id).items()]
+        return {"stages": stages, "heatmaps": heatmaps, "forecasts": forecasts}
 
     def _ceiling(self) -> dict[str, Any]:
         return dataclasses.asdict(entropy_ceiling(self.session, run_id=self.run.id, probe_rows=self.probe_rows))

@@ -187,3 +187,5 @@ def test_transfer_matrix_retention_metrics_and_page_of_a_staged_run(
     assert page.status_code == 200
     assert 'id="transfer-matrix"' in page.text and "stage-boundary-chem" in page.text
     assert "id='plot-transfer-accuracy' data-empty='false'" in page.text  # the heat map was drawn
+    assert "id='plot-preflight-tools' data-empty='false'" in page.text  # the tools stage's forecast curve
+    assert "fitted on 3 (distance, loss) pairs" in page.text
