@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from service.db import metric_queries as db
+from service.db.previews import run_forecasts
 from service.db.response_drift import forgetting_ratio
 from service.retention import retention_drops
 
@@ -58,6 +59,7 @@ def collect_run_metrics(conn: Connection, *, ttl_seconds: float, max_blocks: int
     yield nss
     yield from collect_analysis_metrics(conn, runs, alarm_probability=alarm_probability)
     yield collect_retention(conn, runs)
+    yield collect_preflight(conn, runs)
 
 
 def collect_retention(conn: Connection, runs: dict[int, Any]) -> GaugeMetricFamily:
@@ -73,6 +75,24 @@ def collect_retention(conn: Connection, runs: dict[int, Any]) -> GaugeMetricFami
     return family
 
 
+PREFLIGHT_BOUNDS = ("estimate", "ci_low", "ci_high")
+
+
+def collect_preflight(conn: Connection, runs: dict[int, Any]) -> GaugeMetricFamily:
+    """Per previewed stage and retention set: the pre-flight forecast of its relative drop over the stage."""
+    family = _family("forgetwatch_preflight_forecast_drop_ratio", "Pre-flight forecast of a retention set's "
+                     "relative drop across a stage, from the stage's previewed training prompts (bound: estimate, "
+                     "ci_low, ci_high of its interval); positive = forgotten. Absent for a set the forecast could "
+                     "not compare with.", ("stage", "probe_set", "bound"))
+    with Session(bind=conn) as session:
+        for run_id, run in runs.items():
+            for stage, forecast in run_forecasts(session, run_id=run_id).items():
+                for entry in forecast.get("retention_sets", []):
+                    values = (entry.get("loss"), entry.get("ci_low"), entry.get("ci_high"))
+                    for bound, value in zip(PREFLIGHT_BOUNDS, values, strict=True):
+                        if value is not None:
+                            family.add_metric([run.name, run.method, stage, entry["probe_set"], bound], value)
+    return family
 
 
 def collect_analysis_metrics(conn: Connection, runs: dict[int, Any], *, alarm_probability: float) -> Iterator[Any]:

@@ -436,6 +436,13 @@ _SEED = (
     "INSERT INTO run_stages (run_id, position, name, start_step) SELECT id, 1, 'tools', 0 FROM runs",
     """INSERT INTO run_stage_probe_sets (stage_id, probe_set_id)
         SELECT s.id, p.id FROM run_stages s, probe_sets p WHERE p.name = 'tool-calls'""",
+    # Its pre-flight forecast: trivia is expected to lose 12 % (interval 2-30 %) over the tools stage.
+    """INSERT INTO stage_previews (stage_id, prompts, status, forecast)
+        SELECT id, '["call the weather tool", "list the files"]', 'done',
+               jsonb_build_object('retention_sets', jsonb_build_array(jsonb_build_object(
+                   'probe_set', 'trivia', 'distance', 0.2, 'loss', 0.12, 'ci_low', 0.02, 'ci_high', 0.3,
+                   'reason', NULL)))
+          FROM run_stages""",
     """INSERT INTO probe_drift_items (checkpoint_id, probe_set_id, position, correct, base_correct)
         SELECT c.id, p.id, i, i < 3, true FROM checkpoints c, probe_sets p, generate_series(0, 3) i
          WHERE c.status = 'ready'""",

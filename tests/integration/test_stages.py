@@ -182,6 +182,12 @@ def test_transfer_matrix_retention_metrics_and_page_of_a_staged_run(
     assert found, metrics
     assert 'stage="chem"' in found.group(0) and 'run="staged"' in found.group(0)
     assert float(found.group(1)) == pytest.approx(math_acc["drop_ratio"]) and float(found.group(1)) > 0.5
+    forecast_math = {e["probe_set"]: e for e in forecast["retention_sets"]}["math"]
+    for bound, key in (("estimate", "loss"), ("ci_low", "ci_low"), ("ci_high", "ci_high")):
+        gauge = re.search(r'forgetwatch_preflight_forecast_drop_ratio\{(?=[^}]*stage="tools")(?=[^}]*probe_set="math")'
+                          rf'(?=[^}}]*bound="{bound}")[^}}]*\}} (\S+)', metrics)
+        assert gauge, metrics
+        assert float(gauge.group(1)) == pytest.approx(forecast_math[key])
 
     page = client.get("/runs/staged")
     assert page.status_code == 200
