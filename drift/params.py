@@ -50,6 +50,7 @@ __all__ = [
     "list_tensors",
     "prepare_spectral_base",
     "shard_groups",
+    "spectral_base_groups",
     "tensor_rows",
 ]
 
@@ -145,17 +146,32 @@ def _all_finite(a: DenseStream, rows_per_block: int = 1 << 12) -> bool:
                for r in range(0, a.shape2d[0], rows_per_block))
 
 
+def spectral_base_groups(
+    base: Source, *, options: SpectralOptions | None = None, roots: Roots = None
+) -> list[list[TensorInfo]]:
+    """The base's matrices that get a spectral pass, grouped by the file holding them (in file order),
+    so that ``prepare_spectral_base`` can be split into parts a worker each, like the parameter drift."""
+    options = options or SpectralOptions()
+    groups: dict[str, list[TensorInfo]] = {}
+    for info in list_tensors(base, roots=roots):
+        if not info.alias_of and _spectral_applies(tuple(info.shape), options) is None:
+            groups.setdefault(info.file, []).append(info)
+    return [groups[f] for f in sorted(groups)]
+
+
 def prepare_spectral_base(
     base: Source,
     *,
     options: SpectralOptions | None = None,
     cache_dir: str | os.PathLike,
+    names: Iterable[str] | None = None,
     roots: Roots = None,
 ) -> int:
-    """Compute the base's spectral results for every matrix ``tensor_rows`` would compare, into
-    ``cache_dir``, so that a checkpoint's parameter drift does only its own part. Tensors already
-    cached or with non-finite values are left alone. Returns the number of matrices computed."""
+    """Compute the base's spectral results for every matrix ``tensor_rows`` would compare (or for those
+    of ``names``), into ``cache_dir``, so that a checkpoint's parameter drift does only its own part.
+    Tensors already cached or with non-finite values are left alone. Returns the number computed."""
     options = options or SpectralOptions()
+    wanted = None if names is None else set(names)
     opened: list[Checkpoint] = []
     computed = 0
     try:
@@ -163,6 +179,8 @@ def prepare_spectral_base(
         if b is None or b.kind == "lora":
             raise ValueError(f"base must be a full model, got {base}")
         for name, info in b.infos.items():
+            if wanted is not None and name not in wanted:
+                continue
             if info.alias_of or _spectral_applies(tuple(info.shape), options):
                 continue
             a = DenseStream(b.array(name), info.dtype)

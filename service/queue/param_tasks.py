@@ -8,7 +8,8 @@
 
 The base's half of the spectral pass (its top-k SVD, most of the pass's cost) is computed once per
 base file when a run is registered (``prepare_spectral_base``), while the trainer is still on its
-first steps, so the first checkpoint's parts find it cached and pay only their own half.
+first steps, in parts cut like a checkpoint's, so the first checkpoint's parts find it cached and pay
+only their own half.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import procrastinate
 
 from drift.checkpoints import list_tensors
-from drift.params import aggregate, prepare_spectral_base, shard_groups, tensor_rows
+from drift.params import aggregate, prepare_spectral_base, shard_groups, spectral_base_groups, tensor_rows
 from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
@@ -139,10 +140,20 @@ def enqueue(session, checkpoint_id: int) -> None:
               lock=f"plan-{checkpoint_id}")
 
 
+def spectral_base_parts(base, settings: Settings) -> list[list[str]]:
+    """The base's matrices in parts cut like a checkpoint's (per file, at most `param_part_elements`),
+    so the preparation runs on as many workers as the first checkpoint's parameter drift will."""
+    groups = spectral_base_groups(base, options=spectral_options(settings), roots=settings.confinement_roots)
+    sizes = {info.name: info.numel for group in groups for info in group}
+    return split_by_size([[info.name for info in group] for group in groups], sizes, settings.param_part_elements)
+
+
 @blueprint.task(name=PREPARE, queue="params", pass_context=True, retry=TRANSIENT)
-def prepare_spectral_base_task(context: procrastinate.JobContext, run_id: int) -> None:
+def prepare_spectral_base_task(context: procrastinate.JobContext, run_id: int, part: int | None = None) -> None:
     """The base's spectral results for every matrix, into the worker's cache, before any checkpoint
-    needs them. A base that cannot be read is only logged: each checkpoint's analysis reports it."""
+    needs them. The job queued with the run (no `part`) cuts the base into parts, queues the others
+    and computes the first. A base that cannot be read is only logged: each checkpoint's analysis
+    reports it."""
     services = services_of(context)
     settings = services.settings
     with services.sessions.begin() as session:
@@ -152,18 +163,28 @@ def prepare_spectral_base_task(context: procrastinate.JobContext, run_id: int) -
     try:
         base = resolve_location(base_uri, settings.allowed_roots, settings.remote_prefixes,
                                 hf_cache=settings.hf_cache_dir)
+        parts = spectral_base_parts(base, settings)
+        if part is None:
+            with services.sessions.begin() as session:
+                for later in range(1, len(parts)):
+                    enqueue_spectral_base(session, run_id, part=later)
+            part = 0
+        if part >= len(parts):
+            return  # no matrix to prepare, or the base changed since the parts were cut
         computed = run_isolated(prepare_spectral_base, str(base), options=spectral_options(settings),
-                                cache_dir=settings.cache_dir / "spectral", roots=settings.confinement_roots)
+                                cache_dir=settings.cache_dir / "spectral", names=parts[part],
+                                roots=settings.confinement_roots)
     except TRANSIENT_ERRORS:
         raise
     except Exception as error:  # noqa: BLE001 - the checkpoints' analyses report the base's errors
-        log.warning("action=spectral_base_unprepared run=%s reason=%s", run_id, reason_of(error))
+        log.warning("action=spectral_base_unprepared run=%s part=%s reason=%s", run_id, part, reason_of(error))
         return
-    log.info("action=spectral_base_prepared run=%s matrices=%s", run_id, computed)
+    log.info("action=spectral_base_prepared run=%s part=%s/%s matrices=%s", run_id, part, len(parts), computed)
 
 
-def enqueue_spectral_base(session, run_id: int) -> None:
-    """Prepare a new run's base for the spectral pass (in the caller's transaction); one waiting
-    request per run."""
-    defer_job(session, task=task_name(PREPARE), queue="params", args={"run_id": run_id},
-              queueing_lock=f"spectral-base-{run_id}")
+def enqueue_spectral_base(session, run_id: int, *, part: int | None = None) -> None:
+    """Prepare a run's base for the spectral pass (in the caller's transaction): without `part`, the
+    job that cuts it into parts; one waiting request per run and part."""
+    args: dict[str, int] = {"run_id": run_id} if part is None else {"run_id": run_id, "part": part}
+    lock = f"spectral-base-{run_id}" if part is None else f"spectral-base-{run_id}-{part}"
+    defer_job(session, task=task_name(PREPARE), queue="params", args=args, queueing_lock=lock)

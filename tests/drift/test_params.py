@@ -259,3 +259,19 @@ def test_a_prepared_base_leaves_the_checkpoint_only_its_own_half(tmp_path, monke
     assert warm == cold
     assert {r.name: r.spectral_status for r in warm} == {"big": "skipped_size", "bad": "nonfinite", "small": "ok",
                                                         "bias": "not_matrix"}
+
+
+def test_the_base_preparation_splits_into_parts_by_name(tmp_path):
+    from drift.params import prepare_spectral_base, spectral_base_groups
+
+    gen = torch.Generator().manual_seed(4)
+    base = {f"w{i}": torch.randn(30, 20, generator=gen) for i in range(3)}
+    base["bias"] = torch.randn(20, generator=gen)
+    files = _pair(tmp_path, base, base)
+    options = SpectralOptions(k=4)
+    [group] = spectral_base_groups(files[0], options=options)
+    assert sorted(info.name for info in group) == ["w0", "w1", "w2"]  # matrices only
+    cache = tmp_path / "cache"
+    assert prepare_spectral_base(files[0], options=options, cache_dir=cache, names=["w1"]) == 1
+    assert prepare_spectral_base(files[0], options=options, cache_dir=cache, names=["w0", "w1", "w2"]) == 2
+    assert prepare_spectral_base(files[0], options=options, cache_dir=cache) == 0  # all parts done

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import text
 
 from drift.checkpoints import list_tensors
+from service.queue.param_tasks import spectral_base_parts
 from tests.conftest import worker_env
 from tests.integration.helpers import start, stop, wait_for, write_sparse_safetensors
 from tests.integration.models import save_tiny_gpt2_run
@@ -158,12 +159,19 @@ def test_registering_a_run_prepares_its_base_for_the_spectral_pass(client: TestC
     assert client.post("/v1/runs", json={"name": "early", "base_model": str(paths[0]), "method": "sft"}).status_code == 201
     cache = settings.cache_dir / "spectral"
     matrices = [t for t in list_tensors(paths[0]) if len(t.shape) == 2 and not t.alias_of]
-    worker = start(["worker"], worker_env(settings), tmp_path / "worker.log")
+    # parts of about a third of the matrices' elements: the preparation runs as several jobs
+    part_elements = sum(t.numel for t in matrices) // 3
+    parts = spectral_base_parts(paths[0], settings.model_copy(update={"param_part_elements": part_elements}))
+    assert len(parts) >= 3 and sorted(n for p in parts for n in p) == sorted(t.name for t in matrices)
+    env = {**worker_env(settings), "FORGETWATCH_PARAM_PART_ELEMENTS": str(part_elements)}
+    worker = start(["worker"], env, tmp_path / "worker.log")
     try:
-        wait_for(lambda: [j for j in client.get("/v1/jobs", params={"kind": "prepare_spectral_base"}).json()
-                          if j["status"] == "succeeded"], timeout=120, what="the base's spectral preparation")
+        jobs = wait_for(lambda: (js := client.get("/v1/jobs", params={"run": "early", "kind": "prepare_spectral_base"}).json())
+                        and all(j["status"] == "succeeded" for j in js) and len(js) == len(parts) and js,
+                        timeout=120, what="the base's spectral preparation, in parts")
         prepared = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
         assert len(prepared) == len(matrices) > 0  # before any checkpoint was registered
+        assert len(jobs) == len(parts)
         assert client.post("/v1/runs/early/checkpoints", json={"step": 1, "uri": str(paths[1])}).status_code == 202
         done = wait_for(lambda: _finished(client, "early", 1), timeout=120, what="step 1")
     finally:
