@@ -26,6 +26,7 @@ import math
 import mmap
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -84,8 +85,14 @@ _EMBED_RE = re.compile(r"(^|\.)(wte|embed_tokens|embed_in|word_embeddings|tok_em
 
 def to_float64(raw: np.ndarray, dtype: str) -> np.ndarray:
     """Convert raw storage (as returned by ``Checkpoint.array``) to float64, exactly."""
-    if dtype == "bfloat16":  # bf16 is the top half of a float32
-        return (raw.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+    if dtype in ("bfloat16", "float16"):  # torch converts these ~4x faster than numpy (same values)
+        import torch
+
+        bits = np.ascontiguousarray(raw).view(np.int16)
+        with warnings.catch_warnings():  # a read-only memory map is fine: torch only reads it here
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(bits).view(getattr(torch, dtype))
+        return t.to(torch.float64).numpy()
     if dtype.startswith("float8"):
         import torch
 

@@ -31,6 +31,20 @@ def test_arrays_are_read_only_memory_maps_with_exact_values(tmp_path):
         np.testing.assert_array_equal(to_float64(raw, "bfloat16"), t.double().numpy())
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_converts_exactly_even_the_special_values(dtype):
+    t = (torch.randn(50, 7) * 300).to(dtype)
+    t.view(-1)[:5] = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0, 1e-7]).to(dtype)
+    bits = t.view(torch.int16).numpy()
+    raw = bits.view(np.uint16) if dtype == torch.bfloat16 else bits.view(np.float16)
+    raw.setflags(write=False)
+    name = str(dtype).removeprefix("torch.")
+    want = t.double().numpy()
+    np.testing.assert_array_equal(to_float64(raw, name), want)  # NaN == NaN for this assert
+    assert np.signbit(to_float64(raw, name).reshape(-1)[3])  # -0.0 keeps its sign
+    np.testing.assert_array_equal(to_float64(raw[::3, 1:], name), want[::3, 1:])  # a strided view
+
+
 def test_sharded_folder_covers_every_indexed_tensor():
     tiny = tiny_gpt2()
     index = json.loads((tiny.base / "model.safetensors.index.json").read_text())["weight_map"]
