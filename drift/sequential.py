@@ -82,7 +82,7 @@ from drift.gram import gram_to_squared_distances, median_bandwidth, rbf_kernel, 
 
 # chosen on bench.embedding_shift's corpus; bench.embedding_sequential holds out its text
 ETAS = (0.1, 0.2, 0.4)  # grid of the learned-witness martingale
-TYPICALITY_ETA = 0.25
+TYPICALITY_ETA = 0.2
 TYPICALITY_WHITENING = 0.3
 WEIGHTS = (0.8, 0.1, 0.1)  # current less typical, current more typical, learned witness
 DEFAULT_ALPHA = 0.05  # alarm once the e-process reaches 1 / alpha = 20
@@ -152,19 +152,32 @@ def _pair_scores(
     return np.where(norm > 0, h.sum(1) / np.where(norm > 0, norm, 1.0), 0.0)
 
 
-def _typicality_scores(past_x: np.ndarray, x: np.ndarray, y: np.ndarray, whitening: float) -> np.ndarray:
-    """z_t = s_t / rms(s), s_t = log ρ(x_t) − log ρ(y_t), for each pair of the batch; shape (n,)."""
-    pool = np.vstack([past_x, x, y])
-    first, n = len(past_x), len(x)
-    d2 = gram_to_squared_distances(whitened_gram(pool, ridge=whitening).astype(np.float64))
+def _log_density_gaps(d2: np.ndarray, first: int, n: int) -> np.ndarray:
+    """log ρ(x_t) − log ρ(y_t) for the batch's pairs, ρ the leave-one-out RBF density (median
+    bandwidth) over the pool behind the squared distances d2 (rows: earlier references, x, y)."""
     bandwidth = median_bandwidth(d2)
     if bandwidth == 0.0:
         return np.zeros(n)
-    density = (rbf_kernel(d2, bandwidth).sum(1) - 1.0) / (len(pool) - 1)  # leave-one-out
+    density = (rbf_kernel(d2, bandwidth).sum(1) - 1.0) / (len(d2) - 1)  # leave-one-out
     log_density = np.log(np.maximum(density, np.finfo(np.float64).tiny))
-    s = log_density[first : first + n] - log_density[first + n :]
+    gaps: np.ndarray = log_density[first : first + n] - log_density[first + n :]
+    return gaps
+
+
+def _unit_rms(s: np.ndarray) -> np.ndarray:
     scale = float(np.sqrt(np.mean(s * s)))
-    return s / scale if scale > 0 else np.zeros(n)
+    return s / scale if scale > 0 else np.zeros_like(s)
+
+
+def _typicality_scores(past_x: np.ndarray, x: np.ndarray, y: np.ndarray, whitening: float) -> np.ndarray:
+    """z_t of the typicality bet for each pair of the batch; shape (n,). The gaps of the whitened
+    and of the raw geometry, each scaled to unit rms, summed and scaled to unit rms again."""
+    pool = np.vstack([past_x, x, y])
+    first, n = len(past_x), len(x)
+    white = gram_to_squared_distances(whitened_gram(pool, ridge=whitening).astype(np.float64))
+    raw = gram_to_squared_distances(pool @ pool.T)
+    z = _unit_rms(_unit_rms(_log_density_gaps(white, first, n)) + _unit_rms(_log_density_gaps(raw, first, n)))
+    return _unit_rms(z * np.abs(z))  # signed square: stakes rise faster on the few outlying pairs
 
 
 def _log_stakes(eta: np.ndarray, z: np.ndarray) -> np.ndarray:
