@@ -113,7 +113,7 @@ def test_evidence_accumulates_across_batches_under_a_mixture_shift():
 
 def test_power_against_a_mixture_shift_over_runs():
     first = [sequential_shift_test(run_batches(seed, share=0.25)).first_detection for seed in range(100, 120)]
-    assert None not in first and max(first) <= 5 and np.median(first) <= 3  # measured: 2-5, median 3
+    assert None not in first and max(first) <= 5 and np.median(first) <= 3  # measured: 2-4, median 3
 
 
 def test_a_shift_is_detected_whichever_side_is_called_current():
