@@ -39,15 +39,21 @@ def median_rbf(w):
     return np.exp(-d2 / (2 * np.median(d2[np.triu_indices(len(w), 1)])))
 
 
-def reference_evalues(batches, *, etas, eta=0.25, ridge=0.3, typicality_ridge=0.3):
+def reference_evalues(batches, *, etas, eta=0.2, ridge=0.3, typicality_ridge=0.3):
     """The e-process written out pair by pair in float64, whitening in the primal."""
     log_wealth, log_typical, out, xs, ys = np.zeros(len(etas)), np.zeros(2), [], [], []
     for x, y in batches:
-        # typicality: log leave-one-out density over (earlier references, batch references, batch currents)
-        kernel = median_rbf(whiten(np.vstack([*xs, x, y]), typicality_ridge))
-        density = np.log((kernel.sum(1) - 1) / (len(kernel) - 1))
+        # typicality: log leave-one-out density over (earlier references, batch references, batch
+        # currents), whitened and raw, each gap scaled to unit rms, summed
+        pool = np.vstack([*xs, x, y])
         first = sum(len(b) for b in xs)
-        s = np.array([density[first + i] - density[first + len(x) + i] for i in range(len(x))])
+        s = np.zeros(len(x))
+        for kernel in (median_rbf(whiten(pool, typicality_ridge)), median_rbf(pool)):
+            density = np.log((kernel.sum(1) - 1) / (len(kernel) - 1))
+            gap = np.array([density[first + i] - density[first + len(x) + i] for i in range(len(x))])
+            s += gap / np.sqrt(np.mean(gap**2))
+        s = s / np.sqrt(np.mean(s**2))
+        s = s * np.abs(s)
         for i in range(len(x)):
             z = s[i] / np.sqrt(np.mean(s**2))
             log_typical += np.log1p(np.tanh(np.array([eta, -eta]) * z))
@@ -107,7 +113,7 @@ def test_evidence_accumulates_across_batches_under_a_mixture_shift():
 
 def test_power_against_a_mixture_shift_over_runs():
     first = [sequential_shift_test(run_batches(seed, share=0.25)).first_detection for seed in range(100, 120)]
-    assert None not in first and max(first) <= 5 and np.median(first) <= 3  # measured: 2-5, median 3
+    assert None not in first and max(first) <= 5 and np.median(first) <= 3  # measured: 2-4, median 3
 
 
 def test_a_shift_is_detected_whichever_side_is_called_current():
