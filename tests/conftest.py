@@ -51,6 +51,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses the test PostgreSQL server (`-m postgres` selects them: CI runs the
+    whole suite on the embedded server, then these again on the server at 127.0.0.1:5432)."""
+    for item in items:
+        if "server_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.postgres)
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """SQLAlchemy URL of a database on the test server, used only to create other databases."""
