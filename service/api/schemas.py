@@ -63,25 +63,26 @@ def _not_blank(value: str) -> str:
 
 
 NoNul = AfterValidator(_no_nul)
-NoNulText = Annotated[str, NoNul, Documented(NO_NUL_PATTERN)]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+\-]*$")]
 RunName = Annotated[Name, AfterValidator(_usable_in_urls), Documented(RUN_NAME_PATTERN)]
 Step = Annotated[int, Field(ge=0, le=2**53, description="Training step (optimizer steps, >= 0)")]
-Text = Annotated[NoNulText, StringConstraints(max_length=200_000)]
-TagValue = Annotated[NoNulText, StringConstraints(max_length=10_000)] | int | float | bool | None
+Location = Annotated[str, StringConstraints(min_length=1, max_length=4096), NoNul, Documented(NO_NUL_PATTERN)]
+Text = Annotated[str, StringConstraints(max_length=200_000), NoNul, Documented(NO_NUL_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=10_000), NoNul, Documented(NO_NUL_PATTERN)]
+TagValue = ShortText | int | float | bool | None
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-TagKey = Annotated[NoNulText, StringConstraints(max_length=100)]
+TagKey = Annotated[str, StringConstraints(max_length=100), NoNul, Documented(NO_NUL_PATTERN)]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=64, json_schema_extra=ONLY_DECLARED_KEYS)]
 
 
 class RunCreate(Strict):
     name: RunName
-    base_model: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] = Field(
+    base_model: Location = Field(
         description=(
             "Where the base model is, readable by the service: an absolute path or file:// URI under "
             "FORGETWATCH_CHECKPOINT_ROOTS (a folder that will hold config.json and weights, or one weights file), "
@@ -148,7 +149,7 @@ def _enough_prompts(value: list[str]) -> list[str]:
     return value
 
 
-PreviewPrompt = Annotated[NoNulText, StringConstraints(min_length=1, max_length=20_000)]
+PreviewPrompt = Annotated[str, StringConstraints(min_length=1, max_length=20_000), NoNul, Documented(NO_NUL_PATTERN)]
 
 
 class PreviewCreate(Strict):
@@ -189,7 +190,7 @@ class JobOut(BaseModel):
 
 class CheckpointCreate(Strict):
     step: Step
-    uri: Annotated[NoNulText, StringConstraints(min_length=1, max_length=4096)] | None = Field(
+    uri: Location | None = Field(
         default=None,
         description=("Local path or file:// URI inside the allowed roots, s3://bucket/key or gs://bucket/key under an "
                      "allowed prefix, or hf://org/name[@revision]; omit after uploading files"),
@@ -254,26 +255,26 @@ class ProbeItemIn(Strict):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] | None = Field(
         default=None, description="The conversation, ending with a user turn (chat probe sets)")
     reference: Text | None = None
-    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
+    answer: ShortText | None = None
 
 
 class TextProbeItem(Strict):
     prompt: Text = Field(description="The prompt")
     reference: Text | None = None
-    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
+    answer: ShortText | None = None
 
 
 class ChatProbeItem(Strict):
     messages: Annotated[list[ChatMessage], Field(min_length=1, max_length=256)] = Field(
         description="The conversation; the last message must be the user's (the reply scored is the assistant's)")
     reference: Text | None = None
-    answer: Annotated[NoNulText, StringConstraints(max_length=10_000)] | None = None
+    answer: ShortText | None = None
 
 
 class _ProbeSetCreate(Strict):
     name: Name
     domain: Literal["in_domain", "ood"]
-    description: Annotated[NoNulText, StringConstraints(max_length=10_000)] = ""
+    description: ShortText = ""
 
 
 class TextProbeSetCreate(_ProbeSetCreate):

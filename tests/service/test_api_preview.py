@@ -98,6 +98,14 @@ def test_a_preview_of_three_prompts_is_422_saying_how_many_are_needed(client: Te
     assert client.get(f"/v1/runs/{run}/stages/math/preview").status_code == 404
 
 
+def test_an_oversize_prompt_is_422_in_characters_and_stores_nothing(client: TestClient, run: str) -> None:
+    response = client.post(f"/v1/runs/{run}/stages/math/preview", json={"prompts": [*PREVIEW[:7], "x" * 20_001]})
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "prompts", 7] and "at most 20000 characters" in error["msg"]
+    assert client.get(f"/v1/runs/{run}/stages/math/preview").status_code == 404
+
+
 def test_a_preview_of_an_unknown_stage_or_run_is_404_saying_what_to_do(client: TestClient, run: str) -> None:
     response = client.post(f"/v1/runs/{run}/stages/code/preview", json={"prompts": PREVIEW})
     assert response.status_code == 404 and "POST /v1/runs/{run}/stages" in response.json()["detail"]
