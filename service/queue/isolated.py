@@ -95,9 +95,15 @@ def _call(function: Callable[..., T], args: tuple[object, ...], kwargs: dict[str
         raise
 
 
-def _death_reason(pool: ProcessPoolExecutor) -> str:
-    processes: dict[Any, Any] = getattr(pool, "_processes", None) or {}
-    codes = [p.exitcode for p in processes.values() if p.exitcode is not None]
+def _end_broken(pool: ProcessPoolExecutor) -> str:
+    """Shut a pool whose child died and say why it died. The pool notices a death by the result pipe's
+    end-of-file, which can come before the fork server has reaped the child: its exit code is known
+    only once the pool's manager thread has joined it, so wait for that thread first."""
+    processes: list[Any] = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=True, cancel_futures=True)
+    for process in processes:
+        process.join(timeout=5)
+    codes = [p.exitcode for p in processes if p.exitcode is not None]
     number = -codes[0] if codes and codes[0] < 0 else None
     if number == signal.SIGKILL:
         return ("the process reading the model files was killed (SIGKILL: out of memory?); give the worker more "
@@ -117,9 +123,7 @@ def run_isolated(function: Callable[..., T], /, *args: object, **kwargs: object)
     try:
         result = future.result()
     except BrokenProcessPool:
-        reason = _death_reason(pool)
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise CheckpointChanged(reason) from None
+        raise CheckpointChanged(_end_broken(pool)) from None
     except BaseException:
         if future.done():
             _give_back(pool)  # the function raised; its child is fine

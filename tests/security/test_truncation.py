@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from service.queue.isolated import CheckpointChanged, run_isolated
-from tests.security.truncation import killed, raise_two_part_error, total, truncate_while_mapped
+from tests.security.truncation import bus_error, killed, raise_two_part_error, total, truncate_while_mapped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,3 +54,14 @@ def test_a_child_killed_for_memory_is_named_and_an_error_that_cannot_travel_come
     with pytest.raises(RuntimeError, match="^TwoPartError: cannot travel$"):
         run_isolated(raise_two_part_error)
     assert run_isolated(total, _checkpoint(tmp_path / "healthy.safetensors")) == 1024 * 1024
+
+
+def test_every_death_is_named_by_its_signal() -> None:
+    """The pool can see a child's death (its result pipe closing) before the child's exit status is
+    known; the reason must wait for the status. Before it did, 9 in 60 deaths came back unnamed."""
+    reasons = []
+    for _ in range(30):
+        with pytest.raises(CheckpointChanged) as changed:
+            run_isolated(bus_error)
+        reasons.append(str(changed.value))
+    assert all("(SIGBUS:" in reason for reason in reasons), [r for r in reasons if "(SIGBUS:" not in r][:1]

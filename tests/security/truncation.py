@@ -36,3 +36,8 @@ def raise_two_part_error() -> None:
 def killed() -> None:
     """What the kernel's out-of-memory killer does to a loader."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def bus_error() -> None:
+    """What reading a vanished mapped page does, without the file work."""
+    os.kill(os.getpid(), signal.SIGBUS)
