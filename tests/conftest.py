@@ -8,6 +8,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -39,16 +40,31 @@ def _watch_server_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Kill and report servers this process's session left running. Under `make test` the tests run in
+    xdist worker processes: each reports its own to the controller (`workeroutput`), which fails the run."""
     from tests.integration.helpers import postmasters
 
     leaked = [p for d in _SERVER_DIRS for p in postmasters(d)]
     for process in leaked:
         process.kill()
-    if leaked:
+    _LEAKED.extend(" ".join(p.info["cmdline"]) for p in leaked)
+    worker_output = getattr(session.config, "workeroutput", None)
+    if worker_output is not None:
+        worker_output["leaked_servers"] = list(_LEAKED)
+    elif _LEAKED:
         session.config.get_terminal_writer().line(
-            f"FAILED: {len(leaked)} embedded PostgreSQL server(s) started by this session still ran at its end "
-            f"(killed now): {[' '.join(p.info['cmdline']) for p in leaked]}", red=True)
+            f"FAILED: {len(_LEAKED)} embedded PostgreSQL server(s) started by this session still ran at its end "
+            f"(killed now): {_LEAKED}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_LEAKED: list[str] = []  # command lines of the servers that outlived their session (workers' included)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """In the xdist controller: what a worker's `pytest_sessionfinish` found."""
+    _LEAKED.extend(getattr(node, "workeroutput", {}).get("leaked_servers", []))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
