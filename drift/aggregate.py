@@ -21,18 +21,34 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from drift.spectral import SpectralDrift
-
 __all__ = [
     "DEFAULT_BLOCK_PATTERNS",
     "DEFAULT_MODULE_PATTERNS",
     "DriftStats",
     "DriftSummary",
+    "SpectralDrift",
     "TensorDrift",
     "aggregate",
     "block_index",
     "module_kind",
 ]
+
+
+@dataclass(frozen=True)
+class SpectralDrift:
+    """Spectral drift of one matrix; the sums make pooling over matrices exact (see drift.aggregate)."""
+
+    k: int
+    sigma_shift_sq: float  # Σᵢ (σᵢ − σ₀ᵢ)²
+    sigma_base_sq: float  # Σᵢ σ₀ᵢ²
+    max_principal_angle_deg: float
+    mask_size: int  # |M₀|
+    mask_overlap: int  # |M₀ ∩ M|
+    masked_delta_sq: float  # ‖ΔW ⊙ M₀‖²
+    delta_sq: float  # ‖ΔW‖²
+    normalized_spectral_shift: float | None  # None when σ(W₀) = 0
+    principal_overlap_ratio: float
+    principal_update_energy_ratio: float | None  # None when ΔW = 0
 
 
 @dataclass(frozen=True)

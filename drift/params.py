@@ -30,13 +30,13 @@ import numpy as np
 import torch
 
 from drift import _kernels as K
-from drift.aggregate import DriftSummary, TensorDrift, aggregate
+from drift.aggregate import DriftSummary, SpectralDrift, TensorDrift, aggregate
 from drift.checkpoint_io import Checkpoint, CheckpointError, TensorInfo
 from drift.checkpoints import list_tensors, open_checkpoint
 from drift.confined import Roots
 from drift.lora import LoraAdapter, LowRankDelta
 from drift.remote import RemotePath, is_remote
-from drift.spectral import SpectralDrift, SpectralOptions, cache_path, prepare_base, spectral_drift
+from drift.spectral import SpectralOptions, cache_path, prepare_base, spectral_drift
 from drift.streams import DenseStream, LowRankStream, fast_sums, float64_sums, lora_sums
 
 __all__ = [

@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drift.aggregate import SpectralDrift
 from drift.streams import DenseStream
 
 __all__ = [
-    "SpectralDrift",
     "SpectralOptions",
     "cache_path",
     "max_principal_angle",
@@ -71,23 +71,6 @@ class SpectralOptions:
             raise ValueError(f"alpha must be in (0, 1], got {self.alpha}")
         if self.method not in ("auto", "exact", "randomized"):
             raise ValueError(f"method must be 'auto', 'exact' or 'randomized', got {self.method!r}")
-
-
-@dataclass(frozen=True)
-class SpectralDrift:
-    """Spectral drift of one matrix; the sums make pooling over matrices exact (see drift.aggregate)."""
-
-    k: int
-    sigma_shift_sq: float  # Σᵢ (σᵢ − σ₀ᵢ)²
-    sigma_base_sq: float  # Σᵢ σ₀ᵢ²
-    max_principal_angle_deg: float
-    mask_size: int  # |M₀|
-    mask_overlap: int  # |M₀ ∩ M|
-    masked_delta_sq: float  # ‖ΔW ⊙ M₀‖²
-    delta_sq: float  # ‖ΔW‖²
-    normalized_spectral_shift: float | None  # None when σ(W₀) = 0
-    principal_overlap_ratio: float
-    principal_update_energy_ratio: float | None  # None when ΔW = 0
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,17 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
     from service.db import queries
     from service.db.session import make_engine, make_sessionmaker
     from service.errors import NotFound
-    from service.queue import param_tasks, probe_tasks, sample_tasks
-    from service.queue.defer import enqueue_risk, task_name
+    from service.queue.defer import (
+        PARAMS_KIND,
+        RESPONSES_KIND,
+        SAMPLE_TASK,
+        enqueue_base,
+        enqueue_params,
+        enqueue_probes,
+        enqueue_risk,
+        enqueue_samples,
+        task_name,
+    )
 
     with database_url(settings) as (url, embedded):
         ensure_schema(url, embedded=embedded, migrate=False)
@@ -179,16 +188,16 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
             count = retried = 0
             for run in runs:
                 if queries.run_probe_set_names(session, run_id=run.id):
-                    probe_tasks.enqueue_base(session, run.id)
+                    enqueue_base(session, run.id)
                 if args.failed:
-                    again = {probe_tasks.KIND: probe_tasks.enqueue, param_tasks.KIND: param_tasks.enqueue}
+                    again = {RESPONSES_KIND: enqueue_probes, PARAMS_KIND: enqueue_params}
                     for checkpoint_id, kind in queries.failed_analyses(session, run_id=run.id):
                         if kind in again:
                             again[kind](session, checkpoint_id)
                             retried += 1
                     for step, probe_set in queries.failed_sample_batches(
-                            session, run_id=run.id, task=task_name(sample_tasks.NAME)):
-                        sample_tasks.enqueue(session, run_id=run.id, step=step, probe_set=probe_set or None)
+                            session, run_id=run.id, task=task_name(SAMPLE_TASK)):
+                        enqueue_samples(session, run_id=run.id, step=step, probe_set=probe_set or None)
                         retried += 1
                 for checkpoint_id in queries.run_checkpoint_ids(session, run_id=run.id):
                     enqueue_risk(session, checkpoint_id)

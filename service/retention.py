@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from drift.forgetting import paired_bootstrap_change
+from drift.paired import paired_bootstrap_change
 from drift.transfer import relative_drop, weighted_scores
 from service.db import stages as db
 from service.errors import NotFound

@@ -10,9 +10,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from drift.aggregate import DriftStats, DriftSummary, block_index, module_kind
-from drift.params import TensorDrift
-from drift.spectral import SpectralDrift
+from drift.aggregate import DriftStats, DriftSummary, SpectralDrift, TensorDrift, block_index, module_kind
 from service.db.encoding import json_safe
 
 ANALYSES = ("params",)

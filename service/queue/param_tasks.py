@@ -24,7 +24,17 @@ from drift.spectral import SpectralOptions
 from service.db import param_drift as store
 from service.db import queries
 from service.paths import resolve_location
-from service.queue.defer import defer_job, enqueue_risk, task_name
+from service.queue.defer import (
+    PARAM_AGGREGATE,
+    PARAM_PART,
+    PARAM_PLAN,
+    PARAMS_KIND,
+    SPECTRAL_BASE_TASK,
+    defer_job,
+    enqueue_risk,
+    enqueue_spectral_base,
+    task_name,
+)
 from service.queue.isolated import run_isolated
 from service.queue.tasks import (
     TRANSIENT,
@@ -39,9 +49,7 @@ from service.queue.tasks import (
 from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
-KIND = "params"
-PLAN, PART, AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
-PREPARE = "prepare_spectral_base"
+KIND, PLAN, PART, AGGREGATE, PREPARE = PARAMS_KIND, PARAM_PLAN, PARAM_PART, PARAM_AGGREGATE, SPECTRAL_BASE_TASK
 
 
 def spectral_options(settings: Settings) -> SpectralOptions:
@@ -133,13 +141,6 @@ def aggregate_param_drift(context: procrastinate.JobContext, checkpoint_id: int)
     log.info("action=param_drift_ready checkpoint=%s tensors=%s", checkpoint_id, len(rows))
 
 
-def enqueue(session, checkpoint_id: int) -> None:
-    """Start the parameter-drift analysis of a new checkpoint (in the caller's transaction)."""
-    store.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
-    defer_job(session, task=task_name(PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
-              lock=f"plan-{checkpoint_id}")
-
-
 def spectral_base_parts(base, settings: Settings) -> list[list[str]]:
     """The base's matrices in parts cut like a checkpoint's (per file, at most `param_part_elements`),
     so the preparation runs on as many workers as the first checkpoint's parameter drift will."""
@@ -180,11 +181,3 @@ def prepare_spectral_base_task(context: procrastinate.JobContext, run_id: int, p
         log.warning("action=spectral_base_unprepared run=%s part=%s reason=%s", run_id, part, reason_of(error))
         return
     log.info("action=spectral_base_prepared run=%s part=%s/%s matrices=%s", run_id, part, len(parts), computed)
-
-
-def enqueue_spectral_base(session, run_id: int, *, part: int | None = None) -> None:
-    """Prepare a run's base for the spectral pass (in the caller's transaction): without `part`, the
-    job that cuts it into parts; one waiting request per run and part."""
-    args: dict[str, int] = {"run_id": run_id} if part is None else {"run_id": run_id, "part": part}
-    lock = f"spectral-base-{run_id}" if part is None else f"spectral-base-{run_id}-{part}"
-    defer_job(session, task=task_name(PREPARE), queue="params", args=args, queueing_lock=lock)

@@ -13,26 +13,20 @@ from __future__ import annotations
 import logging
 
 import procrastinate
-from sqlalchemy.orm import Session
 
 from drift.confined import CheckpointError
 from service import preflight
 from service.db import previews, queries
 from service.errors import ForgetwatchError
 from service.paths import resolve_location
-from service.queue.defer import defer_job, task_name
+from service.queue.defer import PREVIEW_TASK
 from service.queue.isolated import run_isolated
 from service.queue.probe_tasks import loading_roots, local_folder
 from service.queue.probe_work import embed_texts, is_model_folder
 from service.queue.tasks import TRANSIENT, blueprint, reason_of, services_of
 
 log = logging.getLogger("forgetwatch")
-NAME = "stage_preview"
-
-
-def enqueue(session: Session, *, run_id: int, stage: str) -> None:
-    defer_job(session, task=task_name(NAME), queue="probes", args={"run_id": run_id, "stage": stage},
-              queueing_lock=f"preview-{run_id}-{stage}")
+NAME = PREVIEW_TASK
 
 
 @blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)

@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 
 import procrastinate
-from sqlalchemy.orm import Session
 
 from drift.base_cache import BaseTopKCache
 from drift.checkpoints import is_adapter_folder
@@ -31,7 +30,7 @@ from service.db import response_drift as store
 from service.db.models import Run
 from service.paths import resolve_location
 from service.queue import probe_work
-from service.queue.defer import defer_job, enqueue_risk, task_name
+from service.queue.defer import BASE_TASK, PROBE_TASK, RESPONSES_KIND, enqueue_risk
 from service.queue.isolated import run_isolated
 from service.queue.probe_work import is_model_folder
 from service.queue.tasks import (
@@ -49,21 +48,7 @@ from service.queue.tasks import (
 from service.settings import Settings
 
 log = logging.getLogger("forgetwatch")
-KIND = "responses"
-NAME = "probe_drift"
-BASE_NAME = "measure_base"
-
-
-def enqueue_base(session: Session, run_id: int) -> None:
-    """Measure the run's base on its probe sets (the "step 0" row); one waiting request per run."""
-    defer_job(session, task=task_name(BASE_NAME), queue="probes", args={"run_id": run_id},
-              queueing_lock=f"base-{run_id}")
-
-
-def enqueue(session: Session, checkpoint_id: int) -> None:
-    analyses.set_analysis(session, checkpoint_id=checkpoint_id, kind=KIND, status="pending")
-    defer_job(session, task=task_name(NAME), queue="probes", args={"checkpoint_id": checkpoint_id},
-              lock=f"probe-{checkpoint_id}")
+KIND, NAME, BASE_NAME = RESPONSES_KIND, PROBE_TASK, BASE_TASK
 
 
 def local_folder(settings: Settings, location: Path | RemotePath) -> Path:

@@ -27,20 +27,14 @@ from service.db import response_drift as store
 from service.db import sample_evidence as evidence
 from service.errors import ForgetwatchError
 from service.paths import resolve_location
-from service.queue.defer import defer_job, enqueue_risk, task_name
+from service.queue.defer import SAMPLE_TASK, enqueue_risk
 from service.queue.isolated import run_isolated
 from service.queue.probe_tasks import loading_roots, local_folder
 from service.queue.probe_work import is_model_folder, sample_signals
 from service.queue.tasks import TRANSIENT, blueprint, reason_of, services_of
 
 log = logging.getLogger("forgetwatch")
-NAME = "sample_drift"
-
-
-def enqueue(session: Session, *, run_id: int, step: int, probe_set: str | None) -> None:
-    key = probe_set or ""
-    defer_job(session, task=task_name(NAME), queue="probes", args={"run_id": run_id, "step": step, "probe_set": key},
-              queueing_lock=f"samples-{run_id}-{step}-{key}")
+NAME = SAMPLE_TASK
 
 
 @blueprint.task(name=NAME, queue="probes", pass_context=True, retry=TRANSIENT)

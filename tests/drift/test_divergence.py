@@ -13,8 +13,9 @@ from drift.divergence import (
     summarize,
     topk_token_divergences,
 )
-from drift.forgetting import base_scores, evaluate_checkpoint, measure_forgetting, paired_bootstrap_change
+from drift.forgetting import base_scores, evaluate_checkpoint, measure_forgetting
 from drift.models import load_model
+from drift.paired import paired_bootstrap_change
 from drift.probes import ProbeItem, ProbeSet
 
 FACTS = ["1+1=2", "2+2=4", "3+3=6", "cat says meow", "dog says woof", "sky is blue"]

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from drift.forgetting import paired_bootstrap_change
+from drift.paired import paired_bootstrap_change
 from drift.transfer import relative_drop, transfer_matrix
 
 NAN = np.nan

@@ -26,7 +26,7 @@ from service.db.models import Checkpoint
 from service.errors import Conflict, InsufficientStorage, Unprocessable
 from service.lifecycle import run_uploads
 from service.paths import directory_size, resolve_location
-from service.queue import param_tasks, probe_tasks
+from service.queue.defer import enqueue_params, enqueue_probes
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/checkpoints", tags=["checkpoints"])
@@ -51,9 +51,9 @@ def checkpoint_out(session: Session, checkpoint: Checkpoint) -> CheckpointOut:
 
 def enqueue_checkpoint_jobs(session: Session, checkpoint: Checkpoint) -> None:
     """All work a new checkpoint needs, in the caller's transaction."""
-    param_tasks.enqueue(session, checkpoint.id)
+    enqueue_params(session, checkpoint.id)
     if queries.run_probe_set_names(session, run_id=checkpoint.run_id):
-        probe_tasks.enqueue(session, checkpoint.id)
+        enqueue_probes(session, checkpoint.id)
 
 
 def upload_dir(settings: Settings, run_id: int, step: int) -> Path:

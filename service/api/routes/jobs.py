@@ -9,10 +9,12 @@ from service.api.pagination import LINK_HEADER, Limit, page
 from service.api.schemas import JobDetail, JobKind, JobListed, JobStatus
 from service.db import jobs, queries
 from service.queue.defer import NAMESPACE, task_name
-from service.queue.param_tasks import AGGREGATE, PART, PLAN
-from service.queue.param_tasks import KIND as PARAMS
-from service.queue.probe_tasks import KIND as RESPONSES
-from service.queue.probe_tasks import NAME as PROBES
+from service.queue.defer import PARAM_AGGREGATE as AGGREGATE
+from service.queue.defer import PARAM_PART as PART
+from service.queue.defer import PARAM_PLAN as PLAN
+from service.queue.defer import PARAMS_KIND as PARAMS
+from service.queue.defer import PROBE_TASK as PROBES
+from service.queue.defer import RESPONSES_KIND as RESPONSES
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 

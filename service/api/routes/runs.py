@@ -15,7 +15,7 @@ from service.db import queries
 from service.db.models import Run
 from service.errors import Unprocessable
 from service.paths import check_base_model
-from service.queue import param_tasks, probe_tasks
+from service.queue.defer import enqueue_base, enqueue_spectral_base
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -49,9 +49,9 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
                              hf_cache=settings.hf_cache_dir)
         run, created = queries.create_run(session, **body.model_dump())
         if created and settings.spectral:
-            param_tasks.enqueue_spectral_base(session, run.id)
+            enqueue_spectral_base(session, run.id)
         if body.probe_sets:
-            probe_tasks.enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
+            enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
         last = queries.last_steps(session).get(run.id)
         return (201 if created else 200), run_out(session, run, last)
 

@@ -11,7 +11,7 @@ from service.api.pagination import LINK_HEADER, page
 from service.api.schemas import SampleOut, SamplesAccepted, SamplesCreate
 from service.db import queries
 from service.errors import PayloadTooLarge
-from service.queue import sample_tasks
+from service.queue.defer import enqueue_samples
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/samples", tags=["samples"])
 
@@ -34,7 +34,7 @@ def post_samples(run_ref: str, body: SamplesCreate, request: Request, session: S
             probe_set_id = queries.probe_set_ids(session, names=[body.probe_set])[body.probe_set]
         accepted = queries.add_samples(session, run_id=run.id, step=body.step, probe_set_id=probe_set_id,
                                        items=[item.model_dump() for item in body.items])
-        sample_tasks.enqueue(session, run_id=run.id, step=body.step, probe_set=body.probe_set)
+        enqueue_samples(session, run_id=run.id, step=body.step, probe_set=body.probe_set)
         return 202, SamplesAccepted(run_id=run.id, step=body.step, accepted=accepted)
 
     return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",

@@ -15,7 +15,7 @@ from service.api.schemas import PreviewCreate, PreviewOut, Problem, StageCreate,
 from service.db import previews, queries
 from service.db import stages as db
 from service.errors import NotFound
-from service.queue import preview_tasks, probe_tasks
+from service.queue.defer import enqueue_base, enqueue_preview
 
 router = APIRouter(prefix="/v1/runs/{run_ref}", tags=["stages"])
 
@@ -69,7 +69,7 @@ def add_stage(
             session, run_id=run.id, name=body.name, start_step=body.start_step, probe_sets=body.probe_sets
         )
         if created:
-            probe_tasks.enqueue_base(session, run.id)  # the base row of the new probe sets
+            enqueue_base(session, run.id)  # the base row of the new probe sets
         return (201 if created else 200), next(s for s in stages_out(session, run.id) if s.name == stage.name)
 
     return run_idempotent(
@@ -149,7 +149,7 @@ def post_preview(
         run = queries.get_run(session, ref=run_ref)
         stage_id = previews.stage_id(session, run_id=run.id, name=stage)
         previews.put_preview(session, stage_id=stage_id, prompts=body.prompts)
-        preview_tasks.enqueue(session, run_id=run.id, stage=stage)
+        enqueue_preview(session, run_id=run.id, stage=stage)
         return 202, PreviewOut(stage=stage, status="pending", n_prompts=len(body.prompts), forecast=None, error=None)
 
     return run_idempotent(
