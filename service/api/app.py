@@ -7,6 +7,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import psycopg
+import psycopg_pool
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -35,13 +37,18 @@ from service.api.routes import (
 )
 from service.api.schemas import Problem
 from service.api.token_cache import TokenCache
-from service.db.session import make_sessionmaker
+from service.db import ingest
+from service.db.session import libpq_url, make_sessionmaker
 from service.errors import ForgetwatchError
 from service.metrics import build_registry
 from service.settings import Settings
 from service.web import compare_page, pages
 
 log = logging.getLogger("forgetwatch")
+
+# Connections of one API process's ingest pool (`service.db.ingest`), beside its engine's: requests
+# past them wait in the event loop, which costs nothing, instead of opening connections.
+INGEST_CONNECTIONS = 10
 
 # Every /v1 operation documents the errors it can return; bodies are {"detail": ...}.
 ERROR_RESPONSES: dict[int | str, dict] = {
@@ -59,6 +66,9 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ingest_pool = ingest.open_pool(libpq_url(engine.url.render_as_string(hide_password=False)),
+                                                 max_size=INGEST_CONNECTIONS)
+        await app.state.ingest_pool.open()
         worker = None
         if run_worker:
             import transformers  # noqa: F401 - once, before job threads (concurrent first imports can fail)
@@ -78,6 +88,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
                 worker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await worker
+            await app.state.ingest_pool.close()
 
     open_docs = settings.docs_are_public
     app = FastAPI(
@@ -95,7 +106,7 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     app.state.registry = registry
     app.state.token_cache = TokenCache(settings.token_cache_seconds)
     app.include_router(health.router)
-    for module in (runs, run_status, training_metrics, checkpoints, samples, probe_sets, jobs, param_drift,
+    for module in (samples, checkpoints, training_metrics, runs, run_status, probe_sets, jobs, param_drift,
                    response_drift, compare, stages):
         app.include_router(module.router, responses=ERROR_RESPONSES)
     app.include_router(pages.router)
@@ -147,13 +158,18 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=503, headers={"Retry-After": "5"},
         )
 
-    for kind in (OperationalError, InterfaceError, PoolTimeout):
+    for kind in (OperationalError, InterfaceError, PoolTimeout, psycopg.OperationalError, psycopg.InterfaceError,
+                 psycopg_pool.PoolTimeout):
         app.add_exception_handler(kind, database_down)
 
     @app.exception_handler(DataError)
     async def unstorable(_: Request, error: DataError) -> JSONResponse:
         return JSONResponse({"detail": f"a value cannot be stored: {str(error.orig).splitlines()[0]}"},
                             status_code=422)
+
+    @app.exception_handler(psycopg.DataError)
+    async def unstorable_on_ingest(_: Request, error: psycopg.DataError) -> JSONResponse:
+        return JSONResponse({"detail": f"a value cannot be stored: {str(error).splitlines()[0]}"}, status_code=422)
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, error: DBAPIError) -> JSONResponse:

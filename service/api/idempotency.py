@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from service.api.deps import Principal
 from service.db import idempotency as store
-from service.errors import Conflict, ForgetwatchError
+from service.errors import ForgetwatchError
 
 
 def request_fingerprint(method: str, path: str, payload: str) -> str:
@@ -38,9 +38,7 @@ def replay(session: Session, *, principal: Principal, key: str, fingerprint: str
     if record is None:
         return None
     if record.request_hash != fingerprint:
-        raise Conflict(
-            f"Idempotency-Key {key!r} was already used for a different request; use a new key per call"
-        )
+        raise store.key_reused(key)
     return JSONResponse(record.response, status_code=record.status_code)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import CursorResult, Row, Table, bindparam, delete, func, insert
 from sqlalchemy.orm import Session
 
 from service.db.models import IdempotencyRecord
+from service.errors import Conflict
 
 IDEMPOTENCY_TTL = timedelta(days=7)
 
@@ -29,6 +30,10 @@ _FORGET_KEY = delete(_TABLE).where(
 # One round trip on the ingest path: the expired record's DELETE rides along as a CTE (both parts see
 # one snapshot, so the SELECT's own time filter is what skips the expired row).
 _FIND = _FIND_LIVE.add_cte(_FORGET_KEY.cte("expired"))
+
+
+def key_reused(key: str) -> Conflict:
+    return Conflict(f"Idempotency-Key {key!r} was already used for a different request; use a new key per call")
 
 
 def lock_key(session: Session, *, token_id: int, key: str) -> None:

@@ -14,6 +14,14 @@ from service.db.models import Checkpoint, ProbeItem, ProbeSet, Run, RunProbeSet,
 from service.errors import Conflict, NotFound
 
 
+def no_run(ref: str) -> NotFound:
+    return NotFound(f"no run {ref!r}; list runs with GET /v1/runs or create it with POST /v1/runs")
+
+
+def unknown_probe_sets(names: Sequence[str]) -> NotFound:
+    return NotFound(f"unknown probe sets {sorted(names)}; create them first with POST /v1/probe-sets")
+
+
 def get_run(session: Session, *, ref: str) -> Run:
     """A run by numeric id or by name."""
     run = None
@@ -22,7 +30,7 @@ def get_run(session: Session, *, ref: str) -> Run:
     if run is None:
         run = session.scalar(select(Run).where(Run.name == ref))
     if run is None:
-        raise NotFound(f"no run {ref!r}; list runs with GET /v1/runs or create it with POST /v1/runs")
+        raise no_run(ref)
     return run
 
 
@@ -95,9 +103,9 @@ def last_steps(session: Session) -> dict[int, int]:
 
 def probe_set_ids(session: Session, *, names: Sequence[str]) -> dict[str, int]:
     found = dict(session.execute(select(ProbeSet.name, ProbeSet.id).where(ProbeSet.name.in_(names))).all())
-    missing = sorted(set(names) - set(found))
+    missing = set(names) - set(found)
     if missing:
-        raise NotFound(f"unknown probe sets {missing}; create them first with POST /v1/probe-sets")
+        raise unknown_probe_sets(list(missing))
     return found
 
 

@@ -18,7 +18,7 @@ PARAMS_KIND, RESPONSES_KIND = "params", "responses"  # checkpoint_analyses.kind 
 PARAM_PLAN, PARAM_PART, PARAM_AGGREGATE = "plan_param_drift", "param_drift_part", "aggregate_param_drift"
 SPECTRAL_BASE_TASK = "prepare_spectral_base"
 PROBE_TASK, BASE_TASK = "probe_drift", "measure_base"
-SAMPLE_TASK = "sample_drift"
+SAMPLE_TASK, SAMPLES_QUEUE = "sample_drift", "probes"
 PREVIEW_TASK = "stage_preview"
 
 
@@ -78,9 +78,10 @@ def enqueue_base(session: Session, run_id: int) -> None:
 
 
 def enqueue_samples(session: Session, *, run_id: int, step: int, probe_set: str | None) -> None:
-    """Analyse the sample batch pushed at `step` (for `probe_set`, or free samples); one waiting request per batch."""
+    """Analyse the sample batch pushed at `step` (for `probe_set`, or free samples); one waiting request per batch.
+    The ingest path queues the same job inside its one statement (`service.db.ingest`)."""
     key = probe_set or ""
-    defer_job(session, task=task_name(SAMPLE_TASK), queue="probes",
+    defer_job(session, task=task_name(SAMPLE_TASK), queue=SAMPLES_QUEUE,
               args={"run_id": run_id, "step": step, "probe_set": key}, queueing_lock=f"samples-{run_id}-{step}-{key}")
 
 

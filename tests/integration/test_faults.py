@@ -45,11 +45,18 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
         assert during.status_code == 503
         assert "database unavailable" in during.json()["detail"]
         assert time.monotonic() - started < 15  # fails fast, never hangs
+        started = time.monotonic()  # the ingest path has its own pool (service.db.ingest): the same answer
+        batch = {"step": 1, "items": [{"prompt": "p", "response": "r"}]}
+        during = httpx.post(base + "/v1/runs/before/samples", json=batch, headers=headers, timeout=30)
+        assert during.status_code == 503 and "database unavailable" in during.json()["detail"]
+        assert time.monotonic() - started < 15
 
         _pg_ctl(tmp_path / "data" / "pg", "start")
         wait_for(lambda: _ready(base) == 200, timeout=60, what="ready again")
         after = httpx.post(base + "/v1/runs", json={"name": "after", "base_model": base_model}, headers=headers)
         assert after.status_code == 201
+        assert httpx.post(base + "/v1/runs/before/samples", json=batch, headers=headers).status_code == 202
+        assert len(httpx.get(base + "/v1/runs/before/samples", headers=headers).json()) == 1
         names = [r["name"] for r in httpx.get(base + "/v1/runs", headers=headers).json()]
         assert names == ["before", "after"]
     finally:

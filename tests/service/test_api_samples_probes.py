@@ -144,3 +144,54 @@ def test_one_key_sent_by_many_at_once_is_acted_on_once(client: TestClient, run_i
     stored = client.get(f"/v1/runs/{run_id}/samples").json()
     assert {s["step"] for s in stored} == {7, winner} and len(stored) == 6
     assert all("already used for a different request" in r.json()["detail"] for r in responses if r.status_code == 409)
+
+
+def test_a_batch_queues_the_job_enqueue_samples_queues(client: TestClient, run_id: int, engine) -> None:
+    """The ingest statement queues its analysis itself (`service.db.ingest`); it must be the very job
+    `enqueue_samples` (used by `forgetwatch reanalyze`) queues: same task, queue, arguments, lock."""
+    from sqlalchemy import text
+
+    from service.db.session import make_sessionmaker
+    from service.queue.defer import enqueue_samples
+
+    probe_set = {"name": "ood", "domain": "ood", "items": [{"prompt": "1+1=", "reference": "2"}]}
+    assert client.post("/v1/probe-sets", json=probe_set).status_code == 201
+    assert client.post("/v1/runs/r/samples", json={"step": 3, "items": [{"prompt": "p", "response": "r"}]}
+                       ).status_code == 202  # by name
+    assert client.post(f"/v1/runs/{run_id}/samples", json={
+        "step": 4, "probe_set": "ood", "items": [{"prompt": "p", "response": "r"}]}).status_code == 202  # by id
+    jobs = text("SELECT queue_name, task_name, priority, lock, queueing_lock, args FROM procrastinate_jobs "
+                "WHERE task_name = 'forgetwatch:sample_drift' ORDER BY id")
+    with engine.connect() as conn:
+        by_ingest = conn.execute(jobs).all()
+        conn.execute(text("DELETE FROM procrastinate_jobs"))
+        conn.commit()
+    with make_sessionmaker(engine).begin() as session:
+        enqueue_samples(session, run_id=run_id, step=3, probe_set=None)
+        enqueue_samples(session, run_id=run_id, step=4, probe_set="ood")
+    with engine.connect() as conn:
+        by_defer = conn.execute(jobs).all()
+    assert by_ingest == by_defer and len(by_defer) == 2
+    assert client.post("/v1/runs/r/samples", json={"step": 3, "items": [{"prompt": "p2", "response": "r2"}]}
+                       ).status_code == 202
+    with engine.connect() as conn:  # a job already waiting for the batch's step will do
+        assert len(conn.execute(jobs).all()) == 2
+
+
+def test_a_batch_for_an_unknown_run_or_probe_set_stores_nothing(client: TestClient, run_id: int, engine) -> None:
+    from sqlalchemy import text
+
+    item = {"prompt": "p", "response": "r"}
+    missing_run = client.post("/v1/runs/nope/samples", json={"step": 1, "items": [item]},
+                              headers={"Idempotency-Key": "a"})
+    assert missing_run.status_code == 404 and "no run 'nope'" in missing_run.json()["detail"]
+    missing_set = client.post(f"/v1/runs/{run_id}/samples", json={"step": 1, "probe_set": "absent", "items": [item]},
+                              headers={"Idempotency-Key": "b"})
+    assert missing_set.status_code == 404 and "absent" in missing_set.json()["detail"]
+    with engine.connect() as conn:
+        counts = conn.execute(text("SELECT (SELECT count(*) FROM samples), (SELECT count(*) FROM procrastinate_jobs "
+                                   "WHERE task_name = 'forgetwatch:sample_drift'), (SELECT count(*) FROM idempotency_keys)"
+                                   )).one()
+    assert tuple(counts) == (0, 0, 0)
+    assert client.post(f"/v1/runs/{run_id}/samples", json={"step": 1, "items": [item]},
+                       headers={"Idempotency-Key": "a"}).status_code == 202  # a refused call did not take the key

@@ -40,3 +40,16 @@ def test_housekeeping_deletes_only_expired_records(client: TestClient, base_mode
         assert forget_expired(session) == 3
     with make_sessionmaker(engine)() as session:
         assert [r.key for r in session.query(IdempotencyRecord).all()] == ["n"]
+
+
+def test_an_expired_key_takes_a_new_sample_batch(client: TestClient, base_model: str, engine: Engine) -> None:
+    client.post("/v1/runs", json={"name": "r", "base_model": base_model})
+    batch = {"step": 1, "items": [{"prompt": "p", "response": "r"}]}
+    assert client.post("/v1/runs/r/samples", json=batch, headers={"Idempotency-Key": "k"}).status_code == 202
+    other = {**batch, "step": 2}
+    assert client.post("/v1/runs/r/samples", json=other, headers={"Idempotency-Key": "k"}).status_code == 409
+    _age_records(engine, IDEMPOTENCY_TTL * 1.1)
+    fresh = client.post("/v1/runs/r/samples", json=other, headers={"Idempotency-Key": "k"})
+    assert fresh.status_code == 202 and fresh.json()["step"] == 2
+    assert client.post("/v1/runs/r/samples", json=other, headers={"Idempotency-Key": "k"}).json() == fresh.json()
+    assert sorted(s["step"] for s in client.get("/v1/runs/r/samples").json()) == [1, 2]

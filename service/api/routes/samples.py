@@ -6,39 +6,35 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.api.deps import IdempotencyKey, Reader, SessionDep, SettingsDep, Writer
-from service.api.idempotency import run_idempotent
+from service.api.idempotency import request_fingerprint
 from service.api.pagination import LINK_HEADER, page
 from service.api.schemas import SampleOut, SamplesAccepted, SamplesCreate
 from service.db import queries
+from service.db.ingest import SampleBatch, store_samples
 from service.errors import PayloadTooLarge
-from service.queue.defer import enqueue_samples
+from service.queue.defer import SAMPLE_TASK, SAMPLES_QUEUE, task_name
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/samples", tags=["samples"])
 
 
 @router.post("", status_code=202, response_model=SamplesAccepted)
-def post_samples(run_ref: str, body: SamplesCreate, request: Request, session: SessionDep,
-                 settings: SettingsDep, principal: Writer,
-                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+async def post_samples(run_ref: str, body: SamplesCreate, request: Request, settings: SettingsDep,
+                       principal: Writer, idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """Store sampled responses of the model at `step` (202 once committed)."""
     if len(body.items) > settings.max_samples_per_request:
         raise PayloadTooLarge(
             f"{len(body.items)} items in one request; send at most {settings.max_samples_per_request} "
             "per request (FORGETWATCH_MAX_SAMPLES_PER_REQUEST)"
         )
-
-    def action() -> tuple[int, SamplesAccepted]:
-        run = queries.get_run(session, ref=run_ref)
-        probe_set_id = None
-        if body.probe_set is not None:
-            probe_set_id = queries.probe_set_ids(session, names=[body.probe_set])[body.probe_set]
-        accepted = queries.add_samples(session, run_id=run.id, step=body.step, probe_set_id=probe_set_id,
-                                       items=[item.model_dump() for item in body.items])
-        enqueue_samples(session, run_id=run.id, step=body.step, probe_set=body.probe_set)
-        return 202, SamplesAccepted(run_id=run.id, step=body.step, accepted=accepted)
-
-    return run_idempotent(session, principal=principal, key=idempotency_key, method="POST",
-                          path=request.url.path, payload=body.model_dump_json(), action=action)
+    batch = SampleBatch(run_ref=run_ref, step=body.step, probe_set=body.probe_set,
+                        prompts=[item.prompt for item in body.items],
+                        responses=[item.response for item in body.items],
+                        logprobs=[item.logprobs for item in body.items])
+    answer = await store_samples(
+        request.app.state.ingest_pool, batch, token_id=principal.token_id, key=idempotency_key,
+        fingerprint=request_fingerprint("POST", request.url.path, body.model_dump_json()), path=request.url.path,
+        queue=SAMPLES_QUEUE, task=task_name(SAMPLE_TASK))
+    return JSONResponse(answer.body, status_code=answer.status_code)
 
 
 @router.get("", response_model=list[SampleOut], responses=LINK_HEADER)
