@@ -7,14 +7,17 @@ a fresh database is created and dropped), in one run:
 
 1. the floor: a bare FastAPI + psycopg app (`floor_app`, as many processes as the service) whose one
    endpoint inserts one row per request into the same database, under the same closed-loop load;
-2. the service with several API processes and no workers (idle): each trainer pushes batches of
-   20 sample items, with a checkpoint registration every tenth request;
-3. unless `--no-busy`: the same with two workers busy on a large parameter-drift job (busy).
+2. the service with several API processes and no workers (idle), like for like with the floor: each
+   request stores one sample row (with an Idempotency-Key, as the trainer client sends it);
+3. the same service under a trainer's mix: batches of 20 sample items, with a checkpoint registration
+   every tenth request;
+4. unless `--no-busy`: the mix with two workers busy on a large parameter-drift job (busy).
 
 The trainers are async clients in 2 load processes. Every acknowledged sample item is looked up in
-the database afterwards: `lost` must be 0. Last line, the idle phase against the floor (same load, same
-processes, nothing else running): `ingest rps=N p99_ms=M floor_rps=F vs_floor=N/F lost=0 errors=E`
-(errors of every phase; the busy phase is printed above it).
+the database afterwards: `lost` must be 0. Last line, the like-for-like phase against the floor (same
+load, same processes, one row per request, nothing else running):
+`ingest rps=N p99_ms=M floor_rps=F vs_floor=N/F lost=0 errors=E` (errors and losses of every phase; the
+mix and busy phases are printed above it, the mix with its own ratio to the floor).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -41,7 +45,17 @@ from fastapi import FastAPI, Request
 from psycopg_pool import AsyncConnectionPool
 
 FORGETWATCH = str(Path(sys.executable).with_name("forgetwatch"))
-ITEMS_PER_BATCH = 20
+
+@dataclass(frozen=True)
+class Workload:
+    """What each trainer sends: `items` sample rows per request, a checkpoint every `checkpoint_every`-th."""
+
+    items: int
+    checkpoint_every: int | None
+
+
+ONE_ROW = Workload(items=1, checkpoint_every=None)  # the floor's request, through the service
+TRAINER_MIX = Workload(items=20, checkpoint_every=10)
 
 
 def floor_app():
@@ -72,7 +86,8 @@ def floor_app():
     return app
 
 
-async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint: str | None) -> dict:
+async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint: str | None,
+                   workload: Workload) -> dict:
     """One closed-loop client; `checkpoint` None: the floor's one-row requests."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     latencies, errors, acked = [], 0, 0
@@ -84,13 +99,13 @@ async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint
         step = 0
         while time.monotonic() < deadline:
             step += 1
-            items = [{"prompt": f"p{i}", "response": f"r{step}-{i}"} for i in range(ITEMS_PER_BATCH)]
+            items = [{"prompt": f"p{i}", "response": f"r{step}-{i}"} for i in range(workload.items)]
             start = time.perf_counter()
             try:
                 if checkpoint is None:
                     response = await client.post("/rows", json={"run": run, "step": step, **items[0]})
                     acked += response.status_code == 202
-                elif step % 10 == 0:
+                elif workload.checkpoint_every and step % workload.checkpoint_every == 0:
                     response = await client.post(f"/v1/runs/{run}/checkpoints", json={"step": step, "uri": checkpoint},
                                                  headers={"Idempotency-Key": uuid.uuid4().hex})
                 else:
@@ -107,17 +122,20 @@ async def _trainer(base: str, token: str, index: int, seconds: float, checkpoint
 
 
 def _load_process(base: str, token: str, first: int, count: int, seconds: float, checkpoint: str | None,
-                  out) -> None:
+                  workload: Workload, out) -> None:
     async def main() -> list[dict]:
-        return await asyncio.gather(*[_trainer(base, token, first + i, seconds, checkpoint) for i in range(count)])
+        return await asyncio.gather(*[_trainer(base, token, first + i, seconds, checkpoint, workload)
+                                      for i in range(count)])
 
     out.put(asyncio.run(main()))
 
 
-def run_load(base: str, token: str, trainers: int, seconds: float, checkpoint: str | None) -> list[dict]:
+def run_load(base: str, token: str, trainers: int, seconds: float, checkpoint: str | None,
+             workload: Workload = ONE_ROW) -> list[dict]:
     queue: multiprocessing.Queue = multiprocessing.Queue()
     half = trainers // 2
-    procs = [multiprocessing.Process(target=_load_process, args=(base, token, start, n, seconds, checkpoint, queue))
+    procs = [multiprocessing.Process(target=_load_process,
+                                     args=(base, token, start, n, seconds, checkpoint, workload, queue))
              for start, n in ((0, half), (half, trainers - half))]
     for p in procs:
         p.start()
@@ -242,22 +260,28 @@ def main() -> None:
     try:
         wait_ready(base)
         checkpoint = str(tmp / "ckpts" / "big")
-        idle = run_load(base, token, args.trainers, args.seconds, checkpoint)
-        rps, idle_p99, errors = summarize("idle", idle, args.seconds)
+        one_row = run_load(base, token, args.trainers, args.seconds, checkpoint, ONE_ROW)
+        rps, one_row_p99, errors = summarize("idle, one sample row per request (like the floor)", one_row,
+                                             args.seconds)
+        idle = run_load(base, token, args.trainers, args.seconds, checkpoint, TRAINER_MIX)
+        mix_rps, idle_p99, mix_errors = summarize("idle, trainer mix (20-item batches, a checkpoint every 10th)",
+                                                  idle, args.seconds)
+        errors += mix_errors
+        print(f"trainer mix vs_floor = {mix_rps / floor_rps:.2f}")
         busy: list[dict] = []
         if not args.no_busy:
             procs += [start_cli(["worker", "--queues", "params"], env, tmp / f"worker{i}.log") for i in range(2)]
             time.sleep(10)  # workers up and streaming the big checkpoints queued in the idle phase
-            busy = run_load(base, token, args.trainers, args.seconds, checkpoint)
+            busy = run_load(base, token, args.trainers, args.seconds, checkpoint, TRAINER_MIX)
             _, busy_p99, busy_errors = summarize("busy (2 workers on 4 GiB checkpoints)", busy, args.seconds)
             errors += busy_errors
             print(f"busy_p99/idle_p99 = {busy_p99 / idle_p99:.2f}")
         with psycopg.connect(libpq) as conn:
             running = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'doing'").fetchone()[0]
-            lost = lost_items(conn, idle + busy)
+            lost = lost_items(conn, one_row + idle + busy)
         if busy:
             print(f"drift jobs running at the end of the busy phase: {running}")
-        print(f"ingest rps={rps:.0f} p99_ms={idle_p99:.0f} floor_rps={floor_rps:.0f} vs_floor={rps / floor_rps:.2f} "
+        print(f"ingest rps={rps:.0f} p99_ms={one_row_p99:.0f} floor_rps={floor_rps:.0f} vs_floor={rps / floor_rps:.2f} "
               f"lost={lost} errors={errors}")
     finally:
         for p in procs:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -63,9 +63,11 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-def cached_principal(cache: TokenCache[Principal], authorization: str | None) -> Principal | None:
-    """The caller from the token cache alone (no database), or None when it must be looked up."""
-    return cache.get(hash_token(bearer_token(authorization)))
+async def principal_of(cache: TokenCache[Principal], authorization: str | None,
+                       lookup: Callable[[], Principal]) -> Principal:
+    """The caller: from the token cache (no thread, no database), else by `lookup` (`authenticate` on
+    some session) in a worker thread, once for all requests that miss the same token together."""
+    return await cache.look_up_once(hash_token(bearer_token(authorization)), lambda: run_in_threadpool(lookup))
 
 
 def authenticate(session: Session, authorization: str | None, *,
@@ -105,10 +107,7 @@ async def require_read(request: Request, session: Annotated[Session, Depends(get
     if known is not None:
         return known
     cache = request.app.state.token_cache
-    cached = cached_principal(cache, authorization)
-    if cached is not None:
-        return cached
-    return await run_in_threadpool(lambda: authenticate(session, authorization, cache=cache))
+    return await principal_of(cache, authorization, lambda: authenticate(session, authorization, cache=cache))
 
 
 @dataclass(frozen=True)

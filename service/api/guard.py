@@ -27,7 +27,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import Principal, authenticate, cached_principal, check_write
+from service.api.deps import Principal, authenticate, check_write, principal_of
 from service.db import queries
 from service.errors import ForgetwatchError, NotFound
 from service.settings import Settings
@@ -146,9 +146,7 @@ class RequestGuard:
                 return authenticate(session, authorization, cache=cache)
 
         try:
-            principal = cached_principal(cache, authorization)  # no thread, no database on a hit
-            if principal is None:
-                principal = await anyio.to_thread.run_sync(lookup)
+            principal = await principal_of(cache, authorization, lookup)
             check_write(principal)
             if principal.project is not None:
                 await _check_project(app, principal, scope["path"])

@@ -8,14 +8,17 @@ What it promises, and what it does not:
 - A token's expiry is honoured exactly: an entry is never used at or past the token's `expires_at`
   (by this process's clock; the database's clock decides on every lookup).
 - At most `max_entries` tokens are held; the oldest entry goes first.
+- A miss is looked up once: requests that miss the same token together (its entry ends for all of
+  them at the same moment) wait for one lookup (`look_up_once`) instead of each taking a connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -38,6 +41,7 @@ class TokenCache(Generic[T]):
         self._wall_clock = wall_clock
         self._entries: OrderedDict[str, tuple[T, float, datetime | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._lookups: dict[str, asyncio.Future[T]] = {}
 
     def get(self, token_hash: str) -> T | None:
         """The cached principal, or None when absent, older than the TTL or past the token's expiry."""
@@ -63,6 +67,19 @@ class TokenCache(Generic[T]):
             self._entries.move_to_end(token_hash)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+
+    async def look_up_once(self, token_hash: str, lookup: Callable[[], Awaitable[T]]) -> T:
+        """The cached principal, else the result of `lookup()`, which runs once however many requests
+        of this event loop miss the token meanwhile (each waits for it; its error is theirs)."""
+        known = self.get(token_hash)
+        if known is not None:
+            return known
+        pending = self._lookups.get(token_hash)
+        if pending is None:
+            pending = asyncio.ensure_future(lookup())
+            self._lookups[token_hash] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(token_hash, None))
+        return await asyncio.shield(pending)  # a caller that goes away does not cancel the others' lookup
 
     def clear(self) -> None:
         with self._lock:

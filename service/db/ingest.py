@@ -95,7 +95,7 @@ class Answer:
 
 def open_pool(libpq_url: str, *, max_size: int) -> AsyncConnectionPool:
     """The API process's pool for the ingest path (open it inside the event loop: `await pool.open()`)."""
-    return AsyncConnectionPool(libpq_url, min_size=1, max_size=max_size, timeout=10, open=False,
+    return AsyncConnectionPool(libpq_url, min_size=max_size, max_size=max_size, timeout=10, open=False,
                                kwargs={"connect_timeout": 5})
 
 

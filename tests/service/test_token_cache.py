@@ -116,3 +116,39 @@ def test_pages_and_metrics_authenticate_through_the_same_cached_lookup(client: T
     refused = client.get("/", headers={"Authorization": "Bearer fw_nobody"})
     assert refused.status_code == 401 and "FORGETWATCH_PUBLIC_PAGES" in refused.text
     assert client.get("/metrics", headers={"Authorization": ""}).status_code == 401
+
+
+def test_requests_that_miss_one_token_together_share_one_lookup() -> None:
+    """When an entry ends, every request carrying the token misses at once: one lookup serves them all
+    (its answer or its error), and the next miss after it looks up again."""
+    import asyncio
+
+    cache: TokenCache[str] = TokenCache(5)
+    calls = 0
+
+    async def main() -> None:
+        nonlocal calls
+        release = asyncio.Event()
+
+        async def lookup() -> str:
+            nonlocal calls
+            calls += 1
+            await release.wait()
+            return "alice"
+
+        waiting = [asyncio.create_task(cache.look_up_once("h", lookup)) for _ in range(20)]
+        await asyncio.sleep(0)  # every task runs up to its wait
+        release.set()
+        assert await asyncio.gather(*waiting) == ["alice"] * 20
+        assert calls == 1
+
+        async def refused() -> str:
+            nonlocal calls
+            calls += 1
+            raise PermissionError("revoked")
+
+        results = await asyncio.gather(*[cache.look_up_once("h", refused) for _ in range(5)], return_exceptions=True)
+        assert all(isinstance(r, PermissionError) for r in results) and calls == 2
+        assert await cache.look_up_once("h", lookup) == "alice" and calls == 3
+
+    asyncio.run(main())
