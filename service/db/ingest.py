@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
@@ -94,9 +94,14 @@ class Answer:
 
 
 def open_pool(libpq_url: str, *, max_size: int) -> AsyncConnectionPool:
-    """The API process's pool for the ingest path (open it inside the event loop: `await pool.open()`)."""
-    return AsyncConnectionPool(libpq_url, min_size=max_size, max_size=max_size, timeout=10, open=False,
-                               kwargs={"connect_timeout": 5})
+    """The API process's pool for the ingest path (open it inside the event loop: `await pool.open()`).
+
+    It grows on demand from one connection. After the database went away (`store_samples` drains the
+    pool on the first broken connection, so one request per process sees it), a connection that cannot
+    be replaced within `reconnect_timeout` is given up, and the next request opens one itself: the
+    path answers again as soon as the database does, not after the pool's reconnection backoff."""
+    return AsyncConnectionPool(libpq_url, min_size=1, max_size=max_size, timeout=10, reconnect_timeout=5,
+                               open=False, kwargs={"connect_timeout": 5})
 
 
 async def store_samples(pool: AsyncConnectionPool, batch: SampleBatch, *, token_id: int, key: str | None,
@@ -114,6 +119,9 @@ async def store_samples(pool: AsyncConnectionPool, batch: SampleBatch, *, token_
     async with pool.connection() as conn:
         try:
             return await _ingest(conn, params, batch)
+        except OperationalError:
+            await pool.drain()  # the database restarted or went away: every idle connection is stale too
+            raise
         except UniqueViolation:
             # The key was stored meanwhile by a concurrent first request (it has committed now), or an
             # expired record holds it: forget the expired one and run again, which replays a live one.

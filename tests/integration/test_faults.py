@@ -3,6 +3,7 @@
 import os
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,11 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
         wait_for(lambda: _ready(base) == 200, timeout=90, what="serve ready")
         headers = {"Authorization": f"Bearer {(tmp_path / 'data' / 'local-token').read_text().strip()}"}
         assert httpx.post(base + "/v1/runs", json={"name": "before", "base_model": base_model}, headers=headers).status_code == 201
+        with ThreadPoolExecutor(8) as pool:  # the ingest pool grows: every one of its connections goes stale
+            stored = list(pool.map(lambda step: httpx.post(
+                base + "/v1/runs/before/samples", json={"step": step, "items": [{"prompt": "p", "response": "r"}]},
+                headers=headers, timeout=30).status_code, range(100, 132)))
+        assert stored == [202] * 32
 
         _pg_ctl(tmp_path / "data" / "pg", "stop")
         assert _ready(base) == 503
@@ -56,7 +62,7 @@ def test_database_restart_gives_503_then_recovers_without_a_manual_step(tmp_path
         after = httpx.post(base + "/v1/runs", json={"name": "after", "base_model": base_model}, headers=headers)
         assert after.status_code == 201
         assert httpx.post(base + "/v1/runs/before/samples", json=batch, headers=headers).status_code == 202
-        assert len(httpx.get(base + "/v1/runs/before/samples", headers=headers).json()) == 1
+        assert len(httpx.get(base + "/v1/runs/before/samples", headers=headers).json()) == 33
         names = [r["name"] for r in httpx.get(base + "/v1/runs", headers=headers).json()]
         assert names == ["before", "after"]
     finally:
