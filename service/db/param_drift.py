@@ -56,6 +56,15 @@ def set_analysis(session: Session, *, checkpoint_id: int, kind: str, status: str
     refresh_checkpoint_status(session, checkpoint_id=checkpoint_id)
 
 
+def start_analyses(session: Session, *, checkpoint_id: int, kinds: Sequence[str]) -> None:
+    """The pending rows of the analyses of a checkpoint inserted in this transaction, in one statement:
+    nobody sees the checkpoint before the commit, so `set_analysis`'s lock is not needed, and its
+    status stays what it was inserted with (pending), so nothing is refreshed."""
+    session.execute(text("INSERT INTO checkpoint_analyses (checkpoint_id, kind) "
+                         "SELECT :c, kind FROM unnest(CAST(:kinds AS text[])) AS kind"),
+                    {"c": checkpoint_id, "kinds": list(kinds)})
+
+
 def refresh_checkpoint_status(session: Session, *, checkpoint_id: int) -> None:
     """A checkpoint is failed if any analysis failed, ready when all are ready, else processing."""
     session.execute(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, insert, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -186,16 +187,13 @@ def lock_step(session: Session, *, run_id: int, step: int) -> None:
     session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"step:{run_id}:{step}"})
 
 
-def insert_checkpoint(session: Session, *, run_id: int, step: int, uri: str, size_bytes: int) -> Checkpoint | None:
-    """Insert a checkpoint row; None when that step already exists (a concurrent registration)."""
-    checkpoint = Checkpoint(run_id=run_id, step=step, uri=uri, size_bytes=size_bytes)
-    session.add(checkpoint)
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        return None
-    return checkpoint
+def insert_checkpoint(session: Session, *, run_id: int, step: int, uri: str, size_bytes: int | None
+                      ) -> Checkpoint | None:
+    """Insert a checkpoint row (one statement); None when that step already exists."""
+    return session.scalars(
+        pg_insert(Checkpoint).values(run_id=run_id, step=step, uri=uri, size_bytes=size_bytes)
+        .on_conflict_do_nothing(index_elements=[Checkpoint.run_id, Checkpoint.step]).returning(Checkpoint)
+    ).first()
 
 
 def mark_checkpoint(

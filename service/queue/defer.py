@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service.db.jobs import insert_job
-from service.db.param_drift import set_analysis
+from service.db.param_drift import set_analysis, start_analyses
 
 NAMESPACE = "forgetwatch"
 RISK_TASK = "compute_risk"
@@ -50,8 +50,21 @@ def defer_job(
 
 
 def enqueue_params(session: Session, checkpoint_id: int) -> None:
-    """Start the parameter-drift analysis of a new checkpoint."""
+    """Start (again) the parameter-drift analysis of a checkpoint."""
     set_analysis(session, checkpoint_id=checkpoint_id, kind=PARAMS_KIND, status="pending")
+    _defer_param_plan(session, checkpoint_id)
+
+
+def enqueue_new_checkpoint(session: Session, checkpoint_id: int, *, probes: bool) -> None:
+    """All work a checkpoint inserted in this transaction needs: its parameter drift, and with `probes`
+    (its run has probe sets) its probe analysis; their pending rows in one statement."""
+    start_analyses(session, checkpoint_id=checkpoint_id, kinds=[PARAMS_KIND, RESPONSES_KIND] if probes else [PARAMS_KIND])
+    _defer_param_plan(session, checkpoint_id)
+    if probes:
+        _defer_probe(session, checkpoint_id)
+
+
+def _defer_param_plan(session: Session, checkpoint_id: int) -> None:
     defer_job(session, task=task_name(PARAM_PLAN), queue="params", args={"checkpoint_id": checkpoint_id},
               lock=f"plan-{checkpoint_id}")
 
@@ -65,8 +78,12 @@ def enqueue_spectral_base(session: Session, run_id: int, *, part: int | None = N
 
 
 def enqueue_probes(session: Session, checkpoint_id: int) -> None:
-    """Start the probe analysis (response drift, measured forgetting) of a new checkpoint."""
+    """Start (again) the probe analysis (response drift, measured forgetting) of a checkpoint."""
     set_analysis(session, checkpoint_id=checkpoint_id, kind=RESPONSES_KIND, status="pending")
+    _defer_probe(session, checkpoint_id)
+
+
+def _defer_probe(session: Session, checkpoint_id: int) -> None:
     defer_job(session, task=task_name(PROBE_TASK), queue="probes", args={"checkpoint_id": checkpoint_id},
               lock=f"probe-{checkpoint_id}")
 

@@ -26,7 +26,7 @@ from service.db.models import Checkpoint
 from service.errors import Conflict, InsufficientStorage, Unprocessable
 from service.lifecycle import run_uploads
 from service.paths import directory_size, resolve_location
-from service.queue.defer import enqueue_params, enqueue_probes
+from service.queue.defer import enqueue_new_checkpoint
 from service.settings import Settings
 
 router = APIRouter(prefix="/v1/runs/{run_ref}/checkpoints", tags=["checkpoints"])
@@ -47,13 +47,6 @@ def checkpoint_out(session: Session, checkpoint: Checkpoint) -> CheckpointOut:
         size_bytes=checkpoint.size_bytes, status=checkpoint.status, error=checkpoint.error,
         received_at=checkpoint.received_at, jobs=jobs,
     )
-
-
-def enqueue_checkpoint_jobs(session: Session, checkpoint: Checkpoint) -> None:
-    """All work a new checkpoint needs, in the caller's transaction."""
-    enqueue_params(session, checkpoint.id)
-    if queries.run_probe_set_names(session, run_id=checkpoint.run_id):
-        enqueue_probes(session, checkpoint.id)
 
 
 def upload_dir(settings: Settings, run_id: int, step: int) -> Path:
@@ -89,16 +82,12 @@ def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, 
         run = queries.get_run(session, ref=run_ref)
         queries.lock_step(session, run_id=run.id, step=body.step)  # no upload lands while it registers
         path = _checkpoint_path(settings, run.id, body)
-        existing = queries.find_checkpoint(session, run_id=run.id, step=body.step)
-        if existing is None:
-            existing = queries.insert_checkpoint(session, run_id=run.id, step=body.step, uri=str(path),
-                                                 size_bytes=None if isinstance(path, RemotePath)
-                                                 else directory_size(path))
-            if existing is not None:
-                enqueue_checkpoint_jobs(session, existing)
-                session.flush()
-                return 202, checkpoint_out(session, existing)
-            existing = queries.get_checkpoint(session, run_id=run.id, step=body.step)
+        created = queries.insert_checkpoint(session, run_id=run.id, step=body.step, uri=str(path),
+                                            size_bytes=None if isinstance(path, RemotePath) else directory_size(path))
+        if created is not None:
+            enqueue_new_checkpoint(session, created.id, probes=bool(queries.run_probe_set_names(session, run_id=run.id)))
+            return 202, checkpoint_out(session, created)
+        existing = queries.get_checkpoint(session, run_id=run.id, step=body.step)
         if existing.uri != str(path):
             raise Conflict(
                 f"step {body.step} of run {run.name!r} is already registered with uri {existing.uri!r}; "
