@@ -129,3 +129,35 @@ def test_upload_over_the_limit_is_413_and_leaves_nothing(client: TestClient, run
     assert response.status_code == 413
     folder = settings.uploads_dir / str(run_id) / "3"
     assert not folder.exists() or not any(folder.iterdir())
+
+
+def _statements(engine) -> list[str]:
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, statement, *_: seen.append(statement))
+    return seen
+
+
+def test_the_ingest_paths_stay_short(client: TestClient, run_id: int, checkpoint_dir: Path, engine) -> None:
+    """Trainers call these the most: a sample batch takes no statement on the engine (one on the ingest
+    pool, `service.db.ingest`), a keyed checkpoint registration nine (the key, the run, the step's lock,
+    the row, its analyses, its job, the run's probe sets, the jobs it answers with, the key's answer)."""
+    client.post(f"/v1/runs/{run_id}/samples", json={"step": 1, "items": [{"prompt": "p", "response": "r"}]})
+    seen = _statements(engine)
+    batch = {"step": 2, "items": [{"prompt": "p", "response": "r"}] * 5}
+    assert client.post(f"/v1/runs/{run_id}/samples", json=batch, headers={"Idempotency-Key": "s"}).status_code == 202
+    assert seen == []
+    response = client.post(f"/v1/runs/{run_id}/checkpoints", json={"step": 10, "uri": str(checkpoint_dir)},
+                           headers={"Idempotency-Key": "c"})
+    assert response.status_code == 202 and response.json()["status"] == "pending"
+    assert len(seen) == 9, seen
+    with_probes = {"name": "ood", "domain": "ood", "items": [{"prompt": "1+1=", "reference": "2"}]}
+    assert client.post("/v1/probe-sets", json=with_probes).status_code == 201
+    assert client.post(f"/v1/runs/{run_id}/probe-sets", json={"probe_sets": ["ood"]}).status_code in (200, 201)
+    seen.clear()
+    response = client.post(f"/v1/runs/{run_id}/checkpoints", json={"step": 20, "uri": str(checkpoint_dir)})
+    assert response.status_code == 202
+    assert sorted(j["task"] for j in response.json()["jobs"]) == ["forgetwatch:plan_param_drift",
+                                                                  "forgetwatch:probe_drift"]
+    assert client.get(f"/v1/runs/{run_id}/checkpoints/20").json()["status"] == "pending"
