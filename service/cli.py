@@ -48,7 +48,7 @@ def share_request_metrics(folder: Path) -> None:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
     import uvicorn
 
-    from service.api.app import create_app
+    from service.api.app import create_app, settle
     from service.db.session import make_engine, make_sessionmaker
 
     # What is served without a token depends on the address bound (Settings.on_loopback).
@@ -69,7 +69,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> None:
         if embedded:
             token_file = ensure_local_token(settings, make_sessionmaker(engine))
             print(f"forgetwatch: local write token in {token_file}", flush=True)
-        app = create_app(settings=settings, engine=engine, run_worker=not args.no_worker)
+        app = settle(create_app(settings=settings, engine=engine, run_worker=not args.no_worker))
         if port:  # with --port 0, uvicorn's own start-up line names the port it bound
             print(f"forgetwatch: serving on http://{host}:{port} (API docs at /docs)", flush=True)
         if not settings.on_loopback:

