@@ -111,7 +111,7 @@ async def store_samples(pool: AsyncConnectionPool, batch: SampleBatch, *, token_
     params = {
         "token_id": token_id, "key": key, "ttl": IDEMPOTENCY_TTL.total_seconds(), "fingerprint": fingerprint,
         "path": path, "run_ref": batch.run_ref, "run_id": _as_id(batch.run_ref), "probe_set": batch.probe_set,
-"step": batch.step, "accepted": len(batch.prompts),
+        "step": batch.step, "accepted": len(batch.prompts),
         "prompts": list(batch.prompts), "responses": list(batch.responses),
         "logprobs": [None if values is None else json.dumps(values) for values in batch.logprobs],
         "queue": queue, "task": task,
@@ -125,8 +125,8 @@ async def store_samples(pool: AsyncConnectionPool, batch: SampleBatch, *, token_
         except UniqueViolation:
             # The key was stored meanwhile by a concurrent first request (it has committed now), or an
             # expired record holds it: forget the expired one and run again, which replays a live one.
-            await conn.rollback()
-            await conn.execute(_FORGET_EXPIRED, params)
+            async with conn.transaction():
+                await conn.execute(_FORGET_EXPIRED, params)
             return await _ingest(conn, params, batch)
 
 
