@@ -53,6 +53,7 @@ MODEL = "trend/1"
 REASONS = {
     "no_ood_probes": "the run has no ood probe set",
     "too_few_items": "the ood probe set is too small to measure a drop",
+    "too_coarse": "the ood probe set is too coarse to forecast a crossing",
     "base_unusable": "the base's ood score cannot anchor a relative drop",
     "not_measured": "ood forgetting was not measured at this checkpoint",
     "non_finite": "an ood measurement is NaN or infinite",
@@ -202,6 +203,11 @@ def forecast_detection(
     pts = [drops[i] for i in measured]
     if not all(math.isfinite(v) for d in pts for v in (d.drop, d.low, d.high)):
         return abstain("non_finite", n=len(pts))
+    coarse = max(pts, key=_granularity)
+    if _granularity(coarse) > threshold / (2 * Z95):
+        return abstain("too_coarse", f"one item is {2 * _granularity(coarse):.1%} of the base's score, a forecast "
+                       f"needs at most {threshold / Z95:.1%}: about {math.ceil(Z95 / threshold)} items the base "
+                       "answers right", len(pts))
     x = x_all[measured]
     spacing = float(np.median(np.diff(x)))
     u = (x - x[-1]) / spacing  # checkpoint index, 0 at the current checkpoint

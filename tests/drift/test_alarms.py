@@ -98,12 +98,25 @@ def test_probability_matches_the_linear_regression_prediction_interval():
         ([drop(0.0), drop(0.0), None], "not_measured"),
         ([drop(0.0), drop(0.2), drop(0.0)], "detected"),
         ([drop(0.0), drop(0.01), RelativeDrop("ood", "accuracy", math.nan, 0.0, 0.0, 0.8, 64)], "non_finite"),
+        # 8 right answers of 16: one item is 12.5 % of the base's score, more than the threshold's margin
+        ([drop(0.0, half_width=0.0, n_items=16, base=0.5)] * 4, "too_coarse"),
     ],
 )
 def test_the_forecast_abstains_with_a_reason_instead_of_guessing(drops, code):
     f = forecast_detection(list(range(1, len(drops) + 1)), drops, threshold=0.1)
     assert not f.applicable and f.probability is None
     assert f.reason_code == code and f.reason.startswith(REASONS[code])
+
+
+def test_a_probe_set_needs_about_twenty_right_answers_at_the_base_for_a_forecast():
+    """Below that, half an item of noise floor and a line through 3-6 points gave a run whose answers
+    never changed a forecast of ~0.35 (bench.forecast_noise: every such run alarmed)."""
+    still = [drop(0.0, half_width=0.0, n_items=40, base=0.5)] * 4  # 20 right answers
+    assert forecast_detection([1, 2, 3, 4], still, threshold=0.1).applicable
+    coarse = [drop(0.0, half_width=0.0, n_items=38, base=0.5)] * 4  # 19
+    f = forecast_detection([1, 2, 3, 4], coarse, threshold=0.1)
+    assert f.reason_code == "too_coarse" and "about 20 items the base answers right" in f.reason
+    assert first_detection([drop(0.5, half_width=0.1, n_items=16, base=0.5)], threshold=0.1) == 0  # still detected
 
 
 def test_a_single_checkpoint_never_gets_a_forecast():

@@ -181,6 +181,26 @@ def test_inputs_it_cannot_judge_give_not_applicable_everywhere_never_a_score(
     assert page.status_code == 200 and "not applicable: " in page.text
 
 
+def test_a_coarse_probe_set_is_measured_but_never_forecast(client: TestClient, base_model: str, engine: Engine,
+                                                           settings: Settings) -> None:
+    _probe_set(client, "coarse", 16)
+    _run(client, base_model, "coarse", ["coarse"])
+    for step in STEPS[:4]:  # the answers never change; the base gets 8 of 16 right
+        cid = _checkpoint(engine, "coarse", step)
+        _probe_result(engine, cid, "coarse", accuracy_base=0.5, change=0.0, half_width=0.0)
+        _assess(engine, settings, cid)
+    body = client.get("/v1/runs/coarse/status").json()
+    forecast = body["forecast"]
+    assert not forecast["applicable"] and forecast["probability"] is None and not forecast["predicted"]
+    assert forecast["reason_code"] == "too_coarse" and "items the base answers right" in forecast["reason"]
+    assert body["detection"]["measured"] and not body["detection"]["detected"]
+    assert body["first_predicted_step"] is None and body["first_detected_step"] is None
+    metrics = _metrics(client)
+    assert [(s.labels["reason"], s.value) for s in _samples(metrics, "forgetwatch_forecast_applicable", "coarse")] == [
+        ("too_coarse", 0.0)]
+    assert "not applicable: " in client.get("/runs/coarse").text
+
+
 def test_the_forecast_is_the_same_whether_or_not_the_trainer_posts_the_base_as_step_0(
         client: TestClient, base_model: str, engine: Engine, settings: Settings) -> None:
     _probe_set(client, "arith", 64)
