@@ -22,7 +22,10 @@ Detection at ``t + k`` needs the point estimate to reach ``L = threshold + (drop
 (the current interval's lower margin, assumed to stay as wide). ``probability = max_k P(drop_{t+k} ≥ L)``,
 ``k = 1..horizon``: the chance at the most likely of the next checkpoints, a lower bound of the
 chance that any of them crosses. A run whose drops stay at zero has zero slope and the noise floor
-of its probe set, so its probability stays far below any sensible alarm threshold.
+of its probe set, so its probability stays far below any sensible alarm threshold, provided the floor
+is small: a probe set on which one item is more than ``threshold / z`` of the base's score (about 20
+right answers at the base for a 10 % threshold) abstains as ``too_coarse``, since half an item of
+noise extrapolated from 3 points gave such a run ~0.35 (`bench.forecast_noise`).
 
 Every input is dimensionless (`drift.features`); nothing is imputed: a missing or non-finite input
 gives ``applicable=False`` with a reason code and a message.
