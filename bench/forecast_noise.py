@@ -1,6 +1,6 @@
 """How the forgetting forecast behaves on probe sets of every size and noise: synthetic runs, known truth.
 
-    python -m bench.forecast_noise [--runs 40] [--alarm 0.2138]
+    python -m bench.forecast_noise [--runs 40] [--alarm P]
 
 The corpus behind the shipped threshold (`make corpus`) has one ood probe-set size (64 items) and
 little answer churn. A user's probe set may have 16 items or 1000, and a healthy fine-tune flips

@@ -140,12 +140,15 @@ def report(result: HeldOut) -> str:
 
 
 def save(path: Path, *, threshold: float | None, alpha: float, runs: list[RunTrace], record: list[HeldOut],
-         recipe: dict[str, Any], decision: Refit | None = None) -> None:
+         recipe: dict[str, Any], decision: Refit | None = None, pooled_with: list[float] | None = None) -> None:
+    """``quiet_run_maxima`` is the pool the threshold comes from: these runs' largest forecasts plus
+    ``pooled_with`` (the shipped maxima a pooled refit used), so the file can be shipped as is and a
+    later refit pools with every quiet run behind it."""
+    own = [max((p for p in t.forecast if p is not None), default=0.0) for t in runs if t.onset is None]
     document = {"format": FORMAT, "alarm_probability": threshold, "alpha": alpha,
-                "n_non_forgetting_runs": sum(t.onset is None for t in runs), "n_runs": len(runs),
+                "n_non_forgetting_runs": len(own), "n_runs": len(runs),
                 "held_out": [asdict(r) for r in record], "recipe": recipe,
-                "quiet_run_maxima": sorted(max((p for p in t.forecast if p is not None), default=0.0)
-                                           for t in runs if t.onset is None)}
+                "quiet_run_maxima": sorted(own + list(pooled_with or []))}
     if decision is not None:
         document |= {"alarm_probability": decision.threshold, "installed": decision.installed,
                      "reason": decision.reason, "refit": asdict(decision.refit),

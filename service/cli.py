@@ -235,14 +235,15 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     horizon = settings.forecast_horizon_checkpoints
     try:
         threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon)
+        shipped = [] if args.from_scratch else shipped_maxima()
         decision = refit_threshold(runs, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
-                                   horizon=horizon, shipped=[] if args.from_scratch else shipped_maxima())
+                                   horizon=horizon, shipped=shipped)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
     for result in [*record, decision.refit, decision.in_force]:
         print(f"calibrate {report(result)}")
     out = Path(args.out or settings.data_dir / "alarm_threshold.json")
-    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision,
+    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision, pooled_with=shipped,
          recipe={"label": args.label, "horizon": horizon, "from_scratch": args.from_scratch,
                  "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)

@@ -92,7 +92,10 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
     assert decision.refit.false_alarm_runs == 0.0 and decision.in_force.false_alarm_runs == 0.0
     assert decision.refit.median_lead_ckpts >= decision.in_force.median_lead_ckpts
     save(tmp_path / "alarm_threshold.json", threshold=None, alpha=0.1, runs=runs, record=[], recipe={},
-         decision=decision)
+         decision=decision, pooled_with=shipped)
+    written = json.loads((tmp_path / "alarm_threshold.json").read_text())
+    assert len(written["quiet_run_maxima"]) == 34 and written["n_non_forgetting_runs"] == 4  # the pool behind it
+    assert shipped_maxima(tmp_path / "alarm_threshold.json") == written["quiet_run_maxima"]
     assert Settings(data_dir=tmp_path).forecast_alarm_probability == decision.threshold
     assert Settings(data_dir=tmp_path, forecast_alarm_probability=0.5).forecast_alarm_probability == 0.5
     # A threshold in force that already warns as early, with no false alarm, is not replaced by one
