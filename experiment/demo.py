@@ -38,7 +38,8 @@ class Plan:
     """The skill pair (`experiment.tasks.SKILL_PAIRS`), a tag on every run."""
 
 
-PRETRAINING: dict[str, dict[str, Any]] = {"small-llama-word": {"lr": 1e-3}, "micro-qwen2-char": {"lr": 2e-3}}
+PRETRAINING: dict[str, dict[str, Any]] = {"small-llama-word": {"lr": 1e-3}, "micro-qwen2-char": {"lr": 2e-3},
+                                          "medium-gpt2-word": {"lr": 1e-3}}
 """Pretraining overrides per model family (`BaseConfig` fields) where the demo's do not fit its size
 (at 3e-3 the Llama family's loss stalled near 2 for 300 steps; at 1e-3 it fell to 0.3 in 200)."""
 
