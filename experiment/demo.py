@@ -68,7 +68,11 @@ def _wait_for_analyses(http: httpx.Client, runs: list[str], timeout: float) -> N
     def finished() -> tuple[int, int]:
         done = total = 0
         for run in runs:
-            checkpoints = http.get(f"/v1/runs/{run}/checkpoints").json()
+            response = http.get(f"/v1/runs/{run}/checkpoints")
+            if response.status_code != 200:
+                raise SystemExit(f"python -m experiment: reading run {run}'s checkpoints: HTTP {response.status_code} "
+                                 f"{response.text[:300]}")
+            checkpoints = response.json()
             total += len(checkpoints)
             done += sum(c["status"] in ("ready", "failed") for c in checkpoints)
         return done, total
@@ -174,7 +178,7 @@ def print_table(summaries: list[dict[str, Any]]) -> None:
 def run(settings: Settings, plan: Plan) -> None:
     from experiment.model import family_config
     from experiment.pretrain import BaseConfig
-    from experiment.report import ServiceReporter, register_probe_sets
+    from experiment.report import ServiceReporter, register_probe_sets, register_run
     from experiment.train import arm_config, run_experiment
     from forgetwatch_client import ForgetwatchClient
 
@@ -197,12 +201,13 @@ def run(settings: Settings, plan: Plan) -> None:
         runs: list[str] = []
 
         def reporter(arm: str, run_name: str, base_dir: Path) -> ServiceReporter:
+            tags = {"experiment": prefix.rstrip("-"), "family": plan.family, "skills": plan.skills}
+            register_run(url, token, run_name=run_name, arm=arm, base_dir=base_dir, probe_sets=probe_sets, tags=tags)
             client = ForgetwatchClient(url, token, journal_path=settings.data_dir / "journals" / f"{run_name}.jsonl")
             clients.append(client)
             runs.append(run_name)
             return ServiceReporter(client, arm=arm, run_name=run_name, base_dir=base_dir, probe_sets=probe_sets,
-                                   tags={"experiment": prefix.rstrip("-"), "family": plan.family,
-                                         "skills": plan.skills})
+                                   tags=tags)
 
         for seed in plan.seeds:
             for scale in plan.lr_scales:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from drift.probes import load_probe_set
 from experiment.tasks import DEFAULT_SKILLS, PROBE_SETS, PROBESET_DIR, skill_pair
-from forgetwatch_client import ForgetwatchClient
+from forgetwatch_client import ForgetwatchClient, ForgetwatchError
 
 METHODS = {"sft": "sft", "grpo": "grpo"}
 
@@ -28,6 +28,19 @@ def register_probe_sets(client: ForgetwatchClient, skills: str = DEFAULT_SKILLS)
 
 def method_of(arm: str) -> str:
     return METHODS.get(arm, "self_distillation")
+
+
+def register_run(url: str, token: str, *, run_name: str, arm: str, base_dir: Path, probe_sets: list[str],
+                 tags: dict[str, str | float | int]) -> None:
+    """Register the run in blocking mode, so that a refused run (a base outside the service's checkpoint
+    roots, a token of another project) stops the experiment with the service's reason before training,
+    rather than after it with every call of the run dropped by the background delivery."""
+    with ForgetwatchClient(url, token, blocking=True) as client:
+        try:
+            client.run(run_name, base_model=str(base_dir), method=method_of(arm), probe_sets=probe_sets,
+                       tags={"arm": arm, **tags})
+        except ForgetwatchError as error:
+            raise SystemExit(f"python -m experiment: the service refused run {run_name}: {error}") from error
 
 
 class ServiceReporter:

@@ -16,7 +16,7 @@ import pytest
 
 from experiment.demo import print_table, run_summary
 from experiment.pretrain import BaseConfig
-from experiment.report import ServiceReporter, register_probe_sets
+from experiment.report import ServiceReporter, register_probe_sets, register_run
 from experiment.train import run_experiment
 from forgetwatch_client import ForgetwatchClient
 from service.db.session import make_engine, make_sessionmaker
@@ -143,3 +143,11 @@ def test_no_link_reachable_from_the_index_answers_a_server_error(experiment: Exp
     assert len([p for p in seen if p.startswith("/runs/")]) == len(experiment.runs)
     errors = {path: status for path, status in seen.items() if status >= 500}
     assert not errors, errors
+
+
+def test_a_run_the_service_refuses_stops_the_experiment_with_its_reason(experiment: Experiment, tmp_path: Path) -> None:
+    token = experiment.http.headers["Authorization"].split()[1]
+    with pytest.raises(SystemExit, match=r"refused run outside-roots: .*403"):
+        register_run(experiment.url, token, run_name="outside-roots", arm="sft", base_dir=tmp_path / "base",
+                     probe_sets=[], tags={})
+    assert experiment.http.get("/v1/runs/outside-roots").status_code == 404
