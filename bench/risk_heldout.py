@@ -1,9 +1,13 @@
 """Held-out record of the forgetting alarms on the labelled runs in forgetwatch's database.
 
     FORGETWATCH_DATA_DIR=~/.cache/forgetwatch/calibration python -m bench.risk_heldout [--alpha 0.1]
+        [--save-records FILE]
+    python -m bench.risk_heldout --records bench/corpus/records.json.gz
+
 
 Every labelled run (ground truth ``ood_accuracy`` posted for step 0 and its checkpoints, e.g. by
-``make corpus``) is replayed through the service's detection and forecast, each checkpoint judged
+``make corpus``, or a file of `drift.replay.RunRecord` written by ``--save-records``; the project's
+corpus ships as ``bench/corpus/records.json.gz``) is replayed through the service's detection and forecast, each checkpoint judged
 only from the checkpoints up to it (`service.calibrate`). The alarm threshold of each judged run is
 calibrated conformally on the non-forgetting runs of the *other* families (leave one family out)
 or methods (leave one method out); metrics are defined in `drift.evaluation`. With a single family
@@ -12,7 +16,8 @@ in-sample figure; the last line then comes from leave-one-method-out and says ``
 Two discrete-time hazard models (`drift.hazard`, not served: ``hazard/1`` on the drops,
 ``hazard/2`` adding ood KL as a share of the base's entropy) are fitted and scored on the same
 splits for comparison, with their own held-out conformal thresholds; a round 0.5 and the configured
-threshold are reported beside the held-out conformal ones.
+threshold are reported beside the held-out conformal ones, and the leave-one-family-out record at
+other false-alarm budgets (the frontier: how many early warnings each extra false alarm buys).
 
 Last line: ``risk_heldout families=F methods=M auc_h3=… early2_share=… median_lead_ckpts=…
 false_alarm_runs=… detect_rate=… persistence_auc=…``.
@@ -21,28 +26,43 @@ false_alarm_runs=… detect_rate=… persistence_auc=…``.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from drift.evaluation import evaluate, first_alarm, held_out
 from drift.hazard import held_out_alarms, held_out_auc
-from service.calibrate import report, traces
+from drift.replay import RunRecord, dump_records, load_records, replay
+from service.calibrate import records, report
 from service.cli import database_url, ensure_schema
 from service.db.session import make_engine, make_sessionmaker
 from service.settings import Settings
+
+#: False-alarm budgets of the printed frontier (early warnings bought with false alarms).
+FRONTIER_ALPHAS = (0.05, 0.10, 0.20, 0.30, 0.50)
+
+
+def database_records(settings: Settings, *, label: str) -> list[RunRecord]:
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine)() as session:
+            found = records(session, label=label)
+        engine.dispose()
+    return found
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--alpha", type=float, default=0.10, help="largest share of non-forgetting runs that alarm")
     parser.add_argument("--label", default="ood_accuracy")
+    parser.add_argument("--records", type=Path, help="evaluate these run records instead of the database's runs")
+    parser.add_argument("--save-records", type=Path, help="also write the database's run records to this file")
     args = parser.parse_args()
     settings = Settings()
     horizon = settings.forecast_horizon_checkpoints
-    with database_url(settings) as (url, embedded):
-        ensure_schema(url, embedded=embedded, migrate=False)
-        engine = make_engine(url, pool_size=1)
-        with make_sessionmaker(engine)() as session:
-            runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop, horizon=horizon)
-        engine.dispose()
+    corpus = load_records(args.records) if args.records else database_records(settings, label=args.label)
+    if args.save_records:
+        dump_records(corpus, args.save_records)
+    runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
     if not runs:
         raise SystemExit("bench.risk_heldout: no labelled runs in this database (make corpus writes some)")
     families = sorted({t.family for t in runs})
@@ -63,6 +83,10 @@ def main() -> None:
         print(report(evaluate(runs, [value] * len(runs), horizon=horizon, split=f"{what}: {value:g}")))
     print(report(by_method))
     print(report(by_family))
+    if len(families) >= 2:
+        print("frontier, leave one family out: the alarm threshold at other false-alarm budgets alpha")
+        for alpha in FRONTIER_ALPHAS:
+            print(f"  alpha={alpha:.2f} {report(held_out(runs, by='family', alpha=alpha, horizon=horizon))}")
     for by in ("method", "family"):
         for inputs in ("hazard/1", "hazard/2"):
             hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon, inputs=inputs)

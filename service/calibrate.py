@@ -3,7 +3,7 @@
 A run is usable when the trainer posted its ood ground truth (`POST /v1/runs/{run}/labels`, e.g.
 `ood_accuracy`, measured on items that are not probe items) for the base (step 0) and for its
 checkpoints. Each run is replayed checkpoint by checkpoint with the service's own functions
-(`service.risk.ood_drops`, `drift.alarms.forecast_detection`), each forecast from the checkpoints up
+(`service.risk.ood_drops`, `drift.replay.replay`), each forecast from the checkpoints up
 to it only, so the result does not depend on what the service stored at the time. The forecast has
 no fitted parameters; what is fitted here is the alarm threshold, conformally from the runs that
 never forgot (`drift.evaluation.conformal_threshold`).
@@ -24,10 +24,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from drift.alarms import forecast_detection
 from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out, refit, why_worse
-from drift.features import kl_entropy_share
-from drift.risk import forgetting_onset
+from drift.replay import RunRecord, replay
 from service.db.features import ood_history, run_history
 from service.db.labels import label_values, runs_labelled_at_base
 from service.db.queries import last_step
@@ -74,9 +72,10 @@ def labelled_runs(session: Session, *, label: str) -> list[tuple[int, str, str, 
     return runs_labelled_at_base(session, name=label)
 
 
-def run_trace(session: Session, *, run_id: int, name: str, method: str, family: str, label: str,
-              relative_drop: float, horizon: int) -> RunTrace | None:
-    """The run replayed through the alarms; None when it has no checkpoint after the base."""
+def run_record(session: Session, *, run_id: int, name: str, method: str, family: str,
+               label: str) -> RunRecord | None:
+    """What the service measured of the run and its ground truth; None when it has no checkpoint
+    after the base."""
     values = label_values(session, run_id=run_id, name=label)
     last = last_step(session, run_id=run_id)
     if last is None:
@@ -87,34 +86,33 @@ def run_trace(session: Session, *, run_id: int, name: str, method: str, family: 
     if not keep:
         return None
     drops, _ = ood_drops(ood)
-    steps = [ood.steps[i] for i in keep]
-    drops = [drops[i] for i in keep]
     entropy = [b["entropy"] for b in run_base_scores(session, run_id=run_id)
                if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
-    kl = [history.rows[i].get("kl_fwd_ood") for i in keep]
-    forecast = [forecast_detection(steps[:i + 1], drops[:i + 1], threshold=relative_drop, horizon=horizon).probability
-                for i in range(len(steps))]
-    return RunTrace(
-        run=name, family=family, method=method, forecast=tuple(forecast),
-        detected=tuple(d is not None and d.low >= relative_drop for d in drops),
-        drop=tuple(None if d is None else d.drop for d in drops),
-        kl_share=tuple(None if k is None or not entropy or k < 0 else kl_entropy_share(k, sum(entropy) / len(entropy))
-                       for k in kl),
-        onset=forgetting_onset([values.get(s) for s in steps], base=values[0], relative_drop=relative_drop),
+    steps = [ood.steps[i] for i in keep]
+    return RunRecord(
+        run=name, family=family, method=method, steps=tuple(steps), drops=tuple(drops[i] for i in keep),
+        kl=tuple(history.rows[i].get("kl_fwd_ood") for i in keep),
+        base_entropy=sum(entropy) / len(entropy) if entropy else None,
+        label_base=values[0], labels=tuple(values.get(s) for s in steps),
     )
 
 
-def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
-           runs: list[str] | None = None) -> list[RunTrace]:
+def records(session: Session, *, label: str, runs: list[str] | None = None) -> list[RunRecord]:
     out = []
     for run_id, name, method, family in labelled_runs(session, label=label):
         if runs and name not in runs:
             continue
-        trace = run_trace(session, run_id=run_id, name=name, method=method, family=family, label=label,
-                          relative_drop=relative_drop, horizon=horizon)
-        if trace is not None:
-            out.append(trace)
+        record = run_record(session, run_id=run_id, name=name, method=method, family=family, label=label)
+        if record is not None:
+            out.append(record)
     return out
+
+
+def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
+           runs: list[str] | None = None) -> list[RunTrace]:
+    """The labelled runs replayed through the alarms (`drift.replay.replay`)."""
+    return [replay(r, relative_drop=relative_drop, horizon=horizon)
+            for r in records(session, label=label, runs=runs)]
 
 
 def calibrate(runs: list[RunTrace], *, alpha: float, horizon: int) -> tuple[float | None, list[HeldOut]]:

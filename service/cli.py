@@ -222,17 +222,25 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
+    from drift.replay import load_records, replay
     from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, traces
     from service.db.session import make_engine, make_sessionmaker
 
-    with database_url(settings) as (url, embedded):
-        ensure_schema(url, embedded=embedded, migrate=False)
-        engine = make_engine(url, pool_size=1)
-        with make_sessionmaker(engine)() as session:
-            runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
-                          horizon=settings.forecast_horizon_checkpoints, runs=args.runs or None)
-        engine.dispose()
     horizon = settings.forecast_horizon_checkpoints
+    if args.records:
+        try:
+            corpus = [r for r in load_records(Path(args.records)) if not args.runs or r.run in args.runs]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise SystemExit(f"forgetwatch calibrate: cannot read run records from {args.records}: {error}") from error
+        runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
+    else:
+        with database_url(settings) as (url, embedded):
+            ensure_schema(url, embedded=embedded, migrate=False)
+            engine = make_engine(url, pool_size=1)
+            with make_sessionmaker(engine)() as session:
+                runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
+                              horizon=horizon, runs=args.runs or None)
+            engine.dispose()
     try:
         threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon)
         shipped = [] if args.from_scratch else shipped_maxima()
@@ -244,7 +252,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
         print(f"calibrate {report(result)}")
     out = Path(args.out or settings.data_dir / "alarm_threshold.json")
     save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision, pooled_with=shipped,
-         recipe={"label": args.label, "horizon": horizon, "from_scratch": args.from_scratch,
+         recipe={"label": args.label, "horizon": horizon, "records": args.records, "from_scratch": args.from_scratch,
                  "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)
     if decision.installed and decision.threshold is not None:
@@ -296,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--alpha", type=float, default=0.10,
                            help="largest share of non-forgetting runs allowed to alarm")
     calibrate.add_argument("--runs", nargs="*", help="run names (default: every run with the label)")
+    calibrate.add_argument("--records", help="replay the runs of this run-records file (python -m bench.risk_heldout "
+                           "--save-records) instead of the database's")
     calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json, "
                            "which the service reads)")
     calibrate.add_argument("--from-scratch", action="store_true",

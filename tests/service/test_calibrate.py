@@ -106,3 +106,22 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
     assert len(shipped_maxima(SHIPPED)) >= 9
     assert Settings(data_dir=tmp_path / "empty").forecast_alarm_probability == json.loads(
         SHIPPED.read_text())["alarm_probability"]
+
+
+def test_run_records_written_to_a_file_replay_to_the_same_traces(engine, tmp_path) -> None:
+    from drift.replay import dump_records, load_records, replay
+    from service.calibrate import records
+
+    _labelled_runs(engine, quiet=3, forgetting=2)
+    with make_sessionmaker(engine)() as session:
+        stored = records(session, label="ood_accuracy")
+        runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
+    path = tmp_path / "records.json.gz"
+    dump_records(stored, path)
+    loaded = load_records(path)
+    assert loaded == stored and len(loaded) == 5
+    assert [replay(r, relative_drop=0.1, horizon=3) for r in loaded] == runs
+    assert loaded[0].drops[0] is not None and loaded[0].drops[0].n_items == 64
+    (tmp_path / "other.json").write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a forgetwatch.run_records/1"):
+        load_records(tmp_path / "other.json")
