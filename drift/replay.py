@@ -3,7 +3,9 @@
 A `RunRecord` holds what the held-out evaluation needs and nothing the service would not have had:
 per checkpoint after the base, its step, the worst ood probe set's relative drop with its
 paired-bootstrap interval, and the ood KL; the base's ood entropy; and the ground truth the trainer
-posted (measured on items that are not probe items). `replay` turns it into the `RunTrace` that
+posted (measured on items that are not probe items). It also keeps every ood probe set's paired
+scores (accuracy and reference log-likelihood: base, change, interval), so another forecast can be
+tried on a stored corpus. `replay` turns it into the `RunTrace` that
 `drift.evaluation` scores, each forecast from the checkpoints up to it only.
 
 Records are plain JSON (`dump_records` / `load_records`), so a corpus that took an hour to build can
@@ -18,6 +20,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from drift.alarms import RelativeDrop, forecast_detection
 from drift.evaluation import RunTrace
@@ -38,8 +41,13 @@ class RunRecord:
     base_entropy: float | None
     label_base: float
     labels: tuple[float | None, ...]
+    probe_scores: tuple[tuple[dict[str, Any], ...], ...] = ()
+    """Per checkpoint, each ood probe set's ``{"probe_set", "n_items", "accuracy", "loglik"}``, the
+    last two as ``[base, change, ci_low, ci_high]`` (`service.db.features.OodProbeResult`)."""
 
     def __post_init__(self) -> None:
+        if self.probe_scores and len(self.probe_scores) != len(self.steps):
+            raise ValueError(f"run {self.run}: probe scores for {len(self.probe_scores)} of {len(self.steps)} checkpoints")
         if not len(self.steps) == len(self.drops) == len(self.kl) == len(self.labels):
             raise ValueError(f"run {self.run}: per-checkpoint sequences differ in length")
 
@@ -78,5 +86,6 @@ def load_records(path: Path) -> list[RunRecord]:
     return [RunRecord(run=r["run"], family=r["family"], method=r["method"], steps=tuple(r["steps"]),
                       drops=tuple(None if d is None else RelativeDrop(**d) for d in r["drops"]),
                       kl=tuple(r["kl"]), base_entropy=r["base_entropy"], label_base=r["label_base"],
-                      labels=tuple(r["labels"]))
+                      labels=tuple(r["labels"]),
+                      probe_scores=tuple(tuple(scores) for scores in r.get("probe_scores", ())))
             for r in document["runs"]]

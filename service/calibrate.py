@@ -94,6 +94,8 @@ def run_record(session: Session, *, run_id: int, name: str, method: str, family:
         kl=tuple(history.rows[i].get("kl_fwd_ood") for i in keep),
         base_entropy=sum(entropy) / len(entropy) if entropy else None,
         label_base=values[0], labels=tuple(values.get(s) for s in steps),
+        probe_scores=tuple(tuple({"probe_set": r.probe_set, "n_items": r.n_items, "accuracy": list(r.accuracy),
+                                  "loglik": list(r.loglik)} for r in ood.results[i]) for i in keep),
     )
 
 

@@ -122,6 +122,7 @@ def test_run_records_written_to_a_file_replay_to_the_same_traces(engine, tmp_pat
     assert loaded == stored and len(loaded) == 5
     assert [replay(r, relative_drop=0.1, horizon=3) for r in loaded] == runs
     assert loaded[0].drops[0] is not None and loaded[0].drops[0].n_items == 64
+    assert loaded[0].probe_scores[0][0]["accuracy"][0] == 0.8 and loaded[0].probe_scores[0][0]["n_items"] == 64
     (tmp_path / "other.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="not a forgetwatch.run_records/1"):
         load_records(tmp_path / "other.json")
