@@ -1,0 +1,49 @@
+"""The shipped alarm threshold and the documented held-out record are what the committed corpus gives.
+
+`bench/corpus/records.json.gz` holds the runs of the last `make corpus` build as the service
+measured them (`drift.replay.RunRecord`). Replaying them must reproduce, to the digit, the threshold
+in `service/shipped_calibration.json` and the `risk_heldout` line in `docs/risk_model.md`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDS = ROOT / "bench" / "corpus" / "records.json.gz"
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FORGETWATCH_")}
+    return subprocess.run(args, cwd=ROOT, env=env | {"FORGETWATCH_DATA_DIR": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=300, check=False)
+
+
+FORGETWATCH = str(Path(sys.executable).parent / "forgetwatch")
+
+
+def test_the_shipped_threshold_is_the_committed_corpus_calibrated_from_scratch(tmp_path) -> None:
+    out = tmp_path / "calibration.json"
+    done = _run([FORGETWATCH, "calibrate", "--from-scratch", "--records", str(RECORDS), "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    ours, shipped = json.loads(out.read_text()), json.loads((ROOT / "service" / "shipped_calibration.json").read_text())
+    assert ours["quiet_run_maxima"] == shipped["quiet_run_maxima"]
+    assert ours["alarm_probability"] == shipped["alarm_probability"]
+    assert ours["held_out"] == shipped["held_out"]
+
+
+def test_the_documented_held_out_record_is_what_the_committed_corpus_gives(tmp_path) -> None:
+    done = _run([sys.executable, "-m", "bench.risk_heldout", "--records", str(RECORDS)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("risk_heldout families=4 ")
+    assert last in (ROOT / "docs" / "risk_model.md").read_text()
+
+
+def test_a_records_file_that_is_not_one_is_refused_with_its_name(tmp_path) -> None:
+    bad = tmp_path / "records.json"
+    bad.write_text("{}")
+    done = _run([FORGETWATCH, "calibrate", "--records", str(bad)], tmp_path)
+    assert done.returncode != 0 and "cannot read run records from" in done.stderr and "Traceback" not in done.stderr
