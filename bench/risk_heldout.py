@@ -30,24 +30,12 @@ from pathlib import Path
 
 from drift.evaluation import evaluate, first_alarm, held_out
 from drift.hazard import held_out_alarms, held_out_auc
-from drift.replay import RunRecord, dump_records, load_records, replay
-from service.calibrate import records, report
-from service.cli import database_url, ensure_schema
-from service.db.session import make_engine, make_sessionmaker
+from drift.replay import dump_records, load_records, replay
+from service.calibrate import report, stored_records
 from service.settings import Settings
 
 #: False-alarm budgets of the printed frontier (early warnings bought with false alarms).
 FRONTIER_ALPHAS = (0.05, 0.10, 0.20, 0.30, 0.50)
-
-
-def database_records(settings: Settings, *, label: str) -> list[RunRecord]:
-    with database_url(settings) as (url, embedded):
-        ensure_schema(url, embedded=embedded, migrate=False)
-        engine = make_engine(url, pool_size=1)
-        with make_sessionmaker(engine)() as session:
-            found = records(session, label=label)
-        engine.dispose()
-    return found
 
 
 def main() -> None:
@@ -59,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = Settings()
     horizon = settings.forecast_horizon_checkpoints
-    corpus = load_records(args.records) if args.records else database_records(settings, label=args.label)
+    corpus = load_records(args.records) if args.records else stored_records(settings, label=args.label)
     if args.save_records:
         dump_records(corpus, args.save_records)
     runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]

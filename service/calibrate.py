@@ -26,12 +26,14 @@ from sqlalchemy.orm import Session
 
 from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out, refit, why_worse
 from drift.replay import RunRecord, replay
+from service.database import database_url, ensure_schema
 from service.db.features import ood_history, run_history
 from service.db.labels import label_values, runs_labelled_at_base
 from service.db.queries import last_step
 from service.db.response_drift import run_base_scores
+from service.db.session import make_engine, make_sessionmaker
 from service.risk import ood_drops
-from service.settings import SHIPPED_CALIBRATION
+from service.settings import SHIPPED_CALIBRATION, Settings
 
 FORMAT = "forgetwatch.alarm_threshold/1"
 SHIPPED = SHIPPED_CALIBRATION
@@ -108,6 +110,17 @@ def records(session: Session, *, label: str, runs: list[str] | None = None) -> l
         if record is not None:
             out.append(record)
     return out
+
+
+def stored_records(settings: Settings, *, label: str, runs: list[str] | None = None) -> list[RunRecord]:
+    """`records` of the configured database (the data dir's embedded one by default)."""
+    with database_url(settings) as (url, embedded):
+        ensure_schema(url, embedded=embedded, migrate=False)
+        engine = make_engine(url, pool_size=1)
+        with make_sessionmaker(engine)() as session:
+            found = records(session, label=label, runs=runs)
+        engine.dispose()
+    return found
 
 
 def traces(session: Session, *, label: str, relative_drop: float, horizon: int,

@@ -223,8 +223,7 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     from drift.replay import load_records, replay
-    from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, traces
-    from service.db.session import make_engine, make_sessionmaker
+    from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, stored_records
 
     horizon = settings.forecast_horizon_checkpoints
     if args.records:
@@ -232,15 +231,9 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
             corpus = [r for r in load_records(Path(args.records)) if not args.runs or r.run in args.runs]
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise SystemExit(f"forgetwatch calibrate: cannot read run records from {args.records}: {error}") from error
-        runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
     else:
-        with database_url(settings) as (url, embedded):
-            ensure_schema(url, embedded=embedded, migrate=False)
-            engine = make_engine(url, pool_size=1)
-            with make_sessionmaker(engine)() as session:
-                runs = traces(session, label=args.label, relative_drop=settings.forgetting_relative_drop,
-                              horizon=horizon, runs=args.runs or None)
-            engine.dispose()
+        corpus = stored_records(settings, label=args.label, runs=args.runs or None)
+    runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
     try:
         threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon)
         shipped = [] if args.from_scratch else shipped_maxima()
