@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", nargs="+", default=["sft", "grpo", "self_distillation"])
     parser.add_argument("--steps", type=int, help="training steps per arm (default: the demo budget)")
     parser.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (default: the demo's 50)")
+    parser.add_argument("--first-checkpoints", type=int, nargs="+", default=[],
+                        help="extra checkpoint steps besides every --checkpoint-every (e.g. 2 4 6 8)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("python -m experiment: --url needs --token (or FORGETWATCH_TOKEN)")
     run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
                        lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep,
-                       checkpoint_every=args.checkpoint_every, family=args.family, skills=args.skills))
+                       checkpoint_every=args.checkpoint_every,
+                       first_checkpoints=tuple(args.first_checkpoints), family=args.family, skills=args.skills))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ class ArmConfig:
     """Prompts per step."""
     seed: int = 0
     checkpoint_every: int = 50
+    first_checkpoints: tuple[int, ...] = ()
+    """Extra checkpoint steps besides every ``checkpoint_every``, e.g. ``(2, 4, 6, 8)``: runs that
+    forget within their first regular checkpoint still show the run-up a forecast needs."""
     group_size: int = 8
     """On-policy arms: responses sampled per prompt."""
     temperature: float = 1.0
@@ -42,6 +45,8 @@ class ArmConfig:
         skill_pair(self.skills)
         if self.steps < 1 or self.checkpoint_every < 1 or self.batch_size < 1 or self.group_size < 1:
             raise ValueError(f"steps, checkpoint_every, batch_size and group_size must be >= 1: {self}")
+        if any(not 1 <= s <= self.steps for s in self.first_checkpoints):
+            raise ValueError(f"first_checkpoints must be steps between 1 and {self.steps}, got {self.first_checkpoints}")
         if not self.lr > 0 or self.n_eval < 1 or self.n_samples < 0:
             raise ValueError(f"lr and n_eval must be positive and n_samples >= 0: {self}")
         if self.teacher not in ("frozen", "ema"):

@@ -5,7 +5,8 @@ Every arm has the same shape::
     arm(base_dir, out_dir, *, config=ArmConfig(), reporter=None, progress=False) -> ArmResult
 
 It loads the base from ``base_dir``, trains on the new task's training prompts (of the skill pair
-``config.skills``), and at step 0 and every ``config.checkpoint_every`` steps (and at the last
+``config.skills``), and at step 0, every ``config.checkpoint_every`` steps, the steps in
+``config.first_checkpoints`` (and at the last
 step) saves ``out_dir/step-{N}`` with ``save_pretrained``, measures ground truth (greedy accuracy
 on held-out items of both tasks that no probe set contains) and calls the reporter.
 """
@@ -161,7 +162,7 @@ def _run(
         stats["loss"] = float(loss.detach())
         for k, v in stats.items():
             pending.setdefault(k, []).append(v)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step == config.steps or step in config.first_checkpoints:
             checkpoint(step)
             bar.set_postfix({k: f"{v:.2f}" for k, v in checkpoints[-1].labels.items()})
     return ArmResult(

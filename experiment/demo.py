@@ -32,6 +32,7 @@ class Plan:
     token: str | None
     keep: bool
     checkpoint_every: int | None = None
+    first_checkpoints: tuple[int, ...] = ()
     family: str = DEFAULT_FAMILY
     """The model family (`experiment.model.FAMILIES`), a tag on every run: held-out evaluations split on it."""
     skills: str = DEFAULT_SKILLS
@@ -213,7 +214,8 @@ def run(settings: Settings, plan: Plan) -> None:
             for scale in plan.lr_scales:
                 lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
-                               checkpoint_every=plan.checkpoint_every, base_config=base_config,
+                               checkpoint_every=plan.checkpoint_every, first_checkpoints=plan.first_checkpoints,
+                               base_config=base_config,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
         for client in clients:
             client.close(timeout=60)

@@ -90,6 +90,7 @@ def arm_config(
     lr: float | Mapping[str, float] | None = None,
     batch_size: int | Mapping[str, int] | None = None,
     seed: int = 0,
+    first_checkpoints: Sequence[int] = (),
 ) -> ArmConfig:
     """The demo config of ``arm`` with the given overrides (a value, or a mapping arm -> value)."""
     family = "self_distillation" if arm.startswith("self_distillation") else arm
@@ -103,7 +104,8 @@ def arm_config(
         "lr": _per_arm(lr, arm),
         "batch_size": _per_arm(batch_size, arm),
     }
-    return replace(DEMO_CONFIGS[family], seed=seed, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(DEMO_CONFIGS[family], seed=seed, first_checkpoints=tuple(first_checkpoints),
+                   **{k: v for k, v in overrides.items() if v is not None})
 
 
 def run_name(arm: str, config: ArmConfig, prefix: str = "") -> str:
@@ -116,6 +118,7 @@ def run_experiment(
     arms: Sequence[str] = DEFAULT_ARMS,
     steps: int | Mapping[str, int] | None = None,
     checkpoint_every: int | Mapping[str, int] | None = None,
+    first_checkpoints: Sequence[int] = (),
     lr: float | Mapping[str, float] | None = None,
     batch_size: int | Mapping[str, int] | None = None,
     seed: int = 0,
@@ -144,7 +147,8 @@ def run_experiment(
     configs = {}
     for arm in arms:
         config = (arm_configs or {}).get(arm) or arm_config(
-            arm, steps=steps, checkpoint_every=checkpoint_every, lr=lr, batch_size=batch_size, seed=seed
+            arm, steps=steps, checkpoint_every=checkpoint_every, lr=lr, batch_size=batch_size, seed=seed,
+            first_checkpoints=first_checkpoints,
         )
         # validates the name before any training
         configs[arm] = resolve_arm(arm, replace(config, skills=base_config.skills))

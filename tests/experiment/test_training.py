@@ -275,6 +275,16 @@ def test_each_arm_saves_loadable_checkpoints_and_reports_labels(tiny_base, tmp_p
         assert any(not torch.equal(a, b) for a, b in zip(final.parameters(), base.parameters(), strict=True))
 
 
+def test_first_checkpoints_add_steps_before_the_regular_cadence(tiny_base, tmp_path):
+    config = ArmConfig(**{**TINY_ARM.__dict__, "steps": 6, "checkpoint_every": 4, "first_checkpoints": (1, 3)})
+    reporter = RecordingReporter()
+    result = train_sft(tiny_base, tmp_path, config=config, reporter=reporter)
+    assert [c.step for c in result.checkpoints] == [0, 1, 3, 4, 6]
+    assert [step for step, _, _ in reporter.checkpoints] == [0, 1, 3, 4, 6]
+    with pytest.raises(ValueError, match="first_checkpoints must be steps between 1 and 6"):
+        ArmConfig(**{**config.__dict__, "first_checkpoints": (0,)})
+
+
 def test_grpo_step_raises_the_probability_of_rewarded_responses(monkeypatch):
     codec = Codec(build_tokenizer())
     model = build_model(TINY, seed=0)
