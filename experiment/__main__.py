@@ -9,7 +9,7 @@ import os
 
 from experiment.demo import Plan, run
 from experiment.model import DEFAULT_FAMILY, FAMILIES
-from experiment.tasks import DEFAULT_SKILLS, SKILL_PAIRS
+from experiment.tasks import DEFAULT_SKILLS, PROBE_SET_SIZE, SKILL_PAIRS
 from service.settings import Settings
 
 
@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (default: the demo's 50)")
     parser.add_argument("--first-checkpoints", type=int, nargs="+", default=[],
                         help="extra checkpoint steps besides every --checkpoint-every (e.g. 2 4 6 8)")
+    parser.add_argument("--ood-probe-items", type=int, default=PROBE_SET_SIZE,
+                        help=f"items in the old skill's probe set (default {PROBE_SET_SIZE}, the committed set; "
+                        "more are generated; the labels are the held-out items after them)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--runs", type=int, help="seeds 0..N-1 (many labelled runs, for calibration)")
     parser.add_argument("--lr-scales", type=float, nargs="+", default=[1.0], help="multiply each arm's lr")
@@ -44,7 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     run(settings, Plan(arms=args.arms, seeds=list(range(args.runs)) if args.runs else args.seeds,
                        lr_scales=args.lr_scales, steps=args.steps, url=args.url, token=token, keep=args.keep,
                        checkpoint_every=args.checkpoint_every,
-                       first_checkpoints=tuple(args.first_checkpoints), family=args.family, skills=args.skills))
+                       first_checkpoints=tuple(args.first_checkpoints),
+                       ood_probe_items=args.ood_probe_items, family=args.family, skills=args.skills))
 
 
 if __name__ == "__main__":

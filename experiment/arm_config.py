@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from experiment.tasks import DEFAULT_SKILLS, skill_pair
+from experiment.tasks import DEFAULT_SKILLS, PROBE_SET_SIZE, label_items, skill_pair
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,10 @@ class ArmConfig:
     """Self-distillation: the demonstration in the teacher's context is SFT's fixed answer (as in
     SDFT, which learns from the same demonstrations SFT would use) or a random correct answer."""
     n_eval: int = 256
-    """Held-out probe prompts per task for the ground-truth labels."""
+    """Held-out prompts per task for the ground-truth labels."""
+    ood_probe_items: int = PROBE_SET_SIZE
+    """Items in the old skill's (ood) probe set the service measures; the labels are the ``n_eval``
+    held-out items after them, so the two never overlap."""
     n_samples: int = 16
     """Responses per probe set passed to ``reporter.on_samples`` at each checkpoint."""
     max_grad_norm: float = 1.0
@@ -47,6 +50,9 @@ class ArmConfig:
             raise ValueError(f"steps, checkpoint_every, batch_size and group_size must be >= 1: {self}")
         if any(not 1 <= s <= self.steps for s in self.first_checkpoints):
             raise ValueError(f"first_checkpoints must be steps between 1 and {self.steps}, got {self.first_checkpoints}")
+        if self.ood_probe_items < PROBE_SET_SIZE:
+            raise ValueError(f"ood_probe_items must be at least {PROBE_SET_SIZE}, got {self.ood_probe_items}")
+        label_items(skill_pair(self.skills)[0], self.n_eval, after=self.ood_probe_items)  # probes + labels fit the pool
         if not self.lr > 0 or self.n_eval < 1 or self.n_samples < 0:
             raise ValueError(f"lr and n_eval must be positive and n_samples >= 0: {self}")
         if self.teacher not in ("frozen", "ema"):

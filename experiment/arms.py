@@ -79,12 +79,16 @@ class ArmResult:
     wall_seconds: float
 
 
-def _labels(model: torch.nn.Module, codec: Codec, n_eval: int, skills: str) -> dict[str, float]:
-    old, new = skill_pair(skills)
-    return {
-        OOD_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(old, n_eval)]),
-        IN_DOMAIN_ACCURACY: accuracy(model, codec, [it["prompt"] for it in label_items(new, n_eval)]),
-    }
+def label_prompts(config: ArmConfig) -> dict[str, list[str]]:
+    """The held-out prompts each ground-truth label is measured on: ``n_eval`` per task, after the
+    old skill's ``ood_probe_items`` probe items (and after the new skill's committed probe set)."""
+    old, new = skill_pair(config.skills)
+    return {OOD_ACCURACY: [it["prompt"] for it in label_items(old, config.n_eval, after=config.ood_probe_items)],
+            IN_DOMAIN_ACCURACY: [it["prompt"] for it in label_items(new, config.n_eval)]}
+
+
+def _labels(model: torch.nn.Module, codec: Codec, config: ArmConfig) -> dict[str, float]:
+    return {label: accuracy(model, codec, prompts) for label, prompts in label_prompts(config).items()}
 
 
 def _samples(
@@ -136,7 +140,7 @@ def _run(
     def checkpoint(step: int) -> None:
         model.eval()
         path = save_checkpoint(model, tokenizer, out_dir / f"step-{step}")
-        labels = _labels(model, codec, config.n_eval, config.skills)
+        labels = _labels(model, codec, config)
         train = {k: float(np.mean(v)) for k, v in pending.items()}
         pending.clear()
         if train:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from experiment.model import DEFAULT_FAMILY
-from experiment.tasks import DEFAULT_SKILLS
+from experiment.tasks import DEFAULT_SKILLS, PROBE_SET_SIZE
 from service.settings import Settings
 
 RULES = "prometheus/rules/forgetwatch.rules.yml"
@@ -33,6 +33,8 @@ class Plan:
     keep: bool
     checkpoint_every: int | None = None
     first_checkpoints: tuple[int, ...] = ()
+    ood_probe_items: int = PROBE_SET_SIZE
+    """Items in the old skill's probe set; above the committed 64 a larger set is registered."""
     family: str = DEFAULT_FAMILY
     """The model family (`experiment.model.FAMILIES`), a tag on every run: held-out evaluations split on it."""
     skills: str = DEFAULT_SKILLS
@@ -193,7 +195,7 @@ def run(settings: Settings, plan: Plan) -> None:
     started = time.monotonic()
     try:
         with ForgetwatchClient(url, token, blocking=True) as setup:
-            probe_sets = register_probe_sets(setup, plan.skills)
+            probe_sets = register_probe_sets(setup, plan.skills, ood_items=plan.ood_probe_items)
         root = settings.checkpoints_dir / "experiments"
         prefix = time.strftime("%m%d-%H%M%S-")
         if (plan.family, plan.skills) != (DEFAULT_FAMILY, DEFAULT_SKILLS):
@@ -215,6 +217,7 @@ def run(settings: Settings, plan: Plan) -> None:
                 lrs = {arm: arm_config(arm).lr * scale for arm in plan.arms}
                 run_experiment(root / prefix.rstrip("-"), arms=plan.arms, steps=plan.steps, lr=lrs, seed=seed,
                                checkpoint_every=plan.checkpoint_every, first_checkpoints=plan.first_checkpoints,
+                               ood_probe_items=plan.ood_probe_items,
                                base_config=base_config,
                                reporter_factory=reporter, cache_dir=root / "cache", run_prefix=prefix)
         for client in clients:

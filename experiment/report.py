@@ -6,7 +6,15 @@ from collections import defaultdict
 from pathlib import Path
 
 from drift.probes import load_probe_set
-from experiment.tasks import DEFAULT_SKILLS, PROBE_SETS, PROBESET_DIR, skill_pair
+from experiment.tasks import (
+    DEFAULT_SKILLS,
+    PROBE_SET_SIZE,
+    PROBE_SETS,
+    PROBESET_DIR,
+    probe_items,
+    probe_set_name,
+    skill_pair,
+)
 from forgetwatch_client import ForgetwatchClient, ForgetwatchError
 
 METHODS = {"sft": "sft", "grpo": "grpo"}
@@ -16,14 +24,19 @@ def probe_set_files() -> list[Path]:
     return sorted(PROBESET_DIR.glob("*.jsonl"))
 
 
-def register_probe_sets(client: ForgetwatchClient, skills: str = DEFAULT_SKILLS) -> list[str]:
-    """Create the shipped probe sets on the service (a no-op when they exist) and return the names of
-    the skill pair's two (old skill, ``ood``; new skill, ``in_domain``)."""
+def register_probe_sets(client: ForgetwatchClient, skills: str = DEFAULT_SKILLS, *,
+                        ood_items: int = PROBE_SET_SIZE) -> list[str]:
+    """Create the shipped probe sets on the service (a no-op when they exist), and the old skill's set
+    of ``ood_items`` items where that is not the shipped size; return the names of the skill pair's two
+    (old skill, ``ood``; new skill, ``in_domain``)."""
     for path in probe_set_files():
         probe_set = load_probe_set(path)
         items = [{"prompt": i.prompt, "reference": i.reference, "answer": i.answer} for i in probe_set.items]
         client.probe_set(probe_set.name, probe_set.domain, items)
-    return [PROBE_SETS[task][0] for task in skill_pair(skills)]
+    old, new = skill_pair(skills)
+    if ood_items != PROBE_SET_SIZE:
+        client.probe_set(probe_set_name(old, ood_items), PROBE_SETS[old][1], probe_items(old, ood_items))
+    return [probe_set_name(old, ood_items), PROBE_SETS[new][0]]
 
 
 def method_of(arm: str) -> str:

@@ -201,15 +201,26 @@ def probe_items(task: str, n: int, seed: int = PROBE_SEED) -> list[dict[str, str
 PROBE_SET_SIZE = 64
 
 
-def label_items(task: str, n: int, seed: int = PROBE_SEED) -> list[dict[str, str]]:
+def probe_set_name(task: str, n: int = PROBE_SET_SIZE) -> str:
+    """The name of ``task``'s probe set of ``n`` items: the committed set's name at `PROBE_SET_SIZE`,
+    ``<name>_<n>`` otherwise (a larger set is generated at registration, `probe_items(task, n)`)."""
+    name = PROBE_SETS[_resolve_task(task)][0]
+    return name if n == PROBE_SET_SIZE else f"{name}_{n}"
+
+
+def label_items(task: str, n: int, seed: int = PROBE_SEED, *, after: int = PROBE_SET_SIZE) -> list[dict[str, str]]:
     """``n`` held-out items disjoint from every probe set item: the ground truth that labels a
-    checkpoint is never measured on the probes the service sees (positions `PROBE_SET_SIZE` onward of
-    the same seeded order `probe_items` uses)."""
+    checkpoint is never measured on the probes the service sees (positions ``after`` onward of the
+    same seeded order `probe_items` uses; ``after`` is the largest probe set of the task in use, at
+    least `PROBE_SET_SIZE`, so the labels are disjoint from the committed set too)."""
     task = _resolve_task(task)
     pool = split(task).held_out
-    if not 1 <= n <= len(pool) - PROBE_SET_SIZE:
-        raise ValueError(f"n must be between 1 and {len(pool) - PROBE_SET_SIZE} for task {task!r}, got {n}")
-    order = np.random.default_rng(seed).permutation(len(pool))[PROBE_SET_SIZE:PROBE_SET_SIZE + n]
+    if after < PROBE_SET_SIZE:
+        raise ValueError(f"after must be at least {PROBE_SET_SIZE} (the committed probe sets), got {after}")
+    if not 1 <= n <= len(pool) - after:
+        raise ValueError(f"n must be between 1 and {len(pool) - after} for task {task!r} with {after} probe "
+                         f"items, got {n}")
+    order = np.random.default_rng(seed).permutation(len(pool))[after:after + n]
     return [{"prompt": pool[i], "reference": canonical_answer(pool[i]),
              "answer": ANSWER_SEPARATOR.join(correct_answers(pool[i]))} for i in order]
 

@@ -33,6 +33,7 @@ from experiment.arms import (
     resolve_arm,
 )
 from experiment.pretrain import BaseConfig, BaseResult, pretrained_base
+from experiment.tasks import PROBE_SET_SIZE
 
 DEFAULT_ARMS = ("sft", "grpo", "self_distillation")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "forgetwatch" / "experiment"
@@ -91,6 +92,7 @@ def arm_config(
     batch_size: int | Mapping[str, int] | None = None,
     seed: int = 0,
     first_checkpoints: Sequence[int] = (),
+    ood_probe_items: int = PROBE_SET_SIZE,
 ) -> ArmConfig:
     """The demo config of ``arm`` with the given overrides (a value, or a mapping arm -> value)."""
     family = "self_distillation" if arm.startswith("self_distillation") else arm
@@ -105,6 +107,7 @@ def arm_config(
         "batch_size": _per_arm(batch_size, arm),
     }
     return replace(DEMO_CONFIGS[family], seed=seed, first_checkpoints=tuple(first_checkpoints),
+                   ood_probe_items=ood_probe_items,
                    **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -119,6 +122,7 @@ def run_experiment(
     steps: int | Mapping[str, int] | None = None,
     checkpoint_every: int | Mapping[str, int] | None = None,
     first_checkpoints: Sequence[int] = (),
+    ood_probe_items: int = PROBE_SET_SIZE,
     lr: float | Mapping[str, float] | None = None,
     batch_size: int | Mapping[str, int] | None = None,
     seed: int = 0,
@@ -148,7 +152,7 @@ def run_experiment(
     for arm in arms:
         config = (arm_configs or {}).get(arm) or arm_config(
             arm, steps=steps, checkpoint_every=checkpoint_every, lr=lr, batch_size=batch_size, seed=seed,
-            first_checkpoints=first_checkpoints,
+            first_checkpoints=first_checkpoints, ood_probe_items=ood_probe_items,
         )
         # validates the name before any training
         configs[arm] = resolve_arm(arm, replace(config, skills=base_config.skills))

@@ -39,9 +39,19 @@ from experiment import (
     train_sft,
     write_probe_sets,
 )
-from experiment.model import FAMILIES, Codec, family_config, sample_ids
+from experiment.arms import label_prompts
+from experiment.model import FAMILIES, Codec, accuracy, family_config, load_checkpoint, sample_ids
 from experiment.pretrain import lm_loss, pretrain_batch
-from experiment.tasks import BETWEEN, PROBESET_DIR, REVERSE, SKILL_PAIRS, TASKS, canonical_answer, split
+from experiment.tasks import (
+    BETWEEN,
+    PROBESET_DIR,
+    REVERSE,
+    SKILL_PAIRS,
+    TASKS,
+    canonical_answer,
+    probe_set_name,
+    split,
+)
 
 TINY = ModelConfig(n_layer=1, n_embd=32, n_head=2, n_positions=32)
 TINY_BASE = BaseConfig(model=TINY, max_steps=20, batch_size=32, warmup_steps=5, eval_every=10_000)
@@ -172,6 +182,37 @@ def test_label_items_are_held_out_and_disjoint_from_every_probe_item():
         labels = label_items(task, 256)
         assert len({it["prompt"] for it in labels}) == 256
         assert probes.isdisjoint(it["prompt"] for it in labels)
+
+
+def test_a_larger_ood_probe_set_moves_the_labels_past_it():
+    assert probe_set_name(ARITHMETIC) == "arithmetic_ood" and probe_set_name("ood", 256) == "arithmetic_ood_256"
+    for task in (ARITHMETIC, REVERSE):
+        probes = probe_items(task, 256)
+        assert probes[:64] == probe_items(task, 64)  # the committed set is a prefix of the larger one
+        labels = label_items(task, 256, after=256)
+        assert {it["prompt"] for it in probes}.isdisjoint(it["prompt"] for it in labels)
+        assert label_items(task, 64, after=256) == labels[:64]
+    with pytest.raises(ValueError, match="between 1 and 256"):  # reverse holds 512 held-out items
+        label_items(REVERSE, 300, after=256)
+    with pytest.raises(ValueError, match="at least 64"):
+        label_items(REVERSE, 8, after=10)
+    with pytest.raises(ValueError, match="between 1 and 212"):
+        ArmConfig(skills="reverse-between", ood_probe_items=300)
+    with pytest.raises(ValueError, match="at least 64"):
+        ArmConfig(ood_probe_items=32)
+
+
+def test_the_arms_label_on_the_items_after_the_ood_probe_set(tiny_base, tmp_path):
+    config = replace(TINY_ARM, steps=1, n_eval=64, ood_probe_items=256)
+    prompts = label_prompts(config)
+    assert prompts[OOD_ACCURACY] == [it["prompt"] for it in label_items(ARITHMETIC, 64, after=256)]
+    assert set(prompts[OOD_ACCURACY]).isdisjoint(it["prompt"] for it in probe_items(ARITHMETIC, 256))
+    assert prompts[IN_DOMAIN_ACCURACY] == [it["prompt"] for it in label_items(LETTERS, 64)]
+    reporter = RecordingReporter()
+    train_sft(tiny_base, tmp_path / "sft", config=config, reporter=reporter)
+    model, tokenizer = load_checkpoint(tiny_base)
+    step, _, labels = reporter.checkpoints[0]
+    assert step == 0 and labels[OOD_ACCURACY] == accuracy(model, Codec(tokenizer), prompts[OOD_ACCURACY])
 
 
 def test_probe_items_are_held_out_and_their_answer_field_grades_like_the_verifier():
