@@ -187,7 +187,7 @@ def cmd_reanalyze(settings: Settings, args: argparse.Namespace) -> None:
                 raise SystemExit(f"forgetwatch reanalyze: {error.detail}") from None
             count = retried = 0
             for run in runs:
-                if queries.run_probe_set_names(session, run_id=run.id):
+                if "probes" in settings.analyses and queries.run_probe_set_names(session, run_id=run.id):
                     enqueue_base(session, run.id)
                 if args.failed:
                     again = {RESPONSES_KIND: enqueue_probes, PARAMS_KIND: enqueue_params}

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from drift.remote import normal_uri
 
 ENV_PREFIX = "FORGETWATCH_"
+Analysis = Literal["params", "probes", "samples"]
+ANALYSES: tuple[Analysis, ...] = ("params", "probes", "samples")
 
 
 class SettingsError(ValueError):
@@ -133,6 +135,11 @@ class Settings(BaseSettings):
     stalled_after_seconds: float = Field(30.0, gt=0, le=86400)
     """A worker silent this long is considered dead; its running jobs are retried."""
 
+    analyses: Annotated[list[Analysis], NoDecode] = Field(default_factory=lambda: list(ANALYSES))
+    """The analyses new checkpoints and samples get (comma-separated: params, probes, samples). A
+    service that only builds a calibration corpus needs `probes` (the forecast and its labels read
+    nothing else); what is not listed is stored but never analysed."""
+
     spectral: bool = True
     """Compute spectral drift (top-k SVD) of 2-D weights; off makes parameter jobs much cheaper."""
 
@@ -197,6 +204,13 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log verbosity."""
+
+    @field_validator("analyses", mode="before")
+    @classmethod
+    def _split_analyses(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
     @field_validator("checkpoint_roots", mode="before")
     @classmethod

@@ -57,6 +57,7 @@ WITH input AS (
            concat_ws('-', 'samples', run_id, step, coalesce(probe_set, '')),
            jsonb_build_object('run_id', run_id, 'step', step, 'probe_set', coalesce(probe_set, '')), NULL
       FROM target
+     WHERE CAST(%(task)s AS text) IS NOT NULL
     ON CONFLICT (queueing_lock) WHERE status = 'todo' DO NOTHING
 ), answer AS (
     INSERT INTO idempotency_keys (token_id, key, method, path, request_hash, status_code, response)
@@ -105,9 +106,9 @@ def open_pool(libpq_url: str, *, max_size: int) -> AsyncConnectionPool:
 
 
 async def store_samples(pool: AsyncConnectionPool, batch: SampleBatch, *, token_id: int, key: str | None,
-                        fingerprint: str, path: str, queue: str, task: str) -> Answer:
-    """Store `batch` and queue its analysis (`task` on `queue`), once per `key`: the 202 answer, or the
-    key's first answer replayed. NotFound for an unknown run or probe set, Conflict for a reused key."""
+                        fingerprint: str, path: str, queue: str, task: str | None) -> Answer:
+    """Store `batch` and queue its analysis (`task` on `queue`; None: store only), once per `key`: the
+    202 answer, or the key's first answer replayed. NotFound for an unknown run or probe set, Conflict for a reused key."""
     params = {
         "token_id": token_id, "key": key, "ttl": IDEMPOTENCY_TTL.total_seconds(), "fingerprint": fingerprint,
         "path": path, "run_ref": batch.run_ref, "run_id": _as_id(batch.run_ref), "probe_set": batch.probe_set,

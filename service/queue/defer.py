@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from service.db.jobs import insert_job
 from service.db.param_drift import set_analysis, start_analyses
+from service.db.queries import mark_checkpoint
 
 NAMESPACE = "forgetwatch"
 RISK_TASK = "compute_risk"
@@ -55,11 +56,16 @@ def enqueue_params(session: Session, checkpoint_id: int) -> None:
     _defer_param_plan(session, checkpoint_id)
 
 
-def enqueue_new_checkpoint(session: Session, checkpoint_id: int, *, probes: bool) -> None:
-    """All work a checkpoint inserted in this transaction needs: its parameter drift, and with `probes`
-    (its run has probe sets) its probe analysis; their pending rows in one statement."""
-    start_analyses(session, checkpoint_id=checkpoint_id, kinds=[PARAMS_KIND, RESPONSES_KIND] if probes else [PARAMS_KIND])
-    _defer_param_plan(session, checkpoint_id)
+def enqueue_new_checkpoint(session: Session, checkpoint_id: int, *, params: bool = True, probes: bool) -> None:
+    """All work a checkpoint inserted in this transaction needs: with `params` its parameter drift,
+    with `probes` (its run has probe sets) its probe analysis; their pending rows in one statement."""
+    kinds = [kind for kind, wanted in ((PARAMS_KIND, params), (RESPONSES_KIND, probes)) if wanted]
+    if not kinds:
+        mark_checkpoint(session, checkpoint_id=checkpoint_id, status="ready")  # stored; nothing to analyse
+        return
+    start_analyses(session, checkpoint_id=checkpoint_id, kinds=kinds)
+    if params:
+        _defer_param_plan(session, checkpoint_id)
     if probes:
         _defer_probe(session, checkpoint_id)
 

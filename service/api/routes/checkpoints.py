@@ -85,7 +85,8 @@ def register_checkpoint(run_ref: str, body: CheckpointCreate, request: Request, 
         created = queries.insert_checkpoint(session, run_id=run.id, step=body.step, uri=str(path),
                                             size_bytes=None if isinstance(path, RemotePath) else directory_size(path))
         if created is not None:
-            enqueue_new_checkpoint(session, created.id, probes=bool(queries.run_probe_set_names(session, run_id=run.id)))
+            probes = "probes" in settings.analyses and bool(queries.run_probe_set_names(session, run_id=run.id))
+            enqueue_new_checkpoint(session, created.id, params="params" in settings.analyses, probes=probes)
             return 202, checkpoint_out(session, created)
         existing = queries.get_checkpoint(session, run_id=run.id, step=body.step)
         if existing.uri != str(path):

@@ -48,9 +48,9 @@ def create_run(body: RunCreate, request: Request, session: SessionDep, settings:
             check_base_model(body.base_model, settings.allowed_roots, settings.remote_prefixes,
                              hf_cache=settings.hf_cache_dir)
         run, created = queries.create_run(session, **body.model_dump())
-        if created and settings.spectral:
+        if created and settings.spectral and "params" in settings.analyses:
             enqueue_spectral_base(session, run.id)
-        if body.probe_sets:
+        if body.probe_sets and "probes" in settings.analyses:
             enqueue_base(session, run.id)  # the "step 0" row: the service measures the base itself
         last = queries.last_steps(session).get(run.id)
         return (201 if created else 200), run_out(session, run, last)

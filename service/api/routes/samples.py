@@ -33,7 +33,7 @@ async def post_samples(run_ref: str, body: SamplesCreate, request: Request, sett
     answer = await store_samples(
         request.app.state.ingest_pool, batch, token_id=principal.token_id, key=idempotency_key,
         fingerprint=request_fingerprint("POST", request.url.path, body.model_dump_json()), path=request.url.path,
-        queue=SAMPLES_QUEUE, task=task_name(SAMPLE_TASK))
+        queue=SAMPLES_QUEUE, task=task_name(SAMPLE_TASK) if "samples" in settings.analyses else None)
     return JSONResponse(answer.body, status_code=answer.status_code)
 
 
