@@ -9,8 +9,9 @@ current one, and only from at least ``min_points`` measured checkpoints. Once de
 forecast abstains with reason ``detected``: it is a fact then, not a prediction.
 
 Forecast (``model="trend/1"``): an ordinary least-squares line through the last ``window`` measured
-relative drops against the checkpoint index (steps divided by the run's median checkpoint spacing,
-`drift.features.CHECKPOINT_INDEX`). The drop at checkpoint ``t + k`` is predicted with the usual
+relative drops against the checkpoint index (steps divided by the run's current checkpoint spacing,
+the gap between its last two measured checkpoints, `drift.features.CHECKPOINT_INDEX`: a run that
+saves densely at first and then every N steps is forecast N steps a checkpoint once it does). The drop at checkpoint ``t + k`` is predicted with the usual
 prediction interval of a linear regression (Student t, ``n − 2`` degrees of freedom)::
 
     μ_k = a + b·k,   var_k = σ² (1 + 1/n + (k − ū)² / Σ(u − ū)²)
@@ -212,7 +213,7 @@ def forecast_detection(
                        f"needs at most {threshold / Z95:.1%}: about {math.ceil(Z95 / threshold)} items the base "
                        "answers right", len(pts))
     x = x_all[measured]
-    spacing = float(np.median(np.diff(x)))
+    spacing = float(x[-1] - x[-2])  # the current cadence: the next checkpoints are expected this far apart
     u = (x - x[-1]) / spacing  # checkpoint index, 0 at the current checkpoint
     y = np.array([d.drop for d in pts])
     n = len(y)

@@ -34,8 +34,9 @@ OOD_DROP_HIGH = Feature(
     "upper end of the same interval; its width is the probe set's own noise in the same unit.")
 CHECKPOINT_INDEX = Feature(
     "checkpoint_index", "checkpoints of this run",
-    "training progress as (step − latest step) / median step spacing of the run so far: the forecast's "
-    "clock is the run's own checkpoint cadence, not steps, tokens or learning rate of any one trainer.")
+    "training progress as (step − latest step) / the step gap between the run's last two measured checkpoints: "
+    "the forecast's clock is the run's own current checkpoint cadence, not steps, tokens or learning rate of any "
+    "one trainer.")
 
 OOD_KL_ENTROPY_SHARE = Feature(
     "ood_kl_entropy_share", "share of the base's per-token entropy",

@@ -76,6 +76,19 @@ def test_a_steady_rise_toward_the_threshold_is_predicted_before_it_is_detected()
     assert f.steps_per_checkpoint == 100
 
 
+def test_the_horizon_runs_at_the_current_checkpoint_cadence():
+    """Dense early checkpoints, then every 10 steps: the next checkpoints are 10 steps apart, so the
+    same drops per step forecast a crossing 10 steps a checkpoint, not 2."""
+    steps = [4, 6, 8, 10, 20, 30]
+    drops = [drop(0.0025 * s, half_width=0.01) for s in steps]  # 0.025 per 10 steps; 0.075 at step 30
+    f = forecast_detection(steps, drops, threshold=0.1)
+    assert f.steps_per_checkpoint == 10
+    regular = forecast_detection([30 - 10 * k for k in range(5, -1, -1)], [drop(0.0025 * (30 - 10 * k), half_width=0.01)
+                                                                           for k in range(5, -1, -1)], threshold=0.1)
+    assert f.slope_per_checkpoint == pytest.approx(0.025) == pytest.approx(regular.slope_per_checkpoint)
+    assert f.checkpoints_to_crossing == pytest.approx(regular.checkpoints_to_crossing)
+
+
 def test_probability_matches_the_linear_regression_prediction_interval():
     steps = [1, 2, 3, 4]
     ys = [0.0, 0.02, 0.01, 0.04]
