@@ -27,13 +27,16 @@ demo: $(STAMP)
 # (recipe: docs/risk_model.md).
 CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
 # Four model families (architecture, size 0.15-10.7 M and tokenizer differ) over two skill pairs, every
-# arm at learning rates from safe to forgetting, a checkpoint every 10 steps, three seeds. The lines
-# (and seeds) are independent: run them one after another, or side by side against one
-# `forgetwatch serve` with --url/--token (docs/risk_model.md says how the shipped build was run).
+# arm at learning rates from safe to forgetting, checkpoints at steps 2, 4, 6, 8 and every 10 steps,
+# 256 ood probe items (labels: 256 other held-out items), three seeds. The service analyses only the
+# probes (FORGETWATCH_ANALYSES=probes: the record reads nothing else). The lines (and seeds) are
+# independent: run them one after another, or side by side against one `forgetwatch serve` started with
+# FORGETWATCH_ANALYSES=probes, with --url/--token (docs/risk_model.md says how the shipped build was run).
 # `python -m bench.risk_heldout --save-records bench/corpus/records.json.gz` then stores what the
 # record is computed from, and `forgetwatch calibrate --from-scratch --records bench/corpus/records.json.gz
 # --out service/shipped_calibration.json` ships the threshold.
-CORPUS = FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) $(PY) -m experiment --checkpoint-every 10
+CORPUS = FORGETWATCH_DATA_DIR=$(CALIBRATION_DIR) FORGETWATCH_ANALYSES=probes $(PY) -m experiment \
+	--checkpoint-every 10 --first-checkpoints 2 4 6 8 --ood-probe-items 256
 ALL_ARMS = --arms sft grpo self_distillation_frozen self_distillation_ema
 THREE_ARMS = --arms sft grpo self_distillation_ema
 CORPUS_SEEDS ?= 0 1 2
