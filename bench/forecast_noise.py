@@ -2,7 +2,7 @@
 
     python -m bench.forecast_noise [--runs 40] [--alarm P]
 
-The corpus behind the shipped threshold (`make corpus`) has one ood probe-set size (64 items) and
+The corpus behind the shipped threshold (`make corpus`) has one ood probe-set size (256 items) and
 little answer churn. A user's probe set may have 16 items or 1000, and a healthy fine-tune flips
 some greedy answers both ways at every checkpoint. This bench asks what the forecast does there,
 through the functions the service uses (`drift.paired` for each checkpoint's paired-bootstrap
