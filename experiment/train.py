@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,6 +35,8 @@ from experiment.arms import (
 )
 from experiment.pretrain import BaseConfig, BaseResult, pretrained_base
 from experiment.tasks import PROBE_SET_SIZE
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ARMS = ("sft", "grpo", "self_distillation")
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "forgetwatch" / "experiment"
@@ -159,6 +162,11 @@ def run_experiment(
     factory = reporter_factory or (lambda arm, name, base_dir: NullReporter())
     with torch_threads(num_threads or default_num_threads()):
         base = pretrained_base(cache_dir or DEFAULT_CACHE_DIR, config=base_config, seed=seed, progress=progress)
+        if base.stats.get("train_accuracy", 1.0) < base_config.target_accuracy:
+            log.warning("the base of seed %d stopped at step %d with old-skill accuracy %.2f, short of the target "
+                        "%.2f: its probes will be noisy and its runs weakly labelled; raise BaseConfig.max_steps "
+                        "or use another seed", seed, int(base.stats.get("steps", 0)), base.stats["train_accuracy"],
+                        base_config.target_accuracy)
         results, names = {}, {}
         for arm, (fn, config) in configs.items():
             names[arm] = run_name(arm, config, run_prefix)

@@ -353,7 +353,7 @@ def test_grpo_step_raises_the_probability_of_rewarded_responses(monkeypatch):
     assert p_first_a() > 2 * before, (before, p_first_a())
 
 
-def test_run_experiment_runs_each_arm_from_the_cached_base_and_builds_one_reporter_per_arm(tmp_path):
+def test_run_experiment_runs_each_arm_from_the_cached_base_and_builds_one_reporter_per_arm(tmp_path, caplog):
     calls = []
 
     def factory(arm, run_name, base_dir):
@@ -370,7 +370,11 @@ def test_run_experiment_runs_each_arm_from_the_cached_base_and_builds_one_report
         "progress": False,
         "num_threads": 1,
     }
-    result = run_experiment(tmp_path / "runs", reporter_factory=factory, **kwargs)
+    with caplog.at_level("WARNING", logger="experiment.train"):
+        result = run_experiment(tmp_path / "runs", reporter_factory=factory, **kwargs)
+    # 20 pretraining steps never reach the target: the experiment says so instead of training on it silently
+    assert result.base.stats["train_accuracy"] < TINY_BASE.target_accuracy
+    assert "the base of seed 0 stopped at step 20" in caplog.text
     assert [c[0] for c in calls] == ["sft", "grpo", "self_distillation_ema"]
     assert all(base_dir == result.base.path for _, _, base_dir in calls)
     for arm, run_name, _ in calls:
