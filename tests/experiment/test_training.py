@@ -401,3 +401,11 @@ def test_the_package_imports_no_web_database_or_queue_code():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_pretraining_override_names_a_family_and_a_base_config_field():
+    from experiment.demo import PRETRAINING
+
+    assert set(PRETRAINING) <= set(FAMILIES)
+    for family, override in PRETRAINING.items():
+        BaseConfig(model=family_config(family), **override)  # an unknown field raises TypeError
