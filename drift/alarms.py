@@ -48,6 +48,7 @@ __all__ = [
     "first_detection",
     "forecast_detection",
     "measured_drop",
+    "no_change_ceiling",
     "relative_drop",
     "worst_drop",
 ]
@@ -245,3 +246,16 @@ def forecast_detection(
     return CrossingForecast(True, probability, horizon, n_points=n, slope_per_checkpoint=b,
                             checkpoints_to_crossing=to_cross, checkpoints_to_crossing_low=lo,
                             checkpoints_to_crossing_high=hi, steps_per_checkpoint=spacing)
+
+
+def no_change_ceiling(*, threshold: float, horizon: int = 3, window: int = 6, min_points: int = 3) -> float:
+    """The largest forecast a run whose ood probes have not changed at all (every drop 0 with a zero-width
+    interval) gets on any probe set the forecast accepts; an alarm threshold above it never alarms on such
+    a run. It is reached on the coarsest accepted set (the fewest right answers at the base that are not
+    ``too_coarse``: its granularity is the noise floor) with the fewest points (one degree of freedom)."""
+    _check_threshold(threshold)
+    right = math.ceil(Z95 / threshold)  # 0.5 / right <= threshold / (2 z): the coarsest accepted set
+    flat = RelativeDrop("no_change", "accuracy", 0.0, 0.0, 0.0, 1.0, right)
+    forecasts = (forecast_detection([float(i) for i in range(k)], [flat] * k, threshold=threshold, horizon=horizon,
+                                    window=window, min_points=min_points) for k in range(min_points, window + 1))
+    return max(f.probability for f in forecasts if f.probability is not None)

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-__all__ = ["HeldOut", "RunTrace", "conformal_threshold", "evaluate", "first_alarm", "held_out", "refit",
-           "why_worse"]
+__all__ = ["HeldOut", "RunTrace", "alarm_threshold", "conformal_threshold", "evaluate", "first_alarm", "held_out",
+           "refit", "why_worse"]
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,15 @@ def conformal_threshold(max_scores: Sequence[float], *, alpha: float = 0.10) -> 
     return float(np.nextafter(scores[k - 1], np.inf))  # strictly above the k-th maximum
 
 
+def alarm_threshold(max_scores: Sequence[float], *, alpha: float = 0.10, floor: float = 0.0) -> float | None:
+    """The conformal threshold (`conformal_threshold`), never below ``floor``: the forecast a run whose
+    probes have not changed can reach (`drift.alarms.no_change_ceiling`), so that such a run never
+    alarms whatever the calibration runs were. Raising a threshold only lowers false alarms, so the
+    conformal bound still holds; None when the calibration runs are too few for it."""
+    threshold = conformal_threshold(max_scores, alpha=alpha)
+    return None if threshold is None else max(threshold, float(np.nextafter(floor, np.inf)))
+
+
 def first_alarm(trace: RunTrace, threshold: float | None) -> int | None:
     for i, (p, d) in enumerate(zip(trace.forecast, trace.detected, strict=True)):
         if d or (threshold is not None and p is not None and p >= threshold):
@@ -155,16 +164,17 @@ def evaluate(traces: Sequence[RunTrace], thresholds: Sequence[float | None], *, 
     )
 
 
-def held_out(traces: Sequence[RunTrace], *, by: str, alpha: float = 0.10, horizon: int = 3) -> HeldOut:
+def held_out(traces: Sequence[RunTrace], *, by: str, alpha: float = 0.10, horizon: int = 3,
+             floor: float = 0.0) -> HeldOut:
     """Leave one group out (``by``: "family" or "method"): each group's runs are judged with the
-    threshold calibrated on the other groups' non-forgetting runs."""
+    threshold calibrated on the other groups' non-forgetting runs (`alarm_threshold`)."""
     if by not in ("family", "method"):
         raise ValueError(f"by must be 'family' or 'method', got {by!r}")
     groups = sorted({getattr(t, by) for t in traces})
     thresholds = []
     for t in traces:
         others = [_max_forecast(o) for o in traces if getattr(o, by) != getattr(t, by) and o.onset is None]
-        thresholds.append(conformal_threshold(others, alpha=alpha))
+        thresholds.append(alarm_threshold(others, alpha=alpha, floor=floor))
     result = evaluate(traces, thresholds, horizon=horizon, split=f"leave-one-{by}-out ({len(groups)} groups)")
     return result if len(groups) >= 2 else _no_split(result, by)
 
@@ -177,7 +187,7 @@ def _no_split(result: HeldOut, by: str) -> HeldOut:
 
 
 def refit(traces: Sequence[RunTrace], *, shipped_maxima: Sequence[float], shipped_threshold: float,
-          alpha: float = 0.10, horizon: int = 3) -> tuple[float | None, HeldOut, HeldOut]:
+          alpha: float = 0.10, horizon: int = 3, floor: float = 0.0) -> tuple[float | None, HeldOut, HeldOut]:
     """The alarm threshold refitted on a user's labelled runs by shrinking toward the shipped one.
 
     Shrinkage is pooling: the conformal quantile over the user's non-forgetting runs *and* the shipped
@@ -186,10 +196,10 @@ def refit(traces: Sequence[RunTrace], *, shipped_maxima: Sequence[float], shippe
     user's runs), its held-out record on the user's runs (each judged with the threshold refitted
     without it, leave one run out) and the shipped threshold's record on the same runs.
     """
-    thresholds = [conformal_threshold([*(_max_forecast(o) for o in traces if o is not t and o.onset is None),
-                                       *shipped_maxima], alpha=alpha) for t in traces]
-    refitted = conformal_threshold([*(_max_forecast(t) for t in traces if t.onset is None), *shipped_maxima],
-                                   alpha=alpha)
+    thresholds = [alarm_threshold([*(_max_forecast(o) for o in traces if o is not t and o.onset is None),
+                                   *shipped_maxima], alpha=alpha, floor=floor) for t in traces]
+    refitted = alarm_threshold([*(_max_forecast(t) for t in traces if t.onset is None), *shipped_maxima],
+                               alpha=alpha, floor=floor)
     return (refitted, evaluate(traces, thresholds, horizon=horizon, split="refit, leave one run out"),
             evaluate(traces, [shipped_threshold] * len(traces), horizon=horizon,
                      split=f"shipped threshold {shipped_threshold:g}"))

@@ -6,7 +6,8 @@ checkpoints. Each run is replayed checkpoint by checkpoint with the service's ow
 (`service.risk.ood_drops`, `drift.replay.replay`), each forecast from the checkpoints up
 to it only, so the result does not depend on what the service stored at the time. The forecast has
 no fitted parameters; what is fitted here is the alarm threshold, conformally from the runs that
-never forgot (`drift.evaluation.conformal_threshold`).
+never forgot (`drift.evaluation.conformal_threshold`), never below the forecast a run whose probes
+have not changed can reach (`drift.alarms.no_change_ceiling`), so such a run never alarms.
 
 The threshold the service uses is replaced only by a refit that is not worse: the user's runs are
 pooled with the shipped corpus's non-forgetting runs (`SHIPPED`; shrinkage toward the shipped
@@ -24,7 +25,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from drift.evaluation import HeldOut, RunTrace, conformal_threshold, held_out, refit, why_worse
+from drift.evaluation import HeldOut, RunTrace, alarm_threshold, held_out, refit, why_worse
 from drift.replay import RunRecord, replay
 from service.database import database_url, ensure_schema
 from service.db.features import ood_history, run_history
@@ -57,10 +58,11 @@ def shipped_maxima(path: Path = SHIPPED) -> list[float]:
 
 
 def refit_threshold(runs: list[RunTrace], *, in_force: float, alpha: float, horizon: int,
-                    shipped: list[float]) -> Refit:
-    """The refit (pooled with ``shipped``) and whether it may replace the threshold ``in_force``."""
+                    shipped: list[float], floor: float) -> Refit:
+    """The refit (pooled with ``shipped``, never below ``floor``) and whether it may replace the threshold
+    ``in_force``."""
     threshold, record, current = refit(runs, shipped_maxima=shipped, shipped_threshold=in_force, alpha=alpha,
-                                       horizon=horizon)
+                                       horizon=horizon, floor=floor)
     if threshold is None:
         return Refit(None, False, "too few runs that never forgot to bound false alarms", record, current)
     worse = why_worse(record, current, alpha=alpha)
@@ -130,15 +132,18 @@ def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
             for r in records(session, label=label, runs=runs)]
 
 
-def calibrate(runs: list[RunTrace], *, alpha: float, horizon: int) -> tuple[float | None, list[HeldOut]]:
-    """The alarm threshold from every non-forgetting run, and the held-out record (leave one method
-    out, leave one family out) of thresholds calibrated without the judged runs."""
+def calibrate(runs: list[RunTrace], *, alpha: float, horizon: int,
+              floor: float) -> tuple[float | None, list[HeldOut]]:
+    """The alarm threshold from every non-forgetting run, never below ``floor``
+    (`drift.evaluation.alarm_threshold`), and the held-out record (leave one method out, leave one
+    family out) of thresholds calibrated without the judged runs."""
     if len(runs) < 3:
         raise ValueError(f"calibration needs at least 3 labelled runs, got {len(runs)}. Post ground truth with "
                          "POST /v1/runs/{run}/labels (including step 0 for the base)")
     quiet = [max((p for p in t.forecast if p is not None), default=0.0) for t in runs if t.onset is None]
-    threshold = conformal_threshold(quiet, alpha=alpha)
-    return threshold, [held_out(runs, by=by, alpha=alpha, horizon=horizon) for by in ("method", "family")]
+    threshold = alarm_threshold(quiet, alpha=alpha, floor=floor)
+    return threshold, [held_out(runs, by=by, alpha=alpha, horizon=horizon, floor=floor)
+                       for by in ("method", "family")]
 
 
 def report(result: HeldOut) -> str:

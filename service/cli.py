@@ -222,6 +222,7 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
+    from drift.alarms import no_change_ceiling
     from drift.replay import load_records, replay
     from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, stored_records
 
@@ -234,11 +235,12 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     else:
         corpus = stored_records(settings, label=args.label, runs=args.runs or None)
     runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
+    floor = no_change_ceiling(threshold=settings.forgetting_relative_drop, horizon=horizon)
     try:
-        threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon)
+        threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon, floor=floor)
         shipped = [] if args.from_scratch else shipped_maxima()
         decision = refit_threshold(runs, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
-                                   horizon=horizon, shipped=shipped)
+                                   horizon=horizon, shipped=shipped, floor=floor)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
     for result in [*record, decision.refit, decision.in_force]:
@@ -246,7 +248,8 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     out = Path(args.out or settings.data_dir / "alarm_threshold.json")
     save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision, pooled_with=shipped,
          recipe={"label": args.label, "horizon": horizon, "records": args.records, "from_scratch": args.from_scratch,
-                 "relative_drop": settings.forgetting_relative_drop, "runs": [t.run for t in runs]})
+                 "relative_drop": settings.forgetting_relative_drop, "no_change_ceiling": floor,
+                 "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)
     if decision.installed and decision.threshold is not None:
         pooled = "" if args.from_scratch else ", pooled with the shipped corpus's"

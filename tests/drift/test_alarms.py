@@ -13,6 +13,7 @@ from drift.alarms import (
     first_detection,
     forecast_detection,
     measured_drop,
+    no_change_ceiling,
     relative_drop,
     worst_drop,
 )
@@ -130,6 +131,22 @@ def test_a_probe_set_needs_about_twenty_right_answers_at_the_base_for_a_forecast
     f = forecast_detection([1, 2, 3, 4], coarse, threshold=0.1)
     assert f.reason_code == "too_coarse" and "about 20 items the base answers right" in f.reason
     assert first_detection([drop(0.5, half_width=0.1, n_items=16, base=0.5)], threshold=0.1) == 0  # still detected
+
+
+def test_no_run_whose_probes_have_not_changed_gets_a_forecast_above_the_ceiling():
+    """Every probe set the forecast accepts, every base accuracy, 3-8 checkpoints: a run whose answers
+    never changed stays at or below `no_change_ceiling`, and the coarsest accepted set reaches it."""
+    ceiling = no_change_ceiling(threshold=0.1)
+    highest = 0.0
+    for n_items in (10, 20, 21, 32, 40, 64, 256):
+        for right in range(1, n_items + 1):
+            for k in range(3, 9):
+                f = forecast_detection(list(range(k)), [drop(0.0, 0.0, n_items=n_items, base=right / n_items)] * k,
+                                       threshold=0.1)
+                if f.applicable:
+                    highest = max(highest, f.probability)
+    assert highest == pytest.approx(ceiling, rel=1e-12) and 0.1 < ceiling < 0.3
+    assert no_change_ceiling(threshold=0.1, horizon=6) > ceiling  # a longer horizon reaches further
 
 
 def test_a_single_checkpoint_never_gets_a_forecast():

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from drift.evaluation import RunTrace, conformal_threshold, evaluate, first_alarm, held_out
+from drift.evaluation import RunTrace, alarm_threshold, conformal_threshold, evaluate, first_alarm, held_out
 
 
 def trace(name, forecast, *, onset=None, detected=None, family="f", method="m", drop=None):
@@ -23,6 +23,19 @@ def test_conformal_threshold_lets_at_most_alpha_of_new_quiet_runs_alarm():
     assert conformal_threshold(scores[:8], alpha=0.1) is None
     with pytest.raises(ValueError):
         conformal_threshold(scores, alpha=0)
+
+
+def test_the_alarm_threshold_never_falls_to_the_forecast_of_a_run_that_has_not_changed():
+    flat = [0.02] * 30  # calibration runs cleaner than the noise floor of a coarse probe set
+    assert conformal_threshold(flat, alpha=0.1) < 0.03
+    threshold = alarm_threshold(flat, alpha=0.1, floor=0.2)
+    assert 0.2 < threshold < 0.2 + 1e-12  # strictly above: a forecast equal to the floor does not alarm
+    assert alarm_threshold([0.5] * 30, alpha=0.1, floor=0.2) > 0.5  # the quantile when it is higher
+    assert alarm_threshold(flat[:8], alpha=0.1, floor=0.2) is None  # too few runs: no guarantee, no threshold
+    quiet = [trace(f"q{i}{g}", [None, None, 0.02, peak], method=g) for i in range(10) for g, peak in (("a", 0.02),
+                                                                                                  ("b", 0.1))]
+    assert held_out(quiet, by="method", floor=0.0).false_alarm_runs == 0.5  # b, judged on a's clean runs
+    assert held_out(quiet, by="method", floor=0.2).false_alarm_runs == 0.0
 
 
 def test_first_alarm_is_a_detection_or_a_forecast_at_the_threshold():

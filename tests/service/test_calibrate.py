@@ -50,7 +50,7 @@ def test_calibrate_replays_labelled_runs_and_sets_a_conformal_threshold(engine, 
     # Ground truth 0.8 + change ≤ 0.72 from change −0.09 on: the 6th checkpoint (index 5).
     assert len(forgetting) == 4 and {t.onset for t in forgetting} == {5}
     assert all(t.forecast[:2] == (None, None) for t in runs)  # never from fewer than 3 checkpoints
-    threshold, record = calibrate(runs, alpha=0.1, horizon=3)
+    threshold, record = calibrate(runs, alpha=0.1, horizon=3, floor=0.0)
     maxima = sorted(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
     assert threshold is not None and maxima[18] < threshold <= maxima[19]  # 20 quiet runs: the 19th maximum
     by_method, by_family = record
@@ -69,10 +69,10 @@ def test_calibrate_refuses_too_few_runs_and_gives_no_threshold_without_enough_qu
     _labelled_runs(engine, quiet=3, forgetting=1)
     with make_sessionmaker(engine)() as session:
         runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
-    threshold, _ = calibrate(runs, alpha=0.1, horizon=3)
+    threshold, _ = calibrate(runs, alpha=0.1, horizon=3, floor=0.0)
     assert threshold is None  # 3 quiet runs cannot bound false alarms at 10 %
     with pytest.raises(ValueError, match="at least 3 labelled runs"):
-        calibrate(runs[:2], alpha=0.1, horizon=3)
+        calibrate(runs[:2], alpha=0.1, horizon=3, floor=0.0)
 
 
 def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(engine, tmp_path) -> None:
@@ -84,9 +84,9 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
         runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
     quiet_max = max(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
     # Four quiet runs alone cannot bound false alarms at 10 %; pooled with 30 shipped ones they can.
-    assert calibrate(runs, alpha=0.1, horizon=3)[0] is None
+    assert calibrate(runs, alpha=0.1, horizon=3, floor=0.0)[0] is None
     shipped = [0.05] * 20 + [0.15] * 10
-    decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=shipped)
+    decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=shipped, floor=0.0)
     assert decision.threshold is not None and quiet_max < decision.threshold
     assert decision.installed, decision.reason
     assert decision.refit.false_alarm_runs == 0.0 and decision.in_force.false_alarm_runs == 0.0
@@ -100,7 +100,7 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
     assert Settings(data_dir=tmp_path, forecast_alarm_probability=0.5).forecast_alarm_probability == 0.5
     # A threshold in force that already warns as early, with no false alarm, is not replaced by one
     # that alarms on runs that never forgot.
-    refused = refit_threshold(runs, in_force=0.9999, alpha=0.1, horizon=3, shipped=[0.0] * 30)
+    refused = refit_threshold(runs, in_force=0.9999, alpha=0.1, horizon=3, shipped=[0.0] * 30, floor=0.0)
     assert refused.refit.false_alarm_runs > 0.1 and not refused.installed and "worse" in refused.reason
     # The shipped calibration exists, parses, and its threshold is the service's default.
     assert len(shipped_maxima(SHIPPED)) >= 9
