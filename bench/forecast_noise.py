@@ -1,6 +1,6 @@
 """How the forgetting forecast behaves on probe sets of every size and noise: synthetic runs, known truth.
 
-    python -m bench.forecast_noise [--runs 40] [--alarm P]
+    python -m bench.forecast_noise [--runs 40] [--alarm P] [--hazard hazard/3]
 
 The corpus behind the shipped threshold (`make corpus`) has one ood probe-set size (256 items) and
 little answer churn. A user's probe set may have 16 items or 1000, and a healthy fine-tune flips
@@ -18,7 +18,10 @@ interval, `drift.alarms` for detection and forecast), on runs whose truth is kno
   reaches the threshold.
 
 Per cell (probe-set size x base accuracy), 15 checkpoints per run, an alarm is a forecast at or
-above ``--alarm`` (the shipped threshold by default):
+above ``--alarm`` (the shipped threshold by default). With ``--hazard INPUTS`` the score is instead a
+`drift.hazard` model fitted on the shipped corpus (``bench/corpus/records.json.gz``), alarming at the
+conformal threshold of the corpus's non-forgetting runs, each scored by a model fitted without it:
+how a model fitted on that corpus meets probe noise it never saw.
 * ``quiet_alarm``: share of quiet runs that ever alarm (a false alarm), then per churn level;
 * ``applicable``: share of the quiet runs' checkpoints that get a forecast at all;
 * ``early2``: share of forgetting runs with onset at or after their 3rd checkpoint alarmed at least 2
@@ -32,13 +35,22 @@ The last line pools the cells of 32 items and more:
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from drift.alarms import CrossingForecast, RelativeDrop, forecast_detection, relative_drop
+from drift.alarms import CrossingForecast, RelativeDrop, drop_sd, forecast_detection, relative_drop
+from drift.evaluation import RunTrace, conformal_threshold
+from drift.hazard import HazardModel, Inputs
 from drift.paired import paired_bootstrap_change
+from drift.replay import load_records, replay
 from service.settings import Settings
+
+CORPUS = Path(__file__).resolve().parent / "corpus" / "records.json.gz"
+#: The score of a run's latest checkpoint from its checkpoints so far and their trend forecasts (None: abstains).
+Score = Callable[[Sequence[RelativeDrop], Sequence[float | None]], float | None]
 
 CHECKPOINTS = 15
 SIZES = (16, 32, 64, 256)
@@ -56,16 +68,39 @@ class Outcome:
     checkpoints: int
 
 
+def hazard_score(inputs: Inputs, *, threshold: float, horizon: int) -> tuple[Score, float]:
+    """A hazard model fitted on the shipped corpus, as a `Score`, and its conformal alarm threshold."""
+    traces = [replay(r, relative_drop=threshold, horizon=horizon) for r in load_records(CORPUS)]
+    model = HazardModel(inputs=inputs, threshold=threshold).fit(traces)
+    maxima = []
+    for run in (t for t in traces if t.onset is None):
+        scores = HazardModel(inputs=inputs, threshold=threshold).fit([t for t in traces if t is not run]) \
+            .within(run, horizon=horizon, through_onset=True)
+        maxima.append(max(scores.values(), default=0.0))
+    alarm = conformal_threshold(maxima, alpha=0.10)
+    if alarm is None:
+        raise SystemExit("bench.forecast_noise: the corpus has too few non-forgetting runs for a threshold")
+
+    def score(drops: Sequence[RelativeDrop], forecasts: Sequence[float | None]) -> float | None:
+        n = len(drops)
+        trace = RunTrace("synthetic", "synthetic", "synthetic", tuple(forecasts), (False,) * n,
+                         tuple(d.drop for d in drops), (0.0,) * n, None, tuple(drop_sd(d) for d in drops))
+        return model.within(trace, horizon=horizon, through_onset=True).get(n - 1)
+
+    return score, alarm
+
+
 def simulate(rng: np.random.Generator, *, items: int, base_accuracy: float, churn: float, start: int | None,
-             rate: float, threshold: float, alarm: float) -> Outcome | None:
+             rate: float, threshold: float, alarm: float, score: Score | None = None) -> Outcome | None:
     """One run through detection and forecast, checkpoint by checkpoint (None: a base with no right answer)."""
     base = (rng.random(items) < base_accuracy).astype(np.float64)
     if base.sum() == 0:
         return None
     steps: list[float] = []
-    drops: list[RelativeDrop | None] = []
+    drops: list[RelativeDrop] = []
+    forecasts: list[float | None] = []
     first_alarm = detected = onset = None
-    forecasts = 0
+    applicable = 0
     for t in range(1, CHECKPOINTS + 1):
         forgetting = rate * max(0, t - start) if start is not None else 0.0
         lose, gain = min(1.0, churn + forgetting), churn
@@ -78,15 +113,17 @@ def simulate(rng: np.random.Generator, *, items: int, base_accuracy: float, chur
         steps.append(10.0 * t)
         drops.append(relative_drop(probe_set="ood", metric="accuracy", base=change.base, change=change.change,
                                    ci_low=change.ci_low, ci_high=change.ci_high, n_items=items))
-        forecast: CrossingForecast = forecast_detection(steps, drops, threshold=threshold)
+        forecast: CrossingForecast = forecast_detection(steps, list(drops), threshold=threshold)
+        forecasts.append(forecast.probability)
         if forecast.reason_code == "detected":
             detected = t
             break
         if forecast.applicable:
-            forecasts += 1
-            if first_alarm is None and forecast.probability is not None and forecast.probability >= alarm:
+            applicable += 1
+            p = forecast.probability if score is None else score(drops, forecasts)
+            if first_alarm is None and p is not None and p >= alarm:
                 first_alarm = t
-    return Outcome(first_alarm, detected, onset, forecasts, len(steps))
+    return Outcome(first_alarm, detected, onset, applicable, len(steps))
 
 
 def _share(flags: list[bool]) -> float:
@@ -99,13 +136,20 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=40, help="quiet and forgetting runs per cell")
     parser.add_argument("--alarm", type=float, default=settings.forecast_alarm_probability)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hazard", choices=["hazard/1", "hazard/2", "hazard/3"],
+                        help="score with this hazard model fitted on the shipped corpus instead of the forecast")
     args = parser.parse_args()
     threshold = settings.forgetting_relative_drop
+    score = None
+    if args.hazard:
+        score, args.alarm = hazard_score(args.hazard, threshold=threshold,
+                                         horizon=settings.forecast_horizon_checkpoints)
     rng = np.random.default_rng(args.seed)
     pooled: dict[str, list[bool]] = {"quiet": [], "early": [], "applicable": []}
     for items in SIZES:
         for base_accuracy in BASE_ACCURACIES:
-            kw = {"items": items, "base_accuracy": base_accuracy, "threshold": threshold, "alarm": args.alarm}
+            kw = {"items": items, "base_accuracy": base_accuracy, "threshold": threshold, "alarm": args.alarm,
+                  "score": score}
             quiet = [simulate(rng, churn=QUIET_CHURN[i % len(QUIET_CHURN)], start=None, rate=0.0, **kw)
                      for i in range(args.runs)]
             forgetting = [simulate(rng, churn=0.01, start=int(rng.integers(2, 8)), rate=float(rng.choice(RATES)), **kw)
@@ -127,7 +171,8 @@ def main() -> None:
                 pooled["early"] += early
                 pooled["applicable"] += applicable
     print(f"forecast_noise quiet_alarm_runs={_share(pooled['quiet']):.3f} early2_share={_share(pooled['early']):.3f} "
-          f"applicable_share={_share(pooled['applicable']):.3f} runs={len(pooled['quiet'])} alarm={args.alarm:.4f}")
+          f"applicable_share={_share(pooled['applicable']):.3f} runs={len(pooled['quiet'])} alarm={args.alarm:.4f}"
+          + (f" model={args.hazard}" if args.hazard else ""))
 
 
 if __name__ == "__main__":

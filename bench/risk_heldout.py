@@ -16,8 +16,9 @@ in-sample figure; the last line then comes from leave-one-method-out and says ``
 The alarm threshold is the conformal one never below the forecast a run whose probes have not changed
 can reach (`drift.evaluation.alarm_threshold`, `drift.alarms.no_change_ceiling`), as the service
 calibrates it; the frontier shows the conformal threshold alone.
-Two discrete-time hazard models (`drift.hazard`, not served: ``hazard/1`` on the drops,
-``hazard/2`` adding ood KL as a share of the base's entropy) are fitted and scored on the same
+Three discrete-time hazard models (`drift.hazard`, not served: ``hazard/1`` on the drops,
+``hazard/2`` adding ood KL as a share of the base's entropy, ``hazard/3`` on the drops in units of their
+own noise) are fitted and scored on the same
 splits for comparison, with their own held-out conformal thresholds; a round 0.5 and the configured
 threshold are reported beside the held-out conformal ones, and the leave-one-family-out record at
 other false-alarm budgets (the frontier: how many early warnings each extra false alarm buys).
@@ -82,12 +83,14 @@ def main() -> None:
         for alpha in FRONTIER_ALPHAS:
             print(f"  alpha={alpha:.2f} {report(held_out(runs, by='family', alpha=alpha, horizon=horizon))}")
     for by in ("method", "family"):
-        for inputs in ("hazard/1", "hazard/2"):
-            hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon, inputs=inputs)
+        for inputs in ("hazard/1", "hazard/2", "hazard/3"):
+            hazard, trend, n = held_out_auc(runs, by=by, horizon=horizon, inputs=inputs,
+                                            threshold=settings.forgetting_relative_drop)
             fmt = lambda v: "n/a" if v is None else f"{v:.3f}"
             print(f"{inputs} fitted leaving one {by} out: auc_h3={fmt(hazard)} vs trend/1 auc_h3={fmt(trend)} "
                   f"on the same {n} risk-set checkpoints")
-            record = held_out_alarms(runs, by=by, inputs=inputs, alpha=args.alpha, horizon=horizon)
+            record = held_out_alarms(runs, by=by, inputs=inputs, alpha=args.alpha, horizon=horizon,
+                                     threshold=settings.forgetting_relative_drop)
             if record is not None:
                 print(report(record))
     last = by_family if len(families) >= 2 else by_method

@@ -45,6 +45,7 @@ __all__ = [
     "REASONS",
     "CrossingForecast",
     "RelativeDrop",
+    "drop_sd",
     "first_detection",
     "forecast_detection",
     "measured_drop",
@@ -170,6 +171,12 @@ def _granularity(d: RelativeDrop) -> float:
     if d.metric == "accuracy" and d.n_items > 0:
         return 0.5 / (d.n_items * abs(d.base))
     return 1e-3
+
+
+def drop_sd(d: RelativeDrop) -> float:
+    """The standard deviation of a measured drop: its bootstrap interval's half-width / z, at least half
+    an item of the score (`_granularity`), so a zero-width interval still carries the probe set's grain."""
+    return max((d.high - d.low) / (2 * Z95), _granularity(d))
 
 
 def forecast_detection(

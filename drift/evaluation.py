@@ -46,11 +46,15 @@ class RunTrace:
     drop: tuple[float | None, ...]
     kl_share: tuple[float | None, ...]
     onset: int | None
+    drop_sd: tuple[float | None, ...] = ()
+    """Per checkpoint, the drop's standard deviation (`drift.alarms.drop_sd`); empty when not known."""
 
     def __post_init__(self) -> None:
         n = len(self.forecast)
         if not len(self.detected) == len(self.drop) == len(self.kl_share) == n:
             raise ValueError(f"run {self.run}: per-checkpoint sequences differ in length")
+        if self.drop_sd and len(self.drop_sd) != n:
+            raise ValueError(f"run {self.run}: drop spreads for {len(self.drop_sd)} of {n} checkpoints")
         if self.onset is not None and not 0 <= self.onset < n:
             raise ValueError(f"run {self.run}: onset {self.onset} outside its {n} checkpoints")
 

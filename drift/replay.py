@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from drift.alarms import RelativeDrop, forecast_detection
+from drift.alarms import RelativeDrop, drop_sd, forecast_detection
 from drift.evaluation import RunTrace
 from drift.features import kl_entropy_share
 from drift.risk import forgetting_onset
@@ -65,6 +65,7 @@ def replay(record: RunRecord, *, relative_drop: float, horizon: int) -> RunTrace
         kl_share=tuple(None if k is None or entropy is None or k < 0 else kl_entropy_share(k, entropy)
                        for k in record.kl),
         onset=forgetting_onset(list(record.labels), base=record.label_base, relative_drop=relative_drop),
+        drop_sd=tuple(None if d is None else drop_sd(d) for d in drops),
     )
 
 

@@ -1,6 +1,7 @@
 """Held-out evaluation of the alarms and the conformal threshold (`drift.evaluation`)."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -115,6 +116,36 @@ def test_hazard_2_reads_a_moving_distribution_before_the_answers_fall():
     assert record is not None and record.families == 3
     assert record.early2_share >= 0.8 and record.false_alarm_runs <= 0.2
     assert held_out_alarms([r for r in runs if r.family == "a"], by="family") is None  # nothing to hold out
+
+
+def test_hazard_3_reads_the_drops_in_units_of_their_own_noise():
+    """Quiet runs on coarse probe sets wander as far as forgetting runs on fine ones climb before their
+    onset: hazard/1 (raw drops) cannot tell them apart, hazard/3 (gap and slope over the spread) can."""
+    from drift.hazard import hazard_rows, held_out_alarms, held_out_auc
+
+    rng = np.random.default_rng(1)
+
+    def run(name, family, forgets):
+        n = 12
+        onset = 8 if forgets else None
+        sd = 0.005 if forgets else 0.03
+        drop = [0.01 * i + float(rng.normal(0, sd)) if forgets else float(rng.normal(0.03, sd)) for i in range(n)]
+        if forgets:
+            drop[onset:] = [0.3] * (n - onset)
+        forecast = tuple(None if i < 2 else 0.1 for i in range(n))
+        return RunTrace(name, family, "m", forecast, tuple([False] * n), tuple(drop), tuple([0.0] * n), onset,
+                        tuple([sd] * n))
+
+    runs = [run(f"{f}{k}", f, k < 6) for f in "abc" for k in range(18)]
+    scaled, _, n = held_out_auc(runs, by="family", inputs="hazard/3")
+    raw, _, _ = held_out_auc(runs, by="family", inputs="hazard/1")
+    assert n > 0 and scaled > 0.9 and scaled > raw + 0.1
+    record = held_out_alarms(runs, by="family", inputs="hazard/3")
+    assert record is not None and record.false_alarm_runs <= 0.2 and record.detect_rate == 1.0
+    (i, x, _), *_ = hazard_rows(runs[0], inputs="hazard/3", threshold=0.1)
+    assert i == 2 and x[0] == pytest.approx((0.1 - runs[0].drop[2]) / 0.005)  # gap to the threshold in sds
+    with pytest.raises(ValueError, match="spreads"):
+        hazard_rows(replace(runs[0], drop_sd=()), inputs="hazard/3")
 
 
 def test_refit_shrinks_toward_the_shipped_threshold_and_says_when_it_is_worse():

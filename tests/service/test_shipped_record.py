@@ -47,3 +47,20 @@ def test_a_records_file_that_is_not_one_is_refused_with_its_name(tmp_path) -> No
     bad.write_text("{}")
     done = _run([FORGETWATCH, "calibrate", "--records", str(bad)], tmp_path)
     assert done.returncode != 0 and "cannot read run records from" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_hazard_model_fitted_on_the_committed_corpus_scores_synthetic_runs() -> None:
+    """`bench.forecast_noise --hazard`: the model scores a run's latest checkpoint from its drops so far;
+    a run whose answers never change stays below the corpus's threshold, a run losing 8 points a
+    checkpoint crosses it before its ground truth does."""
+    import numpy as np
+
+    from bench.forecast_noise import hazard_score, simulate
+
+    score, alarm = hazard_score("hazard/3", threshold=0.1, horizon=3)
+    assert 0 < alarm < 1
+    kw = {"items": 256, "base_accuracy": 0.9, "threshold": 0.1, "alarm": alarm, "score": score}
+    still = simulate(np.random.default_rng(0), churn=0.0, start=None, rate=0.0, **kw)
+    assert still is not None and still.first_alarm is None and still.forecasts > 0
+    falling = simulate(np.random.default_rng(0), churn=0.0, start=3, rate=0.08, **kw)
+    assert falling is not None and falling.first_alarm is not None and falling.first_alarm < falling.onset
