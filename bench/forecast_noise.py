@@ -1,6 +1,6 @@
 """How the forgetting forecast behaves on probe sets of every size and noise: synthetic runs, known truth.
 
-    python -m bench.forecast_noise [--runs 40] [--alarm P] [--hazard hazard/3]
+    python -m bench.forecast_noise [--runs 40] [--trend [--alarm P] | --hazard hazard/N]
 
 The corpus behind the shipped threshold (`make corpus`) has one ood probe-set size (256 items) and
 little answer churn. A user's probe set may have 16 items or 1000, and a healthy fine-tune flips
@@ -18,10 +18,12 @@ interval, `drift.alarms` for detection and forecast), on runs whose truth is kno
   reaches the threshold.
 
 Per cell (probe-set size x base accuracy), 15 checkpoints per run, an alarm is a forecast at or
-above ``--alarm`` (the shipped threshold by default). With ``--hazard INPUTS`` the score is instead a
-`drift.hazard` model fitted on the shipped corpus (``bench/corpus/records.json.gz``), alarming at the
-conformal threshold of the corpus's non-forgetting runs, each scored by a model fitted without it:
-how a model fitted on that corpus meets probe noise it never saw.
+above the threshold: by default the served forecast (the forecast model and threshold in force,
+`drift.hazard.hazard_forecast`); with ``--trend`` the unfitted trend/1 at ``--alarm`` (its no-change
+ceiling by default); with ``--hazard INPUTS`` a `drift.hazard` model refitted on the shipped corpus
+(``bench/corpus/records.json.gz``), alarming at the conformal threshold of the corpus's non-forgetting
+runs, each scored by a model fitted without it. Either way: how a forecast fitted on that corpus meets
+probe noise it never saw.
 * ``quiet_alarm``: share of quiet runs that ever alarm (a false alarm), then per churn level;
 * ``applicable``: share of the quiet runs' checkpoints that get a forecast at all;
 * ``early2``: share of forgetting runs with onset at or after their 3rd checkpoint alarmed at least 2
@@ -41,7 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
-from drift.alarms import CrossingForecast, RelativeDrop, drop_sd, forecast_detection, relative_drop
+from drift.alarms import (
+    CrossingForecast,
+    RelativeDrop,
+    drop_sd,
+    forecast_detection,
+    no_change_ceiling,
+    relative_drop,
+)
 from drift.evaluation import RunTrace, conformal_threshold
 from drift.hazard import HazardModel, Inputs
 from drift.paired import paired_bootstrap_change
@@ -68,6 +77,18 @@ class Outcome:
     checkpoints: int
 
 
+def model_score(model: HazardModel, *, horizon: int) -> Score:
+    """``model`` as a `Score`: its probability at a run's latest checkpoint."""
+
+    def score(drops: Sequence[RelativeDrop], forecasts: Sequence[float | None]) -> float | None:
+        n = len(drops)
+        trace = RunTrace("synthetic", "synthetic", "synthetic", tuple(forecasts), (False,) * n,
+                         tuple(d.drop for d in drops), (0.0,) * n, None, tuple(drop_sd(d) for d in drops))
+        return model.within(trace, horizon=horizon, through_onset=True).get(n - 1)
+
+    return score
+
+
 def hazard_score(inputs: Inputs, *, threshold: float, horizon: int) -> tuple[Score, float]:
     """A hazard model fitted on the shipped corpus, as a `Score`, and its conformal alarm threshold."""
     traces = [replay(r, relative_drop=threshold, horizon=horizon) for r in load_records(CORPUS)]
@@ -80,14 +101,7 @@ def hazard_score(inputs: Inputs, *, threshold: float, horizon: int) -> tuple[Sco
     alarm = conformal_threshold(maxima, alpha=0.10)
     if alarm is None:
         raise SystemExit("bench.forecast_noise: the corpus has too few non-forgetting runs for a threshold")
-
-    def score(drops: Sequence[RelativeDrop], forecasts: Sequence[float | None]) -> float | None:
-        n = len(drops)
-        trace = RunTrace("synthetic", "synthetic", "synthetic", tuple(forecasts), (False,) * n,
-                         tuple(d.drop for d in drops), (0.0,) * n, None, tuple(drop_sd(d) for d in drops))
-        return model.within(trace, horizon=horizon, through_onset=True).get(n - 1)
-
-    return score, alarm
+    return model_score(model, horizon=horizon), alarm
 
 
 def simulate(rng: np.random.Generator, *, items: int, base_accuracy: float, churn: float, start: int | None,
@@ -134,16 +148,28 @@ def main() -> None:
     settings = Settings()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40, help="quiet and forgetting runs per cell")
-    parser.add_argument("--alarm", type=float, default=settings.forecast_alarm_probability)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--hazard", choices=["hazard/1", "hazard/2", "hazard/3"],
-                        help="score with this hazard model fitted on the shipped corpus instead of the forecast")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--trend", action="store_true", help="score with the unfitted trend/1 instead")
+    which.add_argument("--hazard", choices=["hazard/1", "hazard/2", "hazard/3"],
+                       help="score with this hazard model refitted on the shipped corpus instead")
+    parser.add_argument("--alarm", type=float, help="trend/1's alarm threshold (default: its no-change ceiling)")
     args = parser.parse_args()
     threshold = settings.forgetting_relative_drop
-    score = None
-    if args.hazard:
-        score, args.alarm = hazard_score(args.hazard, threshold=threshold,
-                                         horizon=settings.forecast_horizon_checkpoints)
+    horizon = settings.forecast_horizon_checkpoints
+    score: Score | None = None
+    if args.alarm is not None and not args.trend:
+        parser.error("--alarm sets trend/1's threshold: use it with --trend")
+    if args.trend:
+        args.alarm = args.alarm if args.alarm is not None else no_change_ceiling(threshold=threshold, horizon=horizon)
+        name = "trend/1"
+    elif args.hazard:
+        score, args.alarm = hazard_score(args.hazard, threshold=threshold, horizon=horizon)
+        name = f"{args.hazard} refitted"
+    else:
+        score = model_score(HazardModel.of(settings.forecast_model), horizon=horizon)
+        args.alarm = settings.forecast_alarm_probability
+        name = f"{settings.forecast_model.inputs} served"
     rng = np.random.default_rng(args.seed)
     pooled: dict[str, list[bool]] = {"quiet": [], "early": [], "applicable": []}
     for items in SIZES:
@@ -172,7 +198,7 @@ def main() -> None:
                 pooled["applicable"] += applicable
     print(f"forecast_noise quiet_alarm_runs={_share(pooled['quiet']):.3f} early2_share={_share(pooled['early']):.3f} "
           f"applicable_share={_share(pooled['applicable']):.3f} runs={len(pooled['quiet'])} alarm={args.alarm:.4f}"
-          + (f" model={args.hazard}" if args.hazard else ""))
+          + f" model={name.replace(' ', '_')}")
 
 
 if __name__ == "__main__":

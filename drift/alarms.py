@@ -66,6 +66,7 @@ REASONS = {
     "too_few_checkpoints": "too few measured checkpoints for a trend",
     "detected": "forgetting is already detected: a measurement, not a forecast",
     "base_checkpoint": "this checkpoint is the base itself (step 0)",
+    "uncalibrated": "the forecast model was fitted for another forgetting threshold",
 }
 #: The interval half-width is z · sd for a 95 % interval.
 Z95 = 1.959963984540054

@@ -30,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 __all__ = ["HeldOut", "RunTrace", "alarm_threshold", "conformal_threshold", "evaluate", "first_alarm", "held_out",
            "refit", "why_worse"]
@@ -121,6 +120,8 @@ def _max_forecast(trace: RunTrace) -> float:
 
 
 def _auc(y: list[int], s: list[float]) -> float | None:
+    from sklearn.metrics import roc_auc_score  # imported here: the service reads this module's types at start
+
     return float(roc_auc_score(y, s)) if len(set(y)) == 2 else None
 
 

@@ -38,6 +38,20 @@ CHECKPOINT_INDEX = Feature(
     "the forecast's clock is the run's own current checkpoint cadence, not steps, tokens or learning rate of any "
     "one trainer.")
 
+GAP_Z = Feature(
+    "gap_z", "standard deviations of the drop",
+    "(threshold − ood_drop_ratio) / the drop's standard deviation (its bootstrap half-width / 1.96, at least half "
+    "an item of the probe set): how many units of this probe set's own noise separate the run from forgetting, "
+    "so 64 items and 1000 items, a strong base and a weak one, are read on one scale.")
+DROP_SLOPE_T = Feature(
+    "drop_slope_t", "t-statistic",
+    "least-squares slope of the last 6 measured drops per checkpoint over its standard error from the points' "
+    "own spreads: how sure the rise is, not how steep, so answer churn on a small probe set does not read as a "
+    "trend and the run's checkpoint cadence sets the clock.")
+LOG_CHECKPOINTS = Feature(
+    "log_checkpoints", "ln(checkpoints of this run)",
+    "ln of the checkpoints measured so far: the run's own age in its own checkpoints, not steps or tokens.")
+
 OOD_KL_ENTROPY_SHARE = Feature(
     "ood_kl_entropy_share", "share of the base's per-token entropy",
     "mean forward KL(base ‖ checkpoint) on the ood probes divided by the base's own mean per-token entropy on "
@@ -49,9 +63,10 @@ OOD_KL_ENTROPY_SHARE = Feature(
 #: rounding noise into a huge share.
 ENTROPY_FLOOR_NATS = 0.05
 
-#: The registry: the inputs `drift.alarms` reads (the first four) and the scale-free features reported
-#: beside them.
-FEATURES: tuple[Feature, ...] = (OOD_DROP, OOD_DROP_LOW, OOD_DROP_HIGH, CHECKPOINT_INDEX, OOD_KL_ENTROPY_SHARE)
+#: The registry: the inputs `drift.alarms` reads (the first four), the served forecast model's
+#: (`drift.hazard.INPUTS["hazard/3"]`, the next three) and the scale-free features reported beside them.
+FEATURES: tuple[Feature, ...] = (OOD_DROP, OOD_DROP_LOW, OOD_DROP_HIGH, CHECKPOINT_INDEX, GAP_Z, DROP_SLOPE_T,
+                                 LOG_CHECKPOINTS, OOD_KL_ENTROPY_SHARE)
 
 
 def kl_entropy_share(kl_nats: float, base_entropy_nats: float) -> float:

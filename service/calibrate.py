@@ -1,13 +1,16 @@
-"""`forgetwatch calibrate`: the forecast's alarm threshold from labelled runs, and its held-out record.
+"""`forgetwatch calibrate`: the forecast's alarm threshold (and, from scratch, its model) from labelled runs,
+and its held-out record.
 
 A run is usable when the trainer posted its ood ground truth (`POST /v1/runs/{run}/labels`, e.g.
 `ood_accuracy`, measured on items that are not probe items) for the base (step 0) and for its
 checkpoints. Each run is replayed checkpoint by checkpoint with the service's own functions
 (`service.risk.ood_drops`, `drift.replay.replay`), each forecast from the checkpoints up
-to it only, so the result does not depend on what the service stored at the time. The forecast has
-no fitted parameters; what is fitted here is the alarm threshold, conformally from the runs that
-never forgot (`drift.evaluation.conformal_threshold`), never below the forecast a run whose probes
-have not changed can reach (`drift.alarms.no_change_ceiling`), so such a run never alarms.
+to it only, so the result does not depend on what the service stored at the time, and scored by the
+forecast model (`drift.hazard`, ``hazard/3``): the one in force, which never saw these runs, or with
+``--from-scratch`` a model fitted on them, each run scored by a fit without it (leave one run out).
+The alarm threshold is conformal on the runs that never forgot (`drift.evaluation.conformal_threshold`),
+never below the score a run whose probes have not changed can get (`drift.hazard.no_change_ceiling`),
+so such a run never alarms.
 
 The threshold the service uses is replaced only by a refit that is not worse: the user's runs are
 pooled with the shipped corpus's non-forgetting runs (`SHIPPED`; shrinkage toward the shipped
@@ -26,6 +29,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from drift.evaluation import HeldOut, RunTrace, alarm_threshold, held_out, refit, why_worse
+from drift.hazard import FittedHazard, HazardModel, Inputs, held_out_alarms, leave_one_out
 from drift.replay import RunRecord, replay
 from service.database import database_url, ensure_schema
 from service.db.features import ood_history, run_history
@@ -36,7 +40,9 @@ from service.db.session import make_engine, make_sessionmaker
 from service.risk import ood_drops
 from service.settings import SHIPPED_CALIBRATION, Settings
 
-FORMAT = "forgetwatch.alarm_threshold/1"
+FORMAT = "forgetwatch.alarm_threshold/2"
+SERVED: Inputs = "hazard/3"
+"""The forecast model the service serves (`drift.hazard.INPUTS`)."""
 SHIPPED = SHIPPED_CALIBRATION
 """The project corpus's calibration: its threshold and the largest forecast of each run that never forgot."""
 
@@ -132,18 +138,35 @@ def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
             for r in records(session, label=label, runs=runs)]
 
 
-def calibrate(runs: list[RunTrace], *, alpha: float, horizon: int,
-              floor: float) -> tuple[float | None, list[HeldOut]]:
-    """The alarm threshold from every non-forgetting run, never below ``floor``
-    (`drift.evaluation.alarm_threshold`), and the held-out record (leave one method out, leave one
-    family out) of thresholds calibrated without the judged runs."""
+def scored_runs(runs: list[RunTrace], *, model: FittedHazard | None, horizon: int,
+                relative_drop: float) -> tuple[FittedHazard, list[RunTrace]]:
+    """The runs with the served forecast's scores: by ``model``, or (None) by a model fitted on these runs,
+    each run scored by a fit without it. Returns the model and the scored runs."""
+    if model is not None:
+        scorer = HazardModel.of(model)
+        return model, [scorer.scored(t, horizon=horizon) for t in runs]
+    fitted = HazardModel(inputs=SERVED, threshold=relative_drop).fit(runs).model
+    assert fitted is not None
+    return fitted, leave_one_out(runs, inputs=SERVED, horizon=horizon, threshold=relative_drop)
+
+
+def calibrate(runs: list[RunTrace], scored: list[RunTrace], *, alpha: float, horizon: int, floor: float,
+              relative_drop: float, fitted_here: bool) -> tuple[float | None, list[HeldOut]]:
+    """The alarm threshold from every non-forgetting run's score (``scored``), never below ``floor``
+    (`drift.evaluation.alarm_threshold`), and the held-out record, leave one method out and leave one family
+    out. With ``fitted_here`` (the model was fitted on ``runs``) each held-out group is scored by a model
+    refitted without it (`drift.hazard.held_out_alarms`); else by the model in force, which saw none of them."""
     if len(runs) < 3:
         raise ValueError(f"calibration needs at least 3 labelled runs, got {len(runs)}. Post ground truth with "
                          "POST /v1/runs/{run}/labels (including step 0 for the base)")
-    quiet = [max((p for p in t.forecast if p is not None), default=0.0) for t in runs if t.onset is None]
+    quiet = [max((p for p in t.forecast if p is not None), default=0.0) for t in scored if t.onset is None]
     threshold = alarm_threshold(quiet, alpha=alpha, floor=floor)
-    return threshold, [held_out(runs, by=by, alpha=alpha, horizon=horizon, floor=floor)
-                       for by in ("method", "family")]
+    record = []
+    for by in ("method", "family"):
+        result = held_out_alarms(runs, by=by, inputs=SERVED, alpha=alpha, horizon=horizon, floor=True,
+                                 threshold=relative_drop) if fitted_here else None
+        record.append(result or held_out(scored, by=by, alpha=alpha, horizon=horizon, floor=floor))
+    return threshold, record
 
 
 def report(result: HeldOut) -> str:
@@ -157,13 +180,14 @@ def report(result: HeldOut) -> str:
             f"false_alarm_runs={fmt(result.false_alarm_runs)} detect_rate={fmt(result.detect_rate)}")
 
 
-def save(path: Path, *, threshold: float | None, alpha: float, runs: list[RunTrace], record: list[HeldOut],
-         recipe: dict[str, Any], decision: Refit | None = None, pooled_with: list[float] | None = None) -> None:
-    """``quiet_run_maxima`` is the pool the threshold comes from: these runs' largest forecasts plus
+def save(path: Path, *, threshold: float | None, alpha: float, model: FittedHazard, runs: list[RunTrace],
+         record: list[HeldOut], recipe: dict[str, Any], decision: Refit | None = None,
+         pooled_with: list[float] | None = None) -> None:
+    """``runs`` are the scored runs. ``quiet_run_maxima`` is the pool the threshold comes from: these runs' largest forecasts plus
     ``pooled_with`` (the shipped maxima a pooled refit used), so the file can be shipped as is and a
     later refit pools with every quiet run behind it."""
     own = [max((p for p in t.forecast if p is not None), default=0.0) for t in runs if t.onset is None]
-    document = {"format": FORMAT, "alarm_probability": threshold, "alpha": alpha,
+    document = {"format": FORMAT, "alarm_probability": threshold, "alpha": alpha, "forecast_model": model.to_dict(),
                 "n_non_forgetting_runs": len(own), "n_runs": len(runs),
                 "held_out": [asdict(r) for r in record], "recipe": recipe,
                 "quiet_run_maxima": sorted(own + list(pooled_with or []))}

@@ -222,11 +222,20 @@ def cmd_diff(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
-    from drift.alarms import no_change_ceiling
+    from drift.hazard import no_change_ceiling
     from drift.replay import load_records, replay
-    from service.calibrate import calibrate, refit_threshold, report, save, shipped_maxima, stored_records
+    from service.calibrate import (
+        calibrate,
+        refit_threshold,
+        report,
+        save,
+        scored_runs,
+        shipped_maxima,
+        stored_records,
+    )
 
     horizon = settings.forecast_horizon_checkpoints
+    relative_drop = settings.forgetting_relative_drop
     if args.records:
         try:
             corpus = [r for r in load_records(Path(args.records)) if not args.runs or r.run in args.runs]
@@ -234,28 +243,35 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
             raise SystemExit(f"forgetwatch calibrate: cannot read run records from {args.records}: {error}") from error
     else:
         corpus = stored_records(settings, label=args.label, runs=args.runs or None)
-    runs = [replay(r, relative_drop=settings.forgetting_relative_drop, horizon=horizon) for r in corpus]
-    floor = no_change_ceiling(threshold=settings.forgetting_relative_drop, horizon=horizon)
+    runs = [replay(r, relative_drop=relative_drop, horizon=horizon) for r in corpus]
     try:
-        threshold, record = calibrate(runs, alpha=args.alpha, horizon=horizon, floor=floor)
+        if len(runs) < 3:
+            calibrate(runs, runs, alpha=args.alpha, horizon=horizon, floor=0.0, relative_drop=relative_drop,
+                      fitted_here=False)  # raises with what to post
+        model, scored = scored_runs(runs, model=None if args.from_scratch else settings.forecast_model, horizon=horizon,
+                                    relative_drop=relative_drop)
+        floor = no_change_ceiling(model, horizon=horizon)
+        threshold, record = calibrate(runs, scored, alpha=args.alpha, horizon=horizon, floor=floor,
+                                      relative_drop=relative_drop, fitted_here=args.from_scratch)
         shipped = [] if args.from_scratch else shipped_maxima()
-        decision = refit_threshold(runs, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
+        decision = refit_threshold(scored, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
                                    horizon=horizon, shipped=shipped, floor=floor)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
     for result in [*record, decision.refit, decision.in_force]:
         print(f"calibrate {report(result)}")
     out = Path(args.out or settings.data_dir / "alarm_threshold.json")
-    save(out, threshold=threshold, alpha=args.alpha, runs=runs, record=record, decision=decision, pooled_with=shipped,
+    save(out, threshold=threshold, alpha=args.alpha, model=model, runs=scored, record=record, decision=decision,
+         pooled_with=shipped,
          recipe={"label": args.label, "horizon": horizon, "records": args.records, "from_scratch": args.from_scratch,
-                 "relative_drop": settings.forgetting_relative_drop, "no_change_ceiling": floor,
-                 "runs": [t.run for t in runs]})
+                 "relative_drop": relative_drop, "no_change_ceiling": floor, "runs": [t.run for t in runs]})
     quiet = sum(t.onset is None for t in runs)
     if decision.installed and decision.threshold is not None:
         pooled = "" if args.from_scratch else ", pooled with the shipped corpus's"
-        print(f"forgetwatch: alarm threshold {decision.threshold:.4g} installed in {out} ({quiet} of your runs never "
-              f"forgot{pooled}); the service reads it at its next start unless "
-              f"FORGETWATCH_FORECAST_ALARM_PROBABILITY is set")
+        fitted = f"forecast model {model.inputs} fitted on these runs and " if args.from_scratch else ""
+        print(f"forgetwatch: {fitted}alarm threshold {decision.threshold:.4g} installed in {out} ({quiet} of your runs "
+              f"never forgot{pooled}); the service reads it at its next start (the threshold unless "
+              f"FORGETWATCH_FORECAST_ALARM_PROBABILITY is set)")
     else:
         print(f"forgetwatch: not installed ({decision.reason}); the threshold in force stays "
               f"{settings.forecast_alarm_probability:.4g}. Record in {out}")
@@ -305,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--out", help="where to write the record (default: <data dir>/alarm_threshold.json, "
                            "which the service reads)")
     calibrate.add_argument("--from-scratch", action="store_true",
-                           help="use only these runs, without pooling them with the shipped corpus's")
+                           help="fit the forecast model on these runs too (each judged by a fit without it), "
+                           "without pooling them with the shipped corpus's")
     calibrate.set_defaults(func=cmd_calibrate)
 
     run_commands.add_parser(sub)

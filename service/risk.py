@@ -31,6 +31,7 @@ from drift.alarms import (
 from drift.features import OOD_DROP, OOD_DROP_HIGH, OOD_DROP_LOW, OOD_KL_ENTROPY_SHARE, kl_entropy_share
 from drift.findings import findings
 from drift.forecast import feature_rows, page_hinkley, theil_sen_forecast
+from drift.hazard import FittedHazard, hazard_forecast
 from drift.risk import RiskEstimate, heuristic_risk
 from service.db.features import OodHistory, RunHistory
 
@@ -113,9 +114,11 @@ def _abstained(forecast: CrossingForecast, code: str, ood: OodHistory) -> Crossi
 
 
 def assess(history: RunHistory, ood: OodHistory, *, relative_drop: float, horizon: int, ood_kl_nats: float,
-           param_rel_l2: float, base_entropy_ood: float | None = None) -> Assessment:
-    """Detection and forecast of ood forgetting at the last checkpoint of ``history``, the labelled
-    probe-free parameter heuristic, trend forecasts of the raw series, and findings."""
+           param_rel_l2: float, model: FittedHazard, base_entropy_ood: float | None = None) -> Assessment:
+    """Detection and forecast of ood forgetting at the last checkpoint of ``history`` (the trend's
+    abstentions and time to crossing, ``model``'s probability: `drift.hazard.hazard_forecast`), the
+    labelled probe-free parameter heuristic, trend forecasts of the raw series, and findings."""
+
     if ood.steps != history.steps:
         raise ValueError("run history and ood history cover different checkpoints")
     drops, code = ood_drops(ood)
@@ -126,8 +129,14 @@ def assess(history: RunHistory, ood: OodHistory, *, relative_drop: float, horizo
         forecast = CrossingForecast(False, None, horizon, reason_code="base_checkpoint",
                                     reason=REASONS["base_checkpoint"])
     else:
-        forecast = forecast_detection([ood.steps[i] for i in trained], [drops[i] for i in trained],
-                                      threshold=relative_drop, horizon=horizon)
+        measured = [drops[i] for i in trained]
+        trend = forecast_detection([ood.steps[i] for i in trained], measured, threshold=relative_drop, horizon=horizon)
+        forecast = hazard_forecast(trend, measured, model, horizon=horizon)
+        if trend.applicable and not math.isclose(model.threshold, relative_drop):
+            forecast = dataclasses.replace(
+                forecast, applicable=False, probability=None, reason_code="uncalibrated",
+                reason=f"{REASONS['uncalibrated']}: fitted for a {model.threshold:.0%} drop, forgetting is "
+                       f"{relative_drop:.0%} here (FORGETWATCH_FORGETTING_RELATIVE_DROP); run `forgetwatch calibrate`")
     if code is not None and drops[-1] is None:
         forecast = _abstained(forecast, code, ood)
     first = first_detection(drops, threshold=relative_drop)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import os
@@ -9,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from drift.hazard import FittedHazard
 from drift.remote import normal_uri
 
 ENV_PREFIX = "FORGETWATCH_"
@@ -29,6 +31,19 @@ SHIPPED_CALIBRATION = Path(__file__).with_name("shipped_calibration.json")
 def _shipped_threshold() -> float:
     """The alarm threshold calibrated on the project's own corpus (`forgetwatch calibrate`)."""
     return float(json.loads(SHIPPED_CALIBRATION.read_text())["alarm_probability"])
+
+
+@functools.cache
+def forecast_model_in(path: Path) -> FittedHazard:
+    """The forecast model (`drift.hazard.FittedHazard`) a calibration file carries (read once per process:
+    an installed calibration takes effect at the next start)."""
+    document = json.loads(path.read_text())
+    if not isinstance(document, dict) or "forecast_model" not in document:
+        raise ValueError(f"{path} holds no forecast model; run `forgetwatch calibrate` again or delete it")
+    try:
+        return FittedHazard.from_dict(document["forecast_model"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}; run `forgetwatch calibrate` again or delete it") from None
 
 
 def _default_data_dir() -> Path:
@@ -165,11 +180,12 @@ class Settings(BaseSettings):
     (`service/shipped_calibration.json`, docs/risk_model.md), unless a refit on your runs was installed
     in the data dir."""
 
+    _calibration: Path = PrivateAttr(default=SHIPPED_CALIBRATION)
+
     @model_validator(mode="after")
-    def _installed_threshold(self) -> Settings:
-        """Unless the variable is set, the threshold `forgetwatch calibrate` installed in the data dir."""
-        if "forecast_alarm_probability" in self.model_fields_set:
-            return self
+    def _installed_calibration(self) -> Settings:
+        """The calibration `forgetwatch calibrate` installed in the data dir, if any: its forecast model and,
+        unless the variable is set, its threshold."""
         path = self.data_dir / "alarm_threshold.json"
         try:
             document = json.loads(path.read_text())
@@ -177,12 +193,21 @@ class Settings(BaseSettings):
             return self
         except (OSError, ValueError) as error:
             raise ValueError(f"{path} is unreadable ({error}); run `forgetwatch calibrate` again or delete it") from None
-        value = document.get("alarm_probability") if isinstance(document, dict) else None
-        if isinstance(document, dict) and document.get("installed") is True:
+        if not (isinstance(document, dict) and document.get("installed") is True):
+            return self
+        forecast_model_in(path)  # a file without a valid model is refused now, not at the first assessment
+        self._calibration = path
+        value = document.get("alarm_probability")
+        if "forecast_alarm_probability" not in self.model_fields_set:
             if not (isinstance(value, int | float) and 0 < value < 1):
                 raise ValueError(f"{path}: alarm_probability must be a number in (0, 1), got {value!r}")
             self.forecast_alarm_probability = float(value)
         return self
+
+    @property
+    def forecast_model(self) -> FittedHazard:
+        """The hazard model that scores the forgetting forecast: the installed calibration's, else the shipped one."""
+        return forecast_model_in(self._calibration)
 
     forecast_horizon_checkpoints: int = Field(3, ge=1, le=50)
     """The forecast is the probability that forgetting is detected within this many checkpoints."""

@@ -41,7 +41,7 @@ def assess_checkpoint(sessions: sessionmaker, settings: Settings, checkpoint_id:
                 if b["domain"] == "ood" and b["status"] == "ready" and b["entropy"] is not None]
     result = assess(history, ood, relative_drop=settings.forgetting_relative_drop,
                     horizon=settings.forecast_horizon_checkpoints, ood_kl_nats=settings.forecast_ood_kl_nats,
-                    param_rel_l2=settings.forecast_param_rel_l2,
+                    param_rel_l2=settings.forecast_param_rel_l2, model=settings.forecast_model,
                     base_entropy_ood=sum(base) / len(base) if base else None)
     forecast = result.forecast
     forecasts = {**result.forecasts, "acceleration_ratio": result.acceleration_ratio,

@@ -167,3 +167,6 @@ def test_every_declared_feature_has_a_unit_and_a_reason_it_transfers():
     names = [f.name for f in FEATURES]
     assert len(names) == len(set(names))
     assert all(f.unit and len(f.transfers) > 40 for f in FEATURES)
+    from drift.hazard import INPUTS
+
+    assert set(INPUTS["hazard/3"]) <= set(names)  # the served model reads declared features only

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from service.calibrate import calibrate, report, save, traces
+from service.calibrate import SHIPPED, calibrate, report, save, scored_runs, traces
 from service.db.session import make_sessionmaker
+from service.settings import forecast_model_in
+
+SHIPPED_MODEL = forecast_model_in(SHIPPED)
+
+
+def _calibrate(runs, *, floor=0.0):
+    """The threshold rule on the runs' own (trend) scores: `calibrate` is the same for any score."""
+    return calibrate(runs, runs, alpha=0.1, horizon=3, floor=floor, relative_drop=0.1, fitted_here=False)
 
 STEPS = [20 * (i + 1) for i in range(8)]
 
@@ -50,7 +58,7 @@ def test_calibrate_replays_labelled_runs_and_sets_a_conformal_threshold(engine, 
     # Ground truth 0.8 + change ≤ 0.72 from change −0.09 on: the 6th checkpoint (index 5).
     assert len(forgetting) == 4 and {t.onset for t in forgetting} == {5}
     assert all(t.forecast[:2] == (None, None) for t in runs)  # never from fewer than 3 checkpoints
-    threshold, record = calibrate(runs, alpha=0.1, horizon=3, floor=0.0)
+    threshold, record = _calibrate(runs)
     maxima = sorted(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
     assert threshold is not None and maxima[18] < threshold <= maxima[19]  # 20 quiet runs: the 19th maximum
     by_method, by_family = record
@@ -60,23 +68,42 @@ def test_calibrate_replays_labelled_runs_and_sets_a_conformal_threshold(engine, 
     assert by_family.early2_share is None and "one family only" in by_family.split
     assert "auc_h3=" in report(by_method)
     path = tmp_path / "threshold.json"
-    save(path, threshold=threshold, alpha=0.1, runs=runs, record=record, recipe={})
+    save(path, threshold=threshold, alpha=0.1, model=SHIPPED_MODEL, runs=runs, record=record, recipe={})
     document = json.loads(path.read_text())
     assert document["alarm_probability"] == threshold and document["n_non_forgetting_runs"] == 20
+    assert forecast_model_in(path) == SHIPPED_MODEL
+
+
+def test_from_scratch_the_forecast_model_is_fitted_on_the_runs_and_each_run_scored_without_it(engine) -> None:
+    _labelled_runs(engine)
+    with make_sessionmaker(engine)() as session:
+        runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
+    model, scored = scored_runs(runs, model=None, horizon=3, relative_drop=0.1)
+    assert model.inputs == "hazard/3" and model.n_events == 4 and model.threshold == 0.1
+    peak = {t.run: max(p for p in t.forecast if p is not None) for t in scored}
+    forgetting = {t.run for t in runs if t.onset is not None}
+    assert min(peak[r] for r in forgetting) > max(v for r, v in peak.items() if r not in forgetting)
+    threshold, (by_method, _) = calibrate(runs, scored, alpha=0.1, horizon=3, floor=0.0, relative_drop=0.1,
+                                          fitted_here=True)
+    assert threshold is not None and by_method.split.startswith("hazard/3 leave-one-method-out")
+    assert by_method.detect_rate == 1.0 and by_method.false_alarm_runs <= 0.1
+    # The shipped model never saw these runs: it scores them as they are.
+    same, shipped = scored_runs(runs, model=SHIPPED_MODEL, horizon=3, relative_drop=0.1)
+    assert same is SHIPPED_MODEL and [len(t.forecast) for t in shipped] == [len(t.forecast) for t in runs]
 
 
 def test_calibrate_refuses_too_few_runs_and_gives_no_threshold_without_enough_quiet_runs(engine) -> None:
     _labelled_runs(engine, quiet=3, forgetting=1)
     with make_sessionmaker(engine)() as session:
         runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
-    threshold, _ = calibrate(runs, alpha=0.1, horizon=3, floor=0.0)
+    threshold, _ = _calibrate(runs)
     assert threshold is None  # 3 quiet runs cannot bound false alarms at 10 %
     with pytest.raises(ValueError, match="at least 3 labelled runs"):
-        calibrate(runs[:2], alpha=0.1, horizon=3, floor=0.0)
+        _calibrate(runs[:2])
 
 
 def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(engine, tmp_path) -> None:
-    from service.calibrate import SHIPPED, refit_threshold, shipped_maxima
+    from service.calibrate import refit_threshold, shipped_maxima
     from service.settings import Settings
 
     _labelled_runs(engine, quiet=4, forgetting=4)
@@ -84,15 +111,15 @@ def test_a_refit_pooled_with_the_shipped_corpus_is_installed_only_when_no_worse(
         runs = traces(session, label="ood_accuracy", relative_drop=0.1, horizon=3)
     quiet_max = max(max(p for p in t.forecast if p is not None) for t in runs if t.onset is None)
     # Four quiet runs alone cannot bound false alarms at 10 %; pooled with 30 shipped ones they can.
-    assert calibrate(runs, alpha=0.1, horizon=3, floor=0.0)[0] is None
+    assert _calibrate(runs)[0] is None
     shipped = [0.05] * 20 + [0.15] * 10
     decision = refit_threshold(runs, in_force=0.99, alpha=0.1, horizon=3, shipped=shipped, floor=0.0)
     assert decision.threshold is not None and quiet_max < decision.threshold
     assert decision.installed, decision.reason
     assert decision.refit.false_alarm_runs == 0.0 and decision.in_force.false_alarm_runs == 0.0
     assert decision.refit.median_lead_ckpts >= decision.in_force.median_lead_ckpts
-    save(tmp_path / "alarm_threshold.json", threshold=None, alpha=0.1, runs=runs, record=[], recipe={},
-         decision=decision, pooled_with=shipped)
+    save(tmp_path / "alarm_threshold.json", threshold=None, alpha=0.1, model=SHIPPED_MODEL, runs=runs, record=[],
+         recipe={}, decision=decision, pooled_with=shipped)
     written = json.loads((tmp_path / "alarm_threshold.json").read_text())
     assert len(written["quiet_run_maxima"]) == 34 and written["n_non_forgetting_runs"] == 4  # the pool behind it
     assert shipped_maxima(tmp_path / "alarm_threshold.json") == written["quiet_run_maxima"]

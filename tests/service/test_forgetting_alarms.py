@@ -271,3 +271,15 @@ def test_reanalyze_queues_each_checkpoint_once_however_often_it_runs(client: Tes
                              capture_output=True, text=True, timeout=120, check=False)
     assert missing.returncode == 1 and "forgetwatch reanalyze: no run 'nope'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_a_forecast_model_fitted_for_another_forgetting_threshold_abstains_and_says_what_to_do(
+        client: TestClient, base_model: str, engine: Engine, settings: Settings) -> None:
+    other = settings.model_copy(update={"forgetting_relative_drop": 0.2})
+    assert other.forecast_model.threshold == 0.1
+    _probe_set(client, "arith", 64)
+    _run(client, base_model, "other-threshold", ["arith"])
+    _series(engine, other, "other-threshold", "arith", [0.0, -0.01, -0.02, -0.03])
+    forecast = client.get("/v1/runs/other-threshold/status").json()["forecast"]
+    assert not forecast["applicable"] and forecast["probability"] is None
+    assert forecast["reason_code"] == "uncalibrated" and "forgetwatch calibrate" in forecast["reason"]

@@ -41,3 +41,22 @@ def test_the_cli_stops_with_the_variable_instead_of_a_traceback(monkeypatch: pyt
 
 def test_the_defaults_are_valid() -> None:
     assert Settings.from_environment().token_cache_seconds == 5.0
+
+
+def test_an_installed_calibration_brings_its_forecast_model_and_an_old_one_is_refused(tmp_path) -> None:
+    import json
+
+    from service.settings import SHIPPED_CALIBRATION, forecast_model_in
+
+    shipped = json.loads(SHIPPED_CALIBRATION.read_text())
+    model = {**shipped["forecast_model"], "intercept": -3.0}
+    (tmp_path / "alarm_threshold.json").write_text(json.dumps(
+        {"installed": True, "alarm_probability": 0.4, "forecast_model": model}))
+    installed = Settings(data_dir=tmp_path)
+    assert installed.forecast_alarm_probability == 0.4 and installed.forecast_model.intercept == -3.0
+    assert Settings(data_dir=tmp_path / "none").forecast_model == forecast_model_in(SHIPPED_CALIBRATION)
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "alarm_threshold.json").write_text(json.dumps({"installed": True, "alarm_probability": 0.2}))
+    with pytest.raises(ValueError, match="holds no forecast model; run `forgetwatch calibrate` again"):
+        Settings(data_dir=old)

@@ -1,8 +1,9 @@
-"""The shipped alarm threshold and the documented held-out record are what the committed corpus gives.
+"""The shipped forecast model, its alarm threshold and the documented held-out record are what the committed
+corpus gives.
 
 `bench/corpus/records.json.gz` holds the runs of the last `make corpus` build as the service
-measured them (`drift.replay.RunRecord`). Replaying them must reproduce, to the digit, the threshold
-in `service/shipped_calibration.json` and the `risk_heldout` line in `docs/risk_model.md`.
+measured them (`drift.replay.RunRecord`). Replaying them must reproduce, to the digit, the model and
+threshold in `service/shipped_calibration.json` and the `risk_heldout` line in `docs/risk_model.md`.
 """
 
 import json
@@ -32,6 +33,7 @@ def test_the_shipped_threshold_is_the_committed_corpus_calibrated_from_scratch(t
     assert ours["quiet_run_maxima"] == shipped["quiet_run_maxima"]
     assert ours["alarm_probability"] == shipped["alarm_probability"]
     assert ours["held_out"] == shipped["held_out"]
+    assert ours["forecast_model"] == shipped["forecast_model"]
 
 
 def test_the_documented_held_out_record_is_what_the_committed_corpus_gives(tmp_path) -> None:
