@@ -32,6 +32,8 @@ CALIBRATION_DIR ?= $(HOME)/.cache/forgetwatch/calibration
 # probes (FORGETWATCH_ANALYSES=probes: the record reads nothing else). The lines (and seeds) are
 # independent: run them one after another, or side by side against one `forgetwatch serve` started with
 # FORGETWATCH_ANALYSES=probes, with --url/--token (docs/risk_model.md says how the shipped build was run).
+# The shipped records (sixth build, 179 runs) add seeds 3 4 of the two character-family lines and seed 3
+# of the Llama line to these (CORPUS_SEEDS="3 4" on those lines; docs/risk_model.md).
 # `python -m bench.risk_heldout --save-records bench/corpus/records.json.gz` then stores what the
 # record is computed from, and `forgetwatch calibrate --from-scratch --records bench/corpus/records.json.gz
 # --out service/shipped_calibration.json` ships the threshold.
