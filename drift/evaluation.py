@@ -192,21 +192,23 @@ def _no_split(result: HeldOut, by: str) -> HeldOut:
 
 
 def refit(traces: Sequence[RunTrace], *, shipped_maxima: Sequence[float], shipped_threshold: float,
-          alpha: float = 0.10, horizon: int = 3, floor: float = 0.0) -> tuple[float | None, HeldOut, HeldOut]:
+          alpha: float = 0.10, horizon: int = 3, floor: float = 0.0,
+          in_force_traces: Sequence[RunTrace] | None = None) -> tuple[float | None, HeldOut, HeldOut]:
     """The alarm threshold refitted on a user's labelled runs by shrinking toward the shipped one.
 
     Shrinkage is pooling: the conformal quantile over the user's non-forgetting runs *and* the shipped
     corpus's (``shipped_maxima``, their largest forecasts), so three user runs move the threshold a
     little and three hundred move it almost entirely. Returns the refitted threshold (over all the
     user's runs), its held-out record on the user's runs (each judged with the threshold refitted
-    without it, leave one run out) and the shipped threshold's record on the same runs.
+    without it, leave one run out) and the shipped threshold's record on the same runs, scored as in
+    ``in_force_traces`` (by the model in force) when the refit's scores come from another model.
     """
     thresholds = [alarm_threshold([*(_max_forecast(o) for o in traces if o is not t and o.onset is None),
                                    *shipped_maxima], alpha=alpha, floor=floor) for t in traces]
     refitted = alarm_threshold([*(_max_forecast(t) for t in traces if t.onset is None), *shipped_maxima],
                                alpha=alpha, floor=floor)
     return (refitted, evaluate(traces, thresholds, horizon=horizon, split="refit, leave one run out"),
-            evaluate(traces, [shipped_threshold] * len(traces), horizon=horizon,
+            evaluate(in_force_traces or traces, [shipped_threshold] * len(traces), horizon=horizon,
                      split=f"shipped threshold {shipped_threshold:g}"))
 
 

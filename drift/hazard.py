@@ -45,7 +45,7 @@ from drift.alarms import REASONS, CrossingForecast, RelativeDrop, drop_sd
 from drift.evaluation import HeldOut, RunTrace, alarm_threshold, evaluate
 from drift.features import DROP_SLOPE_T, GAP_Z, LOG_CHECKPOINTS
 
-__all__ = ["INPUTS", "FittedHazard", "HazardModel", "hazard_forecast", "hazard_rows", "held_out_alarms",
+__all__ = ["INPUTS", "PRIOR_PRECISION", "FittedHazard", "HazardModel", "hazard_forecast", "hazard_rows", "held_out_alarms",
            "held_out_auc", "inputs_at", "leave_one_out", "no_change_ceiling", "quiet_maxima"]
 
 WINDOW = 6
@@ -177,15 +177,32 @@ class FittedHazard:
         return 1.0 - (1.0 - h) ** horizon, note
 
 
-class HazardModel:
-    """Standardized L2 logistic regression of the discrete-time hazard; ``model`` is the fit as numbers."""
+PRIOR_PRECISION = 20.0
+"""How firmly a refit holds to the model it is shrunk toward: a Gaussian prior on the standardized
+coefficients and the intercept, centred on that model's, with this precision (1 / variance). A fit's
+information on a coefficient grows with its onsets (roughly their number times the input's spread over
+them), so a few labelled runs with one or two onsets move the model a little, and a few hundred onsets
+almost entirely."""
 
-    def __init__(self, *, inputs: Inputs = "hazard/1", C: float = 1.0, threshold: float = 0.1) -> None:
+
+class HazardModel:
+    """Standardized L2 logistic regression of the discrete-time hazard; ``model`` is the fit as numbers.
+
+    With ``toward`` (a fitted model, e.g. the shipped one) the fit is shrunk toward it instead of toward
+    zero: a maximum a posteriori fit under a Gaussian prior centred on its coefficients
+    (`PRIOR_PRECISION`), on its standardization, so a refit on a user's few runs starts from what the
+    shipped corpus taught rather than from nothing."""
+
+    def __init__(self, *, inputs: Inputs = "hazard/1", C: float = 1.0, threshold: float = 0.1,
+                 toward: FittedHazard | None = None) -> None:
         if inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
+        if toward is not None and toward.inputs != inputs:
+            raise ValueError(f"a {inputs} model cannot be shrunk toward a {toward.inputs} one")
         self.inputs = inputs
         self.threshold = threshold
         self.C = C
+        self.toward = toward
         self.model: FittedHazard | None = None
 
     @classmethod
@@ -200,6 +217,8 @@ class HazardModel:
 
     def fit_rows(self, rows: Sequence[tuple[int, list[float], int]]) -> HazardModel:
         """Fit on `hazard_rows` already computed (a leave-one-out loop computes each run's once)."""
+        if self.toward is not None:
+            return self._shrunk(rows, self.toward)
         y = np.array([e for _, _, e in rows])
         if len(rows) == 0 or y.min() == y.max():
             raise ValueError(f"the risk set needs events and non-events, got {int(y.sum())} of {len(rows)} rows")
@@ -215,6 +234,31 @@ class HazardModel:
             scale=tuple(map(float, scaler.scale_)), coef=tuple(map(float, logistic.coef_[0])),
             intercept=float(logistic.intercept_[0]), low=tuple(map(float, x.min(axis=0))),
             high=tuple(map(float, x.max(axis=0))), n_rows=len(rows), n_events=int(y.sum()))
+        return self
+
+    def _shrunk(self, rows: Sequence[tuple[int, list[float], int]], prior: FittedHazard) -> HazardModel:
+        from scipy.optimize import minimize  # imported here: scoring needs numbers only
+        from scipy.special import expit
+
+        n = len(prior.coef)
+        x = np.array([x for _, x, _ in rows], dtype=np.float64).reshape(len(rows), n)
+        y = np.array([e for _, _, e in rows], dtype=np.float64)
+        design = np.column_stack([np.ones(len(rows)), (x - np.array(prior.mean)) / np.array(prior.scale)])
+        centre = np.array([prior.intercept, *prior.coef])
+
+        def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            eta = design @ theta
+            away = theta - centre
+            loss = float(np.sum(np.logaddexp(0.0, eta) - y * eta)) + 0.5 * PRIOR_PRECISION * float(away @ away)
+            return loss, design.T @ (expit(eta) - y) + PRIOR_PRECISION * away
+
+        theta = minimize(objective, centre, jac=True, method="L-BFGS-B").x
+        low = np.minimum(prior.low, x.min(axis=0)) if len(rows) else np.array(prior.low)
+        high = np.maximum(prior.high, x.max(axis=0)) if len(rows) else np.array(prior.high)
+        self.model = replace(prior, threshold=self.threshold, intercept=float(theta[0]),
+                             coef=tuple(map(float, theta[1:])), low=tuple(map(float, low)),
+                             high=tuple(map(float, high)), n_rows=prior.n_rows + len(rows),
+                             n_events=prior.n_events + int(y.sum()))
         return self
 
     def within(self, trace: RunTrace, *, horizon: int, through_onset: bool = False) -> dict[int, float]:
@@ -283,16 +327,17 @@ def _max(trace: RunTrace) -> float:
 
 
 def leave_one_out(traces: Sequence[RunTrace], *, inputs: Inputs, horizon: int, threshold: float,
-                  only_quiet: bool = False) -> list[RunTrace]:
-    """Each run (with ``only_quiet``, each that never forgot) scored by a model fitted on the others; a run
-    whose others hold no event or no non-event is not scored (every forecast None)."""
+                  only_quiet: bool = False, toward: FittedHazard | None = None) -> list[RunTrace]:
+    """Each run (with ``only_quiet``, each that never forgot) scored by a model fitted on the others (shrunk
+    ``toward`` a fitted model when given); a run whose others hold no event or no non-event is not scored
+    (every forecast None)."""
     rows = [hazard_rows(t, inputs=inputs, threshold=threshold) for t in traces]
     scored = []
     for k, run in enumerate(traces):
         if only_quiet and run.onset is not None:
             continue
         try:
-            without = HazardModel(inputs=inputs, threshold=threshold).fit_rows(
+            without = HazardModel(inputs=inputs, threshold=threshold, toward=toward).fit_rows(
                 [r for j, rs in enumerate(rows) if j != k for r in rs])
         except ValueError:
             scored.append(replace(run, forecast=(None,) * len(run.forecast)))

@@ -64,17 +64,19 @@ def shipped_maxima(path: Path = SHIPPED) -> list[float]:
 
 
 def refit_threshold(runs: list[RunTrace], *, in_force: float, alpha: float, horizon: int,
-                    shipped: list[float], floor: float) -> Refit:
+                    shipped: list[float], floor: float, current: list[RunTrace] | None = None) -> Refit:
     """The refit (pooled with ``shipped``, never below ``floor``) and whether it may replace the threshold
-    ``in_force``."""
-    threshold, record, current = refit(runs, shipped_maxima=shipped, shipped_threshold=in_force, alpha=alpha,
-                                       horizon=horizon, floor=floor)
+    ``in_force``. ``current``: the same runs scored by the model in force (default: ``runs``' own scores)."""
+    threshold, record, in_force_record = refit(runs, shipped_maxima=shipped, shipped_threshold=in_force,
+                                               alpha=alpha, horizon=horizon, floor=floor, in_force_traces=current)
     if threshold is None:
-        return Refit(None, False, "too few runs that never forgot to bound false alarms", record, current)
-    worse = why_worse(record, current, alpha=alpha)
+        return Refit(None, False, "too few runs that never forgot to bound false alarms", record, in_force_record)
+    worse = why_worse(record, in_force_record, alpha=alpha)
     if worse is not None:
-        return Refit(threshold, False, f"the refit is worse than the threshold in force: {worse}", record, current)
-    return Refit(threshold, True, "the refit is no worse than the threshold in force on these runs", record, current)
+        return Refit(threshold, False, f"the refit is worse than the threshold in force: {worse}", record,
+                     in_force_record)
+    return Refit(threshold, True, "the refit is no worse than the threshold in force on these runs", record,
+                 in_force_record)
 
 
 def labelled_runs(session: Session, *, label: str) -> list[tuple[int, str, str, str]]:
@@ -140,14 +142,19 @@ def traces(session: Session, *, label: str, relative_drop: float, horizon: int,
 
 def scored_runs(runs: list[RunTrace], *, model: FittedHazard | None, horizon: int,
                 relative_drop: float) -> tuple[FittedHazard, list[RunTrace]]:
-    """The runs with the served forecast's scores: by ``model``, or (None) by a model fitted on these runs,
-    each run scored by a fit without it. Returns the model and the scored runs."""
-    if model is not None:
-        scorer = HazardModel.of(model)
-        return model, [scorer.scored(t, horizon=horizon) for t in runs]
-    fitted = HazardModel(inputs=SERVED, threshold=relative_drop).fit(runs).model
+    """The model refitted on these runs, shrunk toward ``model`` (the one in force), or (None) fitted on
+    them from nothing, and the runs each scored by such a fit without it (leave one run out)."""
+    inputs = SERVED if model is None else model.inputs
+    fitted = HazardModel(inputs=inputs, threshold=relative_drop, toward=model).fit(runs).model  # type: ignore[arg-type]
     assert fitted is not None
-    return fitted, leave_one_out(runs, inputs=SERVED, horizon=horizon, threshold=relative_drop)
+    return fitted, leave_one_out(runs, inputs=inputs, horizon=horizon, threshold=relative_drop,  # type: ignore[arg-type]
+                                 toward=model)
+
+
+def in_force_scores(runs: list[RunTrace], *, model: FittedHazard, horizon: int) -> list[RunTrace]:
+    """The runs scored by the model in force, which saw none of them."""
+    scorer = HazardModel.of(model)
+    return [scorer.scored(t, horizon=horizon) for t in runs]
 
 
 def calibrate(runs: list[RunTrace], scored: list[RunTrace], *, alpha: float, horizon: int, floor: float,
@@ -155,7 +162,8 @@ def calibrate(runs: list[RunTrace], scored: list[RunTrace], *, alpha: float, hor
     """The alarm threshold from every non-forgetting run's score (``scored``), never below ``floor``
     (`drift.evaluation.alarm_threshold`), and the held-out record, leave one method out and leave one family
     out. With ``fitted_here`` (the model was fitted on ``runs``) each held-out group is scored by a model
-    refitted without it (`drift.hazard.held_out_alarms`); else by the model in force, which saw none of them."""
+    refitted without it (`drift.hazard.held_out_alarms`); else as ``scored`` (each run by the refit shrunk toward
+    the model in force, fitted without it)."""
     if len(runs) < 3:
         raise ValueError(f"calibration needs at least 3 labelled runs, got {len(runs)}. Post ground truth with "
                          "POST /v1/runs/{run}/labels (including step 0 for the base)")

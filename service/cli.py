@@ -226,6 +226,7 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     from drift.replay import load_records, replay
     from service.calibrate import (
         calibrate,
+        in_force_scores,
         refit_threshold,
         report,
         save,
@@ -254,8 +255,9 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
         threshold, record = calibrate(runs, scored, alpha=args.alpha, horizon=horizon, floor=floor,
                                       relative_drop=relative_drop, fitted_here=args.from_scratch)
         shipped = [] if args.from_scratch else shipped_maxima()
+        current = in_force_scores(runs, model=settings.forecast_model, horizon=horizon)
         decision = refit_threshold(scored, in_force=settings.forecast_alarm_probability, alpha=args.alpha,
-                                   horizon=horizon, shipped=shipped, floor=floor)
+                                   horizon=horizon, shipped=shipped, floor=floor, current=current)
     except ValueError as error:
         raise SystemExit(f"forgetwatch calibrate: {error}") from error
     for result in [*record, decision.refit, decision.in_force]:
@@ -268,7 +270,8 @@ def cmd_calibrate(settings: Settings, args: argparse.Namespace) -> None:
     quiet = sum(t.onset is None for t in runs)
     if decision.installed and decision.threshold is not None:
         pooled = "" if args.from_scratch else ", pooled with the shipped corpus's"
-        fitted = f"forecast model {model.inputs} fitted on these runs and " if args.from_scratch else ""
+        fitted = (f"forecast model {model.inputs} fitted on these runs" if args.from_scratch else
+                  f"forecast model {model.inputs} shrunk toward the one in force on these runs") + " and "
         print(f"forgetwatch: {fitted}alarm threshold {decision.threshold:.4g} installed in {out} ({quiet} of your runs "
               f"never forgot{pooled}); the service reads it at its next start (the threshold unless "
               f"FORGETWATCH_FORECAST_ALARM_PROBABILITY is set)")
@@ -310,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("-k", type=int, default=64, help="top-k singular values for spectral drift")
     diff.set_defaults(func=cmd_diff)
 
-    calibrate = sub.add_parser("calibrate", help="set the forecast's alarm threshold from finished runs with "
+    calibrate = sub.add_parser("calibrate", help="refit the forecast model (shrunk toward the one in force) and "
+                               "its alarm threshold from finished runs with "
                                "forgetting labels, and print its held-out record")
     calibrate.add_argument("--label", default="ood_accuracy", help="run label holding the ood ground truth")
     calibrate.add_argument("--alpha", type=float, default=0.10,

@@ -5,11 +5,12 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from drift.alarms import RelativeDrop, drop_sd, forecast_detection
 from drift.evaluation import RunTrace
-from drift.hazard import FittedHazard, HazardModel, hazard_forecast, no_change_ceiling
+from drift.hazard import FittedHazard, HazardModel, hazard_forecast, hazard_rows, no_change_ceiling
 
 SHIPPED = json.loads((Path(__file__).resolve().parents[2] / "service" / "shipped_calibration.json").read_text())
 MODEL = FittedHazard.from_dict(SHIPPED["forecast_model"])
@@ -81,3 +82,25 @@ def test_a_run_that_has_not_moved_stays_under_the_ceiling_and_the_ceiling_under_
             assert still.applicable and still.probability <= ceiling, (n_items, k)
     coarsest = drop(0.0, 0.0, n_items=20)
     assert drop_sd(coarsest) == pytest.approx(0.025)
+
+
+def test_a_refit_shrunk_toward_a_model_starts_from_it_and_moves_with_the_evidence():
+    """`HazardModel(toward=...)`: no rows give the prior back; a few runs move it a little, the whole corpus
+    much further toward the corpus's own fit; the fitted ranges widen to cover the new rows."""
+    from dataclasses import replace
+
+    from drift.replay import load_records, replay
+
+    corpus = [replay(r, relative_drop=0.1, horizon=3)
+              for r in load_records(Path(__file__).resolve().parents[2] / "bench" / "corpus" / "records.json.gz")]
+    assert HazardModel(inputs="hazard/3", toward=MODEL).fit_rows([]).model == MODEL
+    blank = replace(MODEL, coef=(0.0, 0.0, 0.0), low=(0.0, 0.0, 1.5), high=(1.0, 1.0, 2.0))
+    own = np.array(HazardModel(inputs="hazard/3").fit(corpus).model.coef)
+    few = HazardModel(inputs="hazard/3", toward=blank).fit(corpus[:3]).model
+    every = HazardModel(inputs="hazard/3", toward=blank).fit(corpus).model
+    distance = lambda m: float(np.linalg.norm(np.array(m.coef) - own))
+    assert distance(every) < 0.6 * distance(few) and distance(few) > 0.8 * float(np.linalg.norm(own))
+    assert every.n_rows == blank.n_rows + sum(len(hazard_rows(t, inputs="hazard/3")) for t in corpus)
+    assert every.low[0] < 0.0 and every.high[0] > 1.0 and every.low[2] == pytest.approx(math.log(3))
+    with pytest.raises(ValueError, match="cannot be shrunk toward"):
+        HazardModel(inputs="hazard/1", toward=MODEL)

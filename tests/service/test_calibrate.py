@@ -87,9 +87,12 @@ def test_from_scratch_the_forecast_model_is_fitted_on_the_runs_and_each_run_scor
                                           fitted_here=True)
     assert threshold is not None and by_method.split.startswith("hazard/3 leave-one-method-out")
     assert by_method.detect_rate == 1.0 and by_method.false_alarm_runs <= 0.1
-    # The shipped model never saw these runs: it scores them as they are.
-    same, shipped = scored_runs(runs, model=SHIPPED_MODEL, horizon=3, relative_drop=0.1)
-    assert same is SHIPPED_MODEL and [len(t.forecast) for t in shipped] == [len(t.forecast) for t in runs]
+    # Without --from-scratch the shipped model is shrunk toward these runs: its standardization kept, its
+    # evidence grown by their rows, and each run scored by a refit without it.
+    shrunk, scored_shrunk = scored_runs(runs, model=SHIPPED_MODEL, horizon=3, relative_drop=0.1)
+    assert shrunk.mean == SHIPPED_MODEL.mean and shrunk.coef != SHIPPED_MODEL.coef
+    assert shrunk.n_events == SHIPPED_MODEL.n_events + 4 and shrunk.n_rows > SHIPPED_MODEL.n_rows
+    assert [len(t.forecast) for t in scored_shrunk] == [len(t.forecast) for t in runs]
 
 
 def test_calibrate_refuses_too_few_runs_and_gives_no_threshold_without_enough_quiet_runs(engine) -> None:

@@ -66,3 +66,33 @@ def test_a_hazard_model_fitted_on_the_committed_corpus_scores_synthetic_runs() -
     assert still is not None and still.first_alarm is None and still.forecasts > 0
     falling = simulate(np.random.default_rng(0), churn=0.0, start=3, rate=0.08, **kw)
     assert falling is not None and falling.first_alarm is not None and falling.first_alarm < falling.onset
+
+
+def test_a_refit_on_a_few_runs_shrinks_the_shipped_model_and_is_judged_against_it(tmp_path) -> None:
+    """`forgetwatch calibrate` (not --from-scratch) on 12 runs: the model written is the shipped one moved a
+    little toward them, and the record it must not be worse than is the shipped model and threshold on
+    the same runs."""
+    from drift.evaluation import evaluate
+    from drift.replay import dump_records, load_records, replay
+    from service.calibrate import in_force_scores
+    from service.settings import forecast_model_in
+
+    mine = tmp_path / "mine.json.gz"
+    dump_records(load_records(RECORDS)[::15], mine)
+    out = tmp_path / "calibration.json"
+    done = _run([FORGETWATCH, "calibrate", "--records", str(mine), "--out", str(out)], tmp_path)
+    assert done.returncode == 0, done.stderr
+    written = json.loads(out.read_text())
+    shipped = json.loads((ROOT / "service" / "shipped_calibration.json").read_text())
+    model, before = written["forecast_model"], shipped["forecast_model"]
+    assert model["n_rows"] > before["n_rows"] and model["mean"] == before["mean"]
+    moved = [abs(a - b) for a, b in zip(model["coef"] + [model["intercept"]], before["coef"] + [before["intercept"]],
+                                        strict=True)]
+    assert 0 < max(moved) < 0.5
+    runs = [replay(r, relative_drop=0.1, horizon=3) for r in load_records(mine)]
+    in_force = in_force_scores(runs, model=forecast_model_in(ROOT / "service" / "shipped_calibration.json"),
+                               horizon=3)
+    expected = evaluate(in_force, [shipped["alarm_probability"]] * len(runs), horizon=3)
+    assert written["in_force"]["early2_share"] == expected.early2_share
+    assert written["in_force"]["false_alarm_runs"] == expected.false_alarm_runs
+    assert ("shrunk toward the one in force" in done.stdout) == written["installed"]
