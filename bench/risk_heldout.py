@@ -13,7 +13,7 @@ forecast, each checkpoint judged only from the checkpoints up to it (`drift.repl
 The served forecast (``hazard/3``, `drift.hazard`) is judged the way a model that never saw a family
 (or method) would be: for each held-out group, the model is fitted on the other groups' runs, and
 the group's alarm threshold is conformal on those groups' non-forgetting runs, each scored by a fit
-without it, never below that model's no-change ceiling (`drift.hazard.held_out_alarms`); metrics are
+without it, never below that model's no-change ceiling (`drift.hazard_heldout.held_out_alarms`); metrics are
 defined in `drift.evaluation`. With fewer than two families the last line is leave-one-method-out.
 For comparison: the unfitted trend (``trend/1``, `drift.alarms`) with held-out conformal thresholds,
 hazard/1 (raw drops) and hazard/2 (with ood KL share) fitted the same way, the served model and
@@ -32,7 +32,8 @@ from pathlib import Path
 
 from drift.alarms import no_change_ceiling as trend_ceiling
 from drift.evaluation import evaluate, first_alarm, held_out
-from drift.hazard import HazardModel, held_out_alarms, held_out_auc
+from drift.hazard import HazardModel
+from drift.hazard_heldout import held_out_alarms, held_out_auc
 from drift.replay import dump_records, load_records, replay
 from service.calibrate import SERVED, report, stored_records
 from service.settings import Settings

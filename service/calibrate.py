@@ -29,7 +29,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from drift.evaluation import HeldOut, RunTrace, alarm_threshold, held_out, refit, why_worse
-from drift.hazard import FittedHazard, HazardModel, Inputs, held_out_alarms, leave_one_out
+from drift.hazard import FittedHazard, HazardModel, Inputs
+from drift.hazard_heldout import held_out_alarms, leave_one_out
 from drift.replay import RunRecord, replay
 from service.database import database_url, ensure_schema
 from service.db.features import ood_history, run_history
@@ -162,7 +163,7 @@ def calibrate(runs: list[RunTrace], scored: list[RunTrace], *, alpha: float, hor
     """The alarm threshold from every non-forgetting run's score (``scored``), never below ``floor``
     (`drift.evaluation.alarm_threshold`), and the held-out record, leave one method out and leave one family
     out. With ``fitted_here`` (the model was fitted on ``runs``) each held-out group is scored by a model
-    refitted without it (`drift.hazard.held_out_alarms`); else as ``scored`` (each run by the refit shrunk toward
+    refitted without it (`drift.hazard_heldout.held_out_alarms`); else as ``scored`` (each run by the refit shrunk toward
     the model in force, fitted without it)."""
     if len(runs) < 3:
         raise ValueError(f"calibration needs at least 3 labelled runs, got {len(runs)}. Post ground truth with "

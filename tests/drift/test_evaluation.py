@@ -73,7 +73,8 @@ def test_held_out_judges_each_group_with_a_threshold_calibrated_on_the_others():
 
 
 def test_hazard_model_learns_onset_from_the_risk_set_and_scores_held_out_runs():
-    from drift.hazard import HazardModel, hazard_rows, held_out_auc
+    from drift.hazard import HazardModel, hazard_rows
+    from drift.hazard_heldout import held_out_auc
 
     def run(name, rate, method, onset):
         drops = [rate * i for i in range(10)]
@@ -96,7 +97,7 @@ def test_hazard_model_learns_onset_from_the_risk_set_and_scores_held_out_runs():
 def test_hazard_2_reads_a_moving_distribution_before_the_answers_fall():
     """Forgetting runs whose ood KL share climbs while their answers still hold: hazard/2 (with KL share)
     ranks and alarms ahead of the onset on held-out families; hazard/1 (drops only) cannot."""
-    from drift.hazard import held_out_alarms, held_out_auc
+    from drift.hazard_heldout import held_out_alarms, held_out_auc
 
     rng = np.random.default_rng(0)
 
@@ -121,7 +122,8 @@ def test_hazard_2_reads_a_moving_distribution_before_the_answers_fall():
 def test_hazard_3_reads_the_drops_in_units_of_their_own_noise():
     """Quiet runs on coarse probe sets wander as far as forgetting runs on fine ones climb before their
     onset: hazard/1 (raw drops) cannot tell them apart, hazard/3 (gap and slope over the spread) can."""
-    from drift.hazard import hazard_rows, held_out_alarms, held_out_auc
+    from drift.hazard import hazard_rows
+    from drift.hazard_heldout import held_out_alarms, held_out_auc
 
     rng = np.random.default_rng(1)
 
