@@ -32,6 +32,7 @@ from pathlib import Path
 
 from drift.alarms import no_change_ceiling as trend_ceiling
 from drift.evaluation import evaluate, first_alarm, held_out
+from drift.forecast_limits import forecast_limits
 from drift.hazard import HazardModel
 from drift.hazard_heldout import held_out_alarms, held_out_auc
 from drift.replay import dump_records, load_records, replay
@@ -96,6 +97,9 @@ def main() -> None:
             record = held_out_alarms(runs, by="family", inputs=SERVED, alpha=alpha, horizon=horizon,
                                      threshold=relative_drop, floor=True)
             print(f"  alpha={alpha:.2f} {report(record) if record else 'n/a'}")
+    print("limits of any forecast read from the probes alone, on these runs (drift.forecast_limits):")
+    for line in forecast_limits(runs, threshold=relative_drop, horizon=horizon).lines():
+        print(f"  {line}")
     last = records.get(("family", SERVED)) or records.get(("method", SERVED))
     if last is None:
         raise SystemExit(f"bench.risk_heldout: {SERVED} cannot be fitted leaving a group out of these runs "

@@ -26,13 +26,13 @@ Metrics (`evaluate`), over runs held out from the threshold's calibration:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = ["HeldOut", "RunTrace", "alarm_threshold", "conformal_threshold", "evaluate", "first_alarm", "held_out",
-           "refit", "why_worse"]
+           "refit", "risk_set", "scored_in_risk_set", "why_worse"]
 
 
 @dataclass(frozen=True)
@@ -125,21 +125,30 @@ def _auc(y: list[int], s: list[float]) -> float | None:
     return float(roc_auc_score(y, s)) if len(set(y)) == 2 else None
 
 
+def risk_set(traces: Sequence[RunTrace], horizon: int) -> Iterator[tuple[RunTrace, int, int]]:
+    """Every risk-set checkpoint as (trace, index, label): the checkpoints before onset, and a quiet
+    run's checkpoints whose next ``horizon`` are known; label 1 when onset is within ``horizon``."""
+    for t in traces:
+        last = t.onset - 1 if t.onset is not None else len(t.forecast) - 1 - horizon
+        for i in range(last + 1):
+            yield t, i, int(t.onset is not None and t.onset - i <= horizon)
+
+
+def scored_in_risk_set(trace: RunTrace, i: int) -> bool:
+    """Whether checkpoint ``i`` counts in the AUCs: its forecast, drop and kl share all exist."""
+    return trace.forecast[i] is not None and trace.drop[i] is not None and trace.kl_share[i] is not None
+
+
 def _risk_set(traces: Sequence[RunTrace], horizon: int) -> tuple[list[int], list[list[float]], int, int]:
     """Labels and (forecast, drop, kl share) scores of risk-set checkpoints where all three exist; the
     number of risk-set checkpoints and how many of them had an applicable forecast."""
     y, scores, total, covered = [], [], 0, 0
-    for t in traces:
-        n = len(t.forecast)
-        last = t.onset - 1 if t.onset is not None else n - 1 - horizon
-        for i in range(last + 1):
-            total += 1
-            p = t.forecast[i]
-            covered += p is not None
-            if p is None or t.drop[i] is None or t.kl_share[i] is None:
-                continue
-            y.append(int(t.onset is not None and t.onset - i <= horizon))
-            scores.append([p, t.drop[i], t.kl_share[i]])
+    for t, i, label in risk_set(traces, horizon):
+        total += 1
+        covered += t.forecast[i] is not None
+        if scored_in_risk_set(t, i):
+            y.append(label)
+            scores.append([t.forecast[i], t.drop[i], t.kl_share[i]])
     return y, scores, total, covered
 
 
