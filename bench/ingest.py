@@ -1,13 +1,13 @@
 """Ingest load: N simulated trainers push sample batches and checkpoint registrations, against a floor.
 
-    python -m bench.ingest [--trainers 50] [--seconds 20] [--api-workers 4] [--no-busy]
+    python -m bench.ingest [--trainers 50] [--seconds 20] [--api-workers N] [--no-busy]
 
 Against an external PostgreSQL (FORGETWATCH_BENCH_DATABASE_URL, default the server at 127.0.0.1:5432;
 a fresh database is created and dropped), in one run:
 
 1. the floor: a bare FastAPI + psycopg app (`floor_app`, as many processes as the service) whose one
    endpoint inserts one row per request into the same database, under the same closed-loop load;
-2. the service with several API processes and no workers (idle), like for like with the floor: each
+2. the service with one API process per core (``--api-workers``) and no workers (idle), like for like with the floor: each
    request stores one sample row (with an Idempotency-Key, as the trainer client sends it);
 3. the same service under a trainer's mix: batches of 20 sample items, with a checkpoint registration
    every tenth request;
@@ -234,7 +234,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20)
-    parser.add_argument("--api-workers", type=int, default=4)
+    parser.add_argument("--api-workers", type=int, default=os.cpu_count() or 1,
+                        help="API processes of the service and of the floor (default: one per core, as deployed)")
     parser.add_argument("--no-busy", action="store_true", help="skip the phase with busy drift workers")
     args = parser.parse_args()
 
