@@ -190,11 +190,11 @@ class HazardModel:
 
     With ``toward`` (a fitted model, e.g. the shipped one) the fit is shrunk toward it instead of toward
     zero: a maximum a posteriori fit under a Gaussian prior centred on its coefficients
-    (`PRIOR_PRECISION`), on its standardization, so a refit on a user's few runs starts from what the
-    shipped corpus taught rather than from nothing."""
+    (``precision``, `PRIOR_PRECISION` by default), on its standardization, so a refit on a user's few runs
+    starts from what the shipped corpus taught rather than from nothing."""
 
     def __init__(self, *, inputs: Inputs = "hazard/1", C: float = 1.0, threshold: float = 0.1,
-                 toward: FittedHazard | None = None) -> None:
+                 toward: FittedHazard | None = None, precision: float = PRIOR_PRECISION) -> None:
         if inputs not in INPUTS:
             raise ValueError(f"inputs must be one of {sorted(INPUTS)}, got {inputs!r}")
         if toward is not None and toward.inputs != inputs:
@@ -203,6 +203,7 @@ class HazardModel:
         self.threshold = threshold
         self.C = C
         self.toward = toward
+        self.precision = precision
         self.model: FittedHazard | None = None
 
     @classmethod
@@ -249,8 +250,8 @@ class HazardModel:
         def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
             eta = design @ theta
             away = theta - centre
-            loss = float(np.sum(np.logaddexp(0.0, eta) - y * eta)) + 0.5 * PRIOR_PRECISION * float(away @ away)
-            return loss, design.T @ (expit(eta) - y) + PRIOR_PRECISION * away
+            loss = float(np.sum(np.logaddexp(0.0, eta) - y * eta)) + 0.5 * self.precision * float(away @ away)
+            return loss, design.T @ (expit(eta) - y) + self.precision * away
 
         theta = minimize(objective, centre, jac=True, method="L-BFGS-B").x
         low = np.minimum(prior.low, x.min(axis=0)) if len(rows) else np.array(prior.low)

@@ -100,6 +100,8 @@ def test_a_refit_shrunk_toward_a_model_starts_from_it_and_moves_with_the_evidenc
     every = HazardModel(inputs="hazard/3", toward=blank).fit(corpus).model
     distance = lambda m: float(np.linalg.norm(np.array(m.coef) - own))
     assert distance(every) < 0.6 * distance(few) and distance(few) > 0.8 * float(np.linalg.norm(own))
+    loose = HazardModel(inputs="hazard/3", toward=blank, precision=1.0).fit(corpus).model
+    assert distance(loose) < distance(every)  # a weaker prior lets the same evidence move it further
     assert every.n_rows == blank.n_rows + sum(len(hazard_rows(t, inputs="hazard/3")) for t in corpus)
     assert every.low[0] < 0.0 and every.high[0] > 1.0 and every.low[2] == pytest.approx(math.log(3))
     with pytest.raises(ValueError, match="cannot be shrunk toward"):

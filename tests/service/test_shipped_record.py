@@ -41,7 +41,20 @@ def test_the_documented_held_out_record_is_what_the_committed_corpus_gives(tmp_p
     assert done.returncode == 0, done.stderr
     last = done.stdout.strip().splitlines()[-1]
     assert last.startswith("risk_heldout families=4 ")
-    assert last in (ROOT / "docs" / "risk_model.md").read_text()
+    docs = (ROOT / "docs" / "risk_model.md").read_text()
+    assert last in docs
+    limits = [line.strip() for line in done.stdout.splitlines()
+              if line.startswith(("  late-onset", "  risk-set rows", "  forgetting runs whose probes"))]
+    assert len(limits) == 3 and all(line in docs for line in limits)
+
+
+def test_a_refit_shrunk_toward_a_model_of_other_families_ranks_a_new_family_better_than_a_fit_from_nothing(
+        tmp_path) -> None:
+    done = _run([sys.executable, "-m", "bench.calibrate_shrinkage", "--draws", "3", "--k", "3"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    last = dict(field.split("=") for field in done.stdout.strip().splitlines()[-1].split()[1:])
+    assert float(last["shrunk_auc"]) > float(last["scratch_auc"]) + 0.05
+    assert abs(float(last["shrunk_auc"]) - float(last["prior_auc"])) < 0.02
 
 
 def test_a_records_file_that_is_not_one_is_refused_with_its_name(tmp_path) -> None:
