@@ -57,7 +57,22 @@ def wait_for(condition: Callable[[], T], *, timeout: float, interval: float = 0.
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def listening_port(process: subprocess.Popen, *, timeout: float = 60) -> int:
+    """The TCP port ``process`` listens on once it has bound one (started with port 0): read back from
+    the kernel, so no port is picked first and raced for."""
+    def bound() -> int | None:
+        if process.poll() is not None:
+            raise AssertionError(f"{process.args!r} exited with {process.returncode} before listening")
+        ports = [c.laddr.port for c in psutil.Process(process.pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN]
+        return ports[0] if ports else None
+
+    return wait_for(bound, timeout=timeout, interval=0.05, what=f"{process.args!r} to listen")
+
+
 def free_port() -> int:
+    """A port nothing listens on now: for a client pointed at nothing, or a server that cannot bind
+    port 0 and report it (`listening_port` otherwise)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

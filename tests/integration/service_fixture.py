@@ -11,25 +11,33 @@ import httpx
 from forgetwatch_client import ForgetwatchClient
 from service.settings import Settings
 from tests.conftest import make_base_model, worker_env
-from tests.integration.helpers import free_port, start, stop, wait_for
+from tests.integration.helpers import free_port, listening_port, start, stop, wait_for
 
 
 class Service:
-    """A `forgetwatch serve --no-worker` subprocess on the test's database, restartable on its port."""
+    """A `forgetwatch serve --no-worker` subprocess on the test's database. Its first start binds port 0
+    and reads the port back; a restart binds that port again, as a trainer's client keeps the URL."""
 
     def __init__(self, settings: Settings, token: str, log: Path) -> None:
         self.env = worker_env(settings)
         self.token = token
         self.log = log
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port: int | None = None
         self.process: subprocess.Popen | None = None
         roots = self.env["FORGETWATCH_CHECKPOINT_ROOTS"].split(",")
         self.base_model = str(make_base_model(Path(roots[0]) / "stub-base"))
         """A base_model this service accepts (tests/conftest.make_base_model)."""
 
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            raise AssertionError("the service has no address before its first start")
+        return f"http://127.0.0.1:{self.port}"
+
     def start(self) -> None:
-        self.process = start(["serve", "--no-worker", "--port", str(self.port)], self.env, self.log)
+        self.process = start(["serve", "--no-worker", "--port", str(self.port or 0)], self.env, self.log)
+        if self.port is None:
+            self.port = listening_port(self.process)
         wait_for(self._ready, timeout=60, interval=0.1, what=f"forgetwatch serve on {self.url}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:

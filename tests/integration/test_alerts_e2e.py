@@ -19,7 +19,7 @@ import yaml
 from fastapi.testclient import TestClient
 
 from tests.conftest import worker_env
-from tests.integration.helpers import free_port, start, stop, wait_for
+from tests.integration.helpers import listening_port, start, stop, wait_for
 from tests.integration.models import char_tokenizer, tiny_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,35 +106,40 @@ def test_forgetting_run_pages_on_call_and_stable_run_does_not(client: TestClient
             client.post(f"/v1/runs/{run}/checkpoints", json={"step": step, "uri": str(path)})
 
     hook = Webhook()
-    api_port, prom_port, am_port = free_port(), free_port(), free_port()
     (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump({
         "route": {"receiver": "oncall", "group_by": ["run", "alertname"], "group_wait": "1s",
                   "group_interval": "1s", "repeat_interval": "1h"},
         "receivers": [{"name": "oncall", "webhook_configs": [{"url": hook.url}]}],
     }))
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(_compressed_rules(tmp_path))],
-        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
-        "scrape_configs": [{"job_name": "forgetwatch", "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}],
-    }))
     env = worker_env(settings)
+    api = start(["serve", "--no-worker", "--port", "0"], env, tmp_path / "api.log")
     processes = [
-        start(["serve", "--no-worker", "--port", str(api_port)], env, tmp_path / "api.log"),
+        api,
         start(["worker"], env, tmp_path / "worker1.log"),  # the compose topology: API without a worker,
         start(["worker"], env, tmp_path / "worker2.log"),  # workers scaled out, Prometheus, Alertmanager
     ]
-    for command, log in (
-        ([_binary("prometheus-alertmanager", "alertmanager"), f"--config.file={tmp_path / 'alertmanager.yml'}",
-          f"--storage.path={tmp_path / 'am'}", f"--web.listen-address=127.0.0.1:{am_port}",
-          "--cluster.listen-address="], "alertmanager.log"),
-        ([_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-          f"--storage.tsdb.path={tmp_path / 'prom'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
-         "prometheus.log"),
-    ):
+
+    def launch(command: list[str], log: str) -> int:
+        """Start ``command`` (bound to port 0) and return the port it listens on."""
         processes.append(subprocess.Popen(command, stdout=open(tmp_path / log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
                                           start_new_session=True))
+        return listening_port(processes[-1])
+
     try:
+        api_port = listening_port(api)
+        am_port = launch([_binary("prometheus-alertmanager", "alertmanager"),
+                          f"--config.file={tmp_path / 'alertmanager.yml'}", f"--storage.path={tmp_path / 'am'}",
+                          "--web.listen-address=127.0.0.1:0", "--cluster.listen-address="], "alertmanager.log")
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(_compressed_rules(tmp_path))],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+            "scrape_configs": [{"job_name": "forgetwatch",
+                                "static_configs": [{"targets": [f"127.0.0.1:{api_port}"]}]}],
+        }))
+        prom_port = launch([_binary("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                            f"--storage.tsdb.path={tmp_path / 'prom'}", "--web.listen-address=127.0.0.1:0"],
+                           "prometheus.log")
         wait_for(lambda: "drifting" in hook.firing("OODForgettingDetected"), timeout=240, interval=1,
                  what="OODForgettingDetected for the drifting run at the webhook")
         # The stable run is measured too (its detection is exported) and shows nothing.
