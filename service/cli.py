@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="0: any free port (the log names it)")
     serve.add_argument("--no-worker", action="store_true", help="do not run a worker in this process")
     serve.add_argument("--migrate", action="store_true", help="apply pending migrations to an external DB")
-    serve.add_argument("--workers", type=int, default=1, help="API processes (external DB only)")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (external DB only; one per core)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a job worker (any machine that reaches the DB)")
