@@ -9,8 +9,12 @@ With the top-k singular triplets ``W₀ ≈ U₀ diag(σ₀) V₀ᵀ`` and ``W �
   the same on W); ``overlap = |M₀ ∩ M| / |M₀|`` and update energy share ``‖ΔW ⊙ M₀‖² / ‖ΔW‖²``.
 
 Top-k: an exact float64 SVD for small matrices; otherwise a subspace iteration on ``WᵀW`` with
-``q = k + oversample`` columns (float32 passes over row blocks of W, never the whole matrix in memory),
-finished by a float64 Rayleigh–Ritz step ``svd(W V)``. The base's start block comes from
+``q = k + oversample`` columns (float32 passes over row blocks of W; a matrix of up to 2^25 elements is
+converted to float32 once and kept for all of its passes, a larger one is converted block by block at
+each pass), finished by a Rayleigh–Ritz step ``svd(W V)`` in the precision the weights are stored in:
+float32 for weights stored in 32 bits or fewer (bf16, fp16, fp8, fp32: float32 holds them exactly, and
+its rounding, ~1e-7 of σ, lies far below any update a checkpoint stores), float64 for float64 weights
+and merged low-rank adapters. The base's start block comes from
 ``base_iterations`` iterations from a seeded Gaussian; W and W₀ are then both refined from that
 same block with ``refine_iterations``, so identical matrices give identical results and a small
 update gives a small, smooth change. The base's results are cached on disk (``.npz``), keyed by the
@@ -25,7 +29,8 @@ import json
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +48,10 @@ __all__ = [
 ]
 
 _BLOCK = 1 << 22  # elements per row block
+_KEEP_ELEMENTS = 1 << 25  # a matrix up to this size is converted to float32 once for all its passes
+_EXACT_IN_FLOAT32 = frozenset({"float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"})
+#: Part of every cache key: a change to how the results are computed must not meet an older entry.
+_ALGORITHM = 2
 
 
 @dataclass(frozen=True)
@@ -87,13 +96,39 @@ def _row_blocks(shape: tuple[int, int]):
     return [(r0, min(m, r0 + step)) for r0 in range(0, m, step)]
 
 
-def _power(w, v: torch.Tensor) -> torch.Tensor:
+def _float32_rows(w) -> Callable[[], Iterable[torch.Tensor]]:
+    """W's float32 row blocks, for as many passes as asked: converted once and kept when W has at
+    most ``_KEEP_ELEMENTS`` elements, else converted anew at each pass (never the whole matrix)."""
+    spans = _row_blocks(w.shape2d)
+    if w.shape2d[0] * w.shape2d[1] <= _KEEP_ELEMENTS:
+        kept = [torch.from_numpy(w.rows32(r0, r1)) for r0, r1 in spans]
+        return lambda: kept
+    return lambda: (torch.from_numpy(w.rows32(r0, r1)) for r0, r1 in spans)
+
+
+def _power(rows: Callable[[], Iterable[torch.Tensor]], v: torch.Tensor) -> torch.Tensor:
     """One pass over W's row blocks: orth(Wᵀ W v), float32."""
     z = torch.zeros_like(v)
-    for r0, r1 in _row_blocks(w.shape2d):
-        blk = torch.from_numpy(w.rows32(r0, r1))  # (rows, n)
+    for blk in rows():  # (rows, n)
         z += blk.T @ (blk @ v)
     return torch.linalg.qr(z).Q
+
+
+def _rayleigh_ritz(w, rows: Callable[[], Iterable[torch.Tensor]], v: torch.Tensor, k: int) -> _Factors:
+    """The top-k singular triplets of W within span(v): W V = U Σ Zᵀ through the (q, q) Gram matrix
+    YᵀY = Z Σ² Zᵀ, with Y = W V in the weights' stored precision (module docstring)."""
+    if isinstance(w, DenseStream) and w.dtype in _EXACT_IN_FLOAT32:
+        v = v.contiguous()
+        y = torch.cat([blk @ v for blk in rows()]).double()  # (m, q)
+        v64 = v.double()
+    else:
+        v64 = torch.linalg.qr(v.double()).Q  # (n, q)
+        y = torch.cat([torch.from_numpy(w.rows64(r0, r1)) @ v64 for r0, r1 in _row_blocks(w.shape2d)])
+    evals, z = torch.linalg.eigh(y.T @ y)
+    evals, z = evals.flip(0)[:k], z.flip(1)[:, :k]
+    s = evals.clamp_min(0).sqrt()
+    u = (y @ z) / torch.where(s > 0, s, 1.0)
+    return _Factors(s.numpy(), u.numpy(), (v64 @ z).numpy(), np.empty((0, 0), np.float32))
 
 
 def _top_k(w, k: int, options: SpectralOptions, start: np.ndarray | None) -> _Factors:
@@ -106,23 +141,17 @@ def _top_k(w, k: int, options: SpectralOptions, start: np.ndarray | None) -> _Fa
         dense = torch.from_numpy(w.rows64(0, m))
         u, s, vh = torch.linalg.svd(dense, full_matrices=False)
         return _Factors(s[:k].numpy(), u[:, :k].numpy(), vh[:k].T.numpy(), np.empty((0, 0), np.float32))
+    rows = _float32_rows(w)
     if start is None:  # the base: converge from a seeded Gaussian block
         gen = torch.Generator().manual_seed(options.random_state)
         v = torch.linalg.qr(torch.randn(n, q, generator=gen)).Q
         for _ in range(options.base_iterations):
-            v = _power(w, v)
+            v = _power(rows, v)
         start = v.numpy()
     v = torch.from_numpy(start)
     for _ in range(options.refine_iterations):
-        v = _power(w, v)
-    v64 = torch.linalg.qr(v.double()).Q  # (n, q)
-    y = torch.cat([torch.from_numpy(w.rows64(r0, r1)) @ v64 for r0, r1 in _row_blocks(w.shape2d)])  # (m, q)
-    # Rayleigh–Ritz, W V = U Σ Zᵀ, through the (q, q) Gram matrix: YᵀY = Z Σ² Zᵀ
-    evals, z = torch.linalg.eigh(y.T @ y)
-    evals, z = evals.flip(0)[:k], z.flip(1)[:, :k]
-    s = evals.clamp_min(0).sqrt()
-    u = (y @ z) / torch.where(s > 0, s, 1.0)
-    return _Factors(s.numpy(), u.numpy(), (v64 @ z).numpy(), start)
+        v = _power(rows, v)
+    return replace(_rayleigh_ritz(w, rows, v, k), start=start)
 
 
 def max_principal_angle(u0: np.ndarray, u: np.ndarray) -> float:
@@ -157,10 +186,12 @@ def _principal_indices(f: _Factors, shape: tuple[int, int], count: int, seed: in
     frac = count / (m * n)
     level = 1.0 - frac * 1.2 - 5.0 * math.sqrt(frac * (1 - frac) / n_sample)
     threshold = float(np.quantile(sample, level)) if level > 0 else 0.0
+    blocks = _row_blocks(shape)
+    buffer = torch.empty(blocks[0][1] - blocks[0][0], n)  # one block's worth, reused: no page faults per block
     while True:
         vals, idx = [], []
-        for r0, r1 in _row_blocks(shape):
-            mag = (us[r0:r1] @ vt).abs_().reshape(-1)
+        for r0, r1 in blocks:
+            mag = torch.mm(us[r0:r1], vt, out=buffer[: r1 - r0]).abs_().reshape(-1)
             sel = torch.nonzero(mag >= threshold).squeeze(1)
             vals.append(mag[sel])
             idx.append(sel + r0 * n)
@@ -200,7 +231,7 @@ def cache_path(cache_dir: str | os.PathLike | None, key: dict, options: Spectral
     """``cache_dir/<sha256 of key + options>.npz``, or None without a cache dir."""
     if cache_dir is None:
         return None
-    blob = json.dumps({"key": key, "options": asdict(options)}, sort_keys=True).encode()
+    blob = json.dumps({"key": key, "options": asdict(options), "algorithm": _ALGORITHM}, sort_keys=True).encode()
     return Path(cache_dir) / f"{hashlib.sha256(blob).hexdigest()[:32]}.npz"
 
 

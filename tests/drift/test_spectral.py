@@ -2,10 +2,12 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from numpy.testing import assert_allclose
 
 from drift import spectral
 from drift.spectral import SpectralOptions, cache_path, spectral_drift
+from drift.streams import DenseStream
 
 K = 4
 EXACT = SpectralOptions(k=K, alpha=0.05, method="exact")
@@ -111,3 +113,41 @@ def test_options_are_validated():
         SpectralOptions(method="lanczos")
     with pytest.raises(ValueError, match="2-D"):
         spectral_drift(np.ones(3), np.ones(3))
+
+
+def _stored(w: np.ndarray, dtype: torch.dtype) -> DenseStream:
+    """``w`` as a checkpoint stores it in ``dtype`` (raw storage, as ``Checkpoint.array`` returns it)."""
+    t = torch.from_numpy(w).to(dtype)
+    raw = t.view(torch.int16).numpy().view(np.uint16) if dtype == torch.bfloat16 else t.numpy()
+    return DenseStream(raw, str(dtype).removeprefix("torch."))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_weights_stored_in_32_bits_or_fewer_match_the_float64_computation(dtype):
+    """Their Rayleigh–Ritz step runs in float32 (exact for the stored values); the float64 one is the
+    reference on the very same values."""
+    rng = np.random.default_rng(2)
+    w0 = 0.02 * rng.standard_normal((600, 256)) + _gapped(600, 256)[3] / 50
+    w = w0 + 2e-3 * rng.standard_normal(w0.shape)
+    a, b = _stored(w0, dtype), _stored(w, dtype)
+    a64, b64 = (DenseStream(s.rows64(0, s.shape2d[0]), "float64") for s in (a, b))
+    options = SpectralOptions(k=16, alpha=0.01, method="randomized")
+    fast, reference = spectral_drift(a, b, options=options), spectral_drift(a64, b64, options=options)
+    assert fast.normalized_spectral_shift > 1e-3
+    assert_allclose(fast.normalized_spectral_shift, reference.normalized_spectral_shift, rtol=1e-4)
+    assert_allclose(fast.max_principal_angle_deg, reference.max_principal_angle_deg, rtol=1e-4)
+    assert abs(fast.mask_overlap - reference.mask_overlap) <= 2
+
+
+def test_a_matrix_too_large_to_keep_converted_gives_the_kept_results(monkeypatch):
+    rng = np.random.default_rng(3)
+    w0 = rng.standard_normal((400, 128))
+    a, b = _stored(w0, torch.bfloat16), _stored(w0 + 0.01 * rng.standard_normal(w0.shape), torch.bfloat16)
+    options = SpectralOptions(k=8, method="randomized")
+    kept = spectral_drift(a, b, options=options)
+    monkeypatch.setattr(spectral, "_KEEP_ELEMENTS", 0)
+    monkeypatch.setattr(spectral, "_BLOCK", 128 * 100)  # four row blocks per pass
+    blockwise = spectral_drift(a, b, options=options)  # the same float32 sums, added in another order
+    assert_allclose(blockwise.normalized_spectral_shift, kept.normalized_spectral_shift, rtol=1e-3)
+    assert_allclose(blockwise.max_principal_angle_deg, kept.max_principal_angle_deg, rtol=1e-3)
+    assert blockwise.mask_overlap == kept.mask_overlap
