@@ -297,6 +297,19 @@ class Checkpoint:
             return t.view(torch.uint8).numpy()
         return t.numpy()
 
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to start reading ``name``'s bytes from a local file (asynchronously), so that a
+        tensor computed on meanwhile hides the disk's latency; a no-op for what is not mapped from disk."""
+        info = self.infos.get(name)
+        loc = self._loc.get(info.alias_of or name) if info is not None else None
+        if loc is None or loc[0] != "st" or is_remote(loc[1]) or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        _, file, offset, nbytes = loc
+        mm = self._maps.get(str(file))
+        if mm is not None and nbytes:
+            start = offset - offset % mmap.PAGESIZE
+            mm.madvise(mmap.MADV_WILLNEED, start, offset + nbytes - start)
+
     def canonical_names(self) -> list[str]:
         return [n for n, i in self.infos.items() if i.alias_of is None]
 

@@ -327,6 +327,9 @@ def tensor_rows(
         rows = []
         with ThreadPoolExecutor(threads) if threads > 1 else _NoPool() as pool:
             for i, name in enumerate(all_names):
+                if i + 1 < len(all_names):  # the next tensor's pages are read while this one is computed
+                    for source in (b, c, *(v.ckpt for v in prev if v is not None)):
+                        source.prefetch(all_names[i + 1])
                 rows.append(
                     _row(name, b, view, prev, spectral, options, cache_dir, pool if threads > 1 else None)
                 )

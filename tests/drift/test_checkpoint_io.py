@@ -31,6 +31,18 @@ def test_arrays_are_read_only_memory_maps_with_exact_values(tmp_path):
         np.testing.assert_array_equal(to_float64(raw, "bfloat16"), t.double().numpy())
 
 
+def test_prefetching_is_a_hint_that_changes_no_value(tmp_path):
+    tensors = {"a": torch.randn(300, 7).to(torch.bfloat16), "b": torch.randn(5)}
+    f = save(tmp_path / "m.safetensors", tensors)
+    with open_checkpoint(f) as ckpt:
+        ckpt.prefetch("a")  # before the file is mapped: nothing to advise yet
+        first = ckpt.array("a").copy()
+        for name in ("a", "b", "not-a-tensor"):
+            ckpt.prefetch(name)
+        np.testing.assert_array_equal(ckpt.array("a"), first)
+        np.testing.assert_array_equal(to_float64(ckpt.array("b"), "float32"), tensors["b"].double().numpy())
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_precision_converts_exactly_even_the_special_values(dtype):
     t = (torch.randn(50, 7) * 300).to(dtype)
