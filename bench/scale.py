@@ -8,8 +8,9 @@
    2.1 GB per model; random weights, the checkpoint is the base plus 1 % Gaussian noise). Timed in
    this run, both starting with the files' pages dropped from the page cache
    (``posix_fadvise(DONTNEED)``), so both read from the disk:
-     - read: one streaming read of all four shard files (16 MiB ``readinto`` chunks); the same read
-       from a warm page cache is printed too;
+     - read: one streaming read of all four shard files (16 MiB ``readinto`` chunks), timed before and
+       after the checkpoint and averaged (the disk's speed drifts); the same read from a warm page
+       cache is printed too;
      - e2e: a service (``forgetwatch serve --no-worker``) and one worker (``forgetwatch worker
        --queues params``) on a fresh database of the external PostgreSQL
        (FORGETWATCH_BENCH_DATABASE_URL, default the server at 127.0.0.1:5432); a run on the base,
@@ -19,8 +20,9 @@
    base's top-k SVD of every matrix, cached per base file), which a service runs while the trainer
    takes its first steps; the bench waits for it (``base_prepare_vs_read``: its wall time / read)
    and then times the checkpoint. ``param_e2e_vs_read = e2e / read``. ``worker_extra_rss_mb``: the
-   peak, during the checkpoint's job, of the anonymous memory of the worker and every child it
-   starts, minus the value just before the ``POST``. Each process counts its proportional share
+   peak, during a second checkpoint's job (the same file posted at step 2, read from the disk again;
+   sampling /proc every 20 ms during the timed one slowed it by ~40 % on two cores), of the anonymous
+   memory of the worker and every child it starts, minus the value just before the ``POST``. Each process counts its proportional share
    (``Pss_Anon``): a child forked from the worker's fork server shares the fork server's pages
    (torch, numba) until it writes them, and ``RssAnon`` would count them once per process. The
    safetensors files are memory-mapped: their pages are file-backed and not counted.
@@ -196,6 +198,17 @@ class TreeRssSampler:
         self._thread.join()
 
 
+def _post_and_wait(client: httpx.Client, *, step: int, uri: Path) -> dict:
+    """POST checkpoint ``step`` and return its parameter drift once it is ready (exits otherwise)."""
+    client.post("/v1/runs/scale/checkpoints", json={"step": step, "uri": str(uri)}).raise_for_status()
+    while (body := client.get(f"/v1/runs/scale/checkpoints/{step}/param-drift").json())["status"] not in (
+            "ready", "failed", "skipped"):
+        time.sleep(0.1)
+    if body["status"] != "ready":
+        raise SystemExit(f"parameter drift of step {step} ended {body['status']}: {body['error']}")
+    return body
+
+
 def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
     """(e2e seconds, read seconds, base preparation seconds, worker extra memory MiB) of one checkpoint
     through the service."""
@@ -221,9 +234,7 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
         stream_read((base, ckpt))
         hot_s, read_bytes = stream_read((base, ckpt))
         evict((base, ckpt))  # the read and the service both start from the disk
-        read_s, _ = stream_read((base, ckpt))
-        print(f"read: {read_bytes / 2**30:.2f} GiB in {read_s:.2f} s from the disk "
-              f"({read_bytes / read_s / 2**30:.2f} GiB/s), {hot_s:.2f} s from the page cache", flush=True)
+        first_read_s, _ = stream_read((base, ckpt))
         evict((base, ckpt))
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=url_base, headers=headers, timeout=60) as client:
@@ -238,19 +249,24 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
                 raise SystemExit(f"the base's spectral preparation ended {failed}: see {tmp / 'worker.log'}")
             print(f"base prepared for the spectral pass in {prepare_s:.1f} s ({len(jobs)} jobs)", flush=True)
             evict((base, ckpt))
+            start = time.perf_counter()
+            body = _post_and_wait(client, step=1, uri=ckpt)
+            e2e_s = time.perf_counter() - start
+            # This disk's speed drifts (0.5-1.4 GiB/s within minutes): the read is timed again right
+            # after the checkpoint, and the ratio uses the mean of the two reads around it.
+            evict((base, ckpt))
+            last_read_s, _ = stream_read((base, ckpt))
+            read_s = (first_read_s + last_read_s) / 2
+            print(f"read: {read_bytes / 2**30:.2f} GiB in {first_read_s:.2f} s and {last_read_s:.2f} s from "
+                  f"the disk ({read_bytes / read_s / 2**30:.2f} GiB/s), {hot_s:.2f} s from the page cache",
+                  flush=True)
+            # Memory on a second checkpoint (the same file at step 2, from the disk again): the sampler
+            # reads /proc every 20 ms, and on two cores that slowed the timed checkpoint by ~40 %.
+            evict((base, ckpt))
             time.sleep(2)  # the worker is idle and connected before its memory is read
             idle_kb = _anon_kb(_tree(worker.pid))
             with TreeRssSampler(worker.pid) as sampler:
-                start = time.perf_counter()
-                client.post("/v1/runs/scale/checkpoints", json={"step": 1, "uri": str(ckpt)}).raise_for_status()
-                while True:
-                    body = client.get("/v1/runs/scale/checkpoints/1/param-drift").json()
-                    if body["status"] in ("ready", "failed", "skipped"):
-                        break
-                    time.sleep(0.1)
-                e2e_s = time.perf_counter() - start
-        if body["status"] != "ready":
-            raise SystemExit(f"parameter drift ended {body['status']}: {body['error']}")
+                _post_and_wait(client, step=2, uri=ckpt)
         nss = body["global"]["normalized_spectral_shift"]
         print(f"param e2e: {e2e_s:.1f} s, relative_l2={body['global']['relative_l2_distance']:.4f} "
               f"normalized_spectral_shift={nss}", flush=True)
