@@ -49,6 +49,20 @@ def _compile():
     return _numba_kernels
 
 
+def select_at_least(values: np.ndarray, threshold: float, offset: int, idx: np.ndarray, out: np.ndarray) -> int:
+    """Write ``offset`` + the flat positions and the magnitudes of the entries of ``values`` (1-D float32)
+    with ``|value| >= threshold`` into ``idx``/``out`` from their start, in one pass; return how many
+    there were (only the first ``idx.size`` are written)."""
+    if use_numba and _compile():
+        from drift import _numba_kernels as nk
+
+        return int(nk.select_at_least(values, np.float32(threshold), offset, idx, out))
+    pos = np.flatnonzero(np.abs(values) >= threshold)
+    n = min(pos.size, idx.size)
+    idx[:n], out[:n] = pos[:n] + offset, np.abs(values[pos[:n]])
+    return int(pos.size)
+
+
 def fast_path_ok(dtypes: list[str]) -> bool:
     """True when the JIT kernels can reduce streams of these dtypes directly."""
     return use_numba and len(set(dtypes)) == 1 and dtypes[0] in _FAST_DTYPES and bool(_compile())

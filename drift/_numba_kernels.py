@@ -100,3 +100,16 @@ def sums4_float(a, b, p, q, out):
         e = s + m
         acc2(a[s:e], b[s:e], m, out)
         acc4(a[s:e], b[s:e], p[s:e], q[s:e], m, out)
+
+
+@njit(nogil=True, cache=True)
+def select_at_least(values, threshold, offset, idx, out):
+    n = 0
+    for i in range(values.size):
+        x = abs(values[i])
+        if x >= threshold:
+            if n < idx.size:
+                idx[n] = offset + i
+                out[n] = x
+            n += 1
+    return n

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from drift._kernels import select_at_least
 from drift.aggregate import SpectralDrift
 from drift.streams import DenseStream
 
@@ -187,20 +188,22 @@ def _principal_indices(f: _Factors, shape: tuple[int, int], count: int, seed: in
     level = 1.0 - frac * 1.2 - 5.0 * math.sqrt(frac * (1 - frac) / n_sample)
     threshold = float(np.quantile(sample, level)) if level > 0 else 0.0
     blocks = _row_blocks(shape)
-    buffer = torch.empty(blocks[0][1] - blocks[0][0], n)  # one block's worth, reused: no page faults per block
+    rows = blocks[0][1] - blocks[0][0]
+    buffer = torch.empty(rows, n)  # one block's worth, reused: no page faults per block
+    found_idx, found = np.empty(rows * n, np.int64), np.empty(rows * n, np.float32)  # pages touched as used
     while True:
         vals, idx = [], []
         for r0, r1 in blocks:
-            mag = torch.mm(us[r0:r1], vt, out=buffer[: r1 - r0]).abs_().reshape(-1)
-            sel = torch.nonzero(mag >= threshold).squeeze(1)
-            vals.append(mag[sel])
-            idx.append(sel + r0 * n)
-        vals, idx = torch.cat(vals), torch.cat(idx)
-        if vals.numel() >= count or threshold == 0.0:
+            block = torch.mm(us[r0:r1], vt, out=buffer[: r1 - r0]).numpy().reshape(-1)
+            got = select_at_least(block, threshold, r0 * n, found_idx, found)
+            vals.append(found[:got].copy())
+            idx.append(found_idx[:got].copy())
+        vals, idx = np.concatenate(vals), np.concatenate(idx)
+        if vals.size >= count or threshold == 0.0:
             break
         threshold = 0.0 if threshold < 1e-30 else threshold / 2
-    top = torch.topk(vals, count, sorted=False).indices
-    return np.sort(idx[top].numpy())
+    top = np.argpartition(vals, vals.size - count)[vals.size - count :]
+    return np.sort(idx[top])
 
 
 def _base_result(

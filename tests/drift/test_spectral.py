@@ -5,7 +5,7 @@ import pytest
 import torch
 from numpy.testing import assert_allclose
 
-from drift import spectral
+from drift import _kernels, spectral
 from drift.spectral import SpectralOptions, cache_path, spectral_drift
 from drift.streams import DenseStream
 
@@ -151,3 +151,13 @@ def test_a_matrix_too_large_to_keep_converted_gives_the_kept_results(monkeypatch
     assert_allclose(blockwise.normalized_spectral_shift, kept.normalized_spectral_shift, rtol=1e-3)
     assert_allclose(blockwise.max_principal_angle_deg, kept.max_principal_angle_deg, rtol=1e-3)
     assert blockwise.mask_overlap == kept.mask_overlap
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_principal_weights_are_the_largest_entries_of_the_top_k_reconstruction(backend, monkeypatch):
+    monkeypatch.setattr(_kernels, "use_numba", backend == "numba")
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((300, 200))
+    options = SpectralOptions(k=6, alpha=0.02, method="exact")
+    mask = spectral._base_result(DenseStream(w0, "float64"), options, 6, None)[1]
+    np.testing.assert_array_equal(mask, _reference_mask(w0, 6, 0.02))
