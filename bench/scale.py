@@ -22,7 +22,8 @@
    and then times the checkpoint. ``param_e2e_vs_read = e2e / read``. ``worker_extra_rss_mb``: the
    peak, during a second checkpoint's job (the same file posted at step 2, read from the disk again;
    sampling /proc every 20 ms during the timed one slowed it by ~40 % on two cores), of the anonymous
-   memory of the worker and every child it starts, minus the value just before the ``POST``. Each process counts its proportional share
+   memory of the worker and every child it starts, minus the value before the first checkpoint's
+   ``POST`` (what the children kept from the first job counts). Each process counts its proportional share
    (``Pss_Anon``): a child forked from the worker's fork server shares the fork server's pages
    (torch, numba) until it writes them, and ``RssAnon`` would count them once per process. The
    safetensors files are memory-mapped: their pages are file-backed and not counted.
@@ -249,6 +250,8 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
                 raise SystemExit(f"the base's spectral preparation ended {failed}: see {tmp / 'worker.log'}")
             print(f"base prepared for the spectral pass in {prepare_s:.1f} s ({len(jobs)} jobs)", flush=True)
             evict((base, ckpt))
+            time.sleep(2)  # the worker is idle and connected before its memory is read
+            idle_kb = _anon_kb(_tree(worker.pid))
             start = time.perf_counter()
             body = _post_and_wait(client, step=1, uri=ckpt)
             e2e_s = time.perf_counter() - start
@@ -261,10 +264,10 @@ def param_e2e(base: Path, ckpt: Path) -> tuple[float, float, float, float]:
                   f"the disk ({read_bytes / read_s / 2**30:.2f} GiB/s), {hot_s:.2f} s from the page cache",
                   flush=True)
             # Memory on a second checkpoint (the same file at step 2, from the disk again): the sampler
-            # reads /proc every 20 ms, and on two cores that slowed the timed checkpoint by ~40 %.
+            # reads /proc every 20 ms, and on two cores that slowed the timed checkpoint by ~40 %. Its
+            # peak counts against the idle worker before the first checkpoint, so what the job children
+            # kept from the first one counts too.
             evict((base, ckpt))
-            time.sleep(2)  # the worker is idle and connected before its memory is read
-            idle_kb = _anon_kb(_tree(worker.pid))
             with TreeRssSampler(worker.pid) as sampler:
                 _post_and_wait(client, step=2, uri=ckpt)
         nss = body["global"]["normalized_spectral_shift"]
